@@ -1,0 +1,47 @@
+"""User-facing errors.
+
+Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle or flag)
+raises an EdgeKDError subclass with a one-line message that names what is wrong
+and what is allowed. The CLI turns it into that line on stderr and exit code 2,
+never a traceback (unless --debug).
+"""
+
+
+class EdgeKDError(Exception):
+    """A problem with the user's input. Exit code 2."""
+
+    exit_code = 2
+
+
+class RecipeError(EdgeKDError):
+    pass
+
+
+class DataError(EdgeKDError):
+    pass
+
+
+class ModelError(EdgeKDError):
+    pass
+
+
+class CheckpointError(EdgeKDError):
+    pass
+
+
+class ExportError(EdgeKDError):
+    pass
+
+
+class BundleError(EdgeKDError):
+    pass
+
+
+class MissingDependencyError(EdgeKDError):
+    """An optional package (torch, onnxruntime, tensorrt) or a GPU is missing."""
+
+
+class ParityError(Exception):
+    """Export produced a model that disagrees with PyTorch. Exit code 1: not the user's input."""
+
+    exit_code = 1

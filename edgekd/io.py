@@ -1,0 +1,122 @@
+"""Atomic file and folder writes, hashing. Torch-free (torch is imported lazily for torch_save).
+
+Every file edgekd writes goes through here: write to a temp file in the same
+folder, fsync, rename. A reader sees either the old file or the complete new one,
+never half of it. Folders are built under a temp name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from edgekd.errors import EdgeKDError
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise EdgeKDError(f"cannot write {path}: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise EdgeKDError(f"cannot write {path}: {e.strerror or e}") from e
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_yaml(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line and fsync: a crash loses at most the line being written."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def torch_save(obj: Any, path: str | Path) -> None:
+    """torch.save through a temp file + fsync + rename."""
+    import io as _io
+
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temp folder beside `final`; rename it to `final` only if the block succeeds.
+
+    On any exception the temp folder is removed and `final` is untouched.
+    """
+    final = Path(final)
+    if final.exists() and not overwrite:
+        raise EdgeKDError(f"{final} already exists; choose another --out or remove it")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    except OSError as e:
+        raise EdgeKDError(f"cannot write to {final.parent}: {e.strerror or e}") from e
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
