@@ -1,0 +1,254 @@
+"""The recipe: one YAML file that says what to distill, how, and for how long.
+
+Loading is `yaml.safe_load` only, so a recipe can never execute code. The schema
+is strict: an unknown key (a typo), a wrong type or an out-of-range value is a
+RecipeError naming the key path and what is allowed. `--set a.b=value`
+overrides are parsed as YAML scalars and validated by the same schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgekd.errors import RecipeError
+
+METHODS = ("ce", "kd", "dml", "bdkd")
+WEIGHTINGS = ("hard", "soft", "forward", "reverse")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(4, ge=0, le=16)
+    hflip: bool = True
+
+
+class DataConfig(_Strict):
+    name: Literal["digits", "cifar10", "cifar100", "imagefolder"]
+    root: Optional[str] = None
+    download: bool = False
+    image_size: Optional[int] = Field(None, ge=8, le=1024)
+    val_fraction: Optional[float] = Field(0.1, gt=0, lt=1)
+    val_size: Optional[int] = Field(None, ge=1, description="overrides val_fraction")
+    tune_fraction: float = Field(0.0, ge=0, lt=1)
+    tune_size: Optional[int] = Field(None, ge=0)
+    subset: Optional[int] = Field(None, ge=1, description="cap on the number of training images")
+    split_seed: int = Field(0, ge=0)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    augment: AugmentConfig = AugmentConfig()
+    cache_dir: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> "DataConfig":
+        if self.name == "imagefolder" and not self.root:
+            raise ValueError("data.root is required when data.name is imagefolder")
+        return self
+
+
+class NetConfig(_Strict):
+    arch: str
+    checkpoint: Optional[str] = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillConfig(_Strict):
+    method: Literal["ce", "kd", "dml", "bdkd"] = "bdkd"
+    temperature: float = Field(4.0, gt=0, le=100)
+    ce_weight: float = Field(1.0, ge=0)
+    # Student's divergence weights: forward KL(p_t||p_s) gets kl_weight (a),
+    # reverse KL(p_s||p_t) gets reverse_weight (b). kd and dml use kl_weight only.
+    kl_weight: float = Field(1.0, ge=0)
+    reverse_weight: float = Field(1.0, ge=0)
+    # BD-KD per-sample weighting between forward and reverse KL.
+    weighting: Literal["hard", "soft", "forward", "reverse"] = "hard"
+    soft_tau: float = Field(0.1, gt=0, description="width of the soft switch, in nats of entropy gap")
+    # standard: a student more certain than the teacher gets forward KL (spread),
+    # a less certain one reverse KL (sharpen). flipped swaps them (ablation).
+    switch: Literal["standard", "flipped"] = "standard"
+    # Teacher's term towards the student (dml: forward KL(p_s||p_t); bdkd: the
+    # regulariser, reverse KL(p_t||p_s) from the teacher's side by default).
+    teacher_kl_weight: float = Field(1.0, ge=0)
+    teacher_divergence: Literal["reverse", "forward", "none"] = "reverse"
+
+
+class OptimConfig(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75], description="epochs, or fractions of the run if all < 1")
+    gamma: float = Field(0.1, gt=0, le=1)
+    warmup_epochs: float = Field(0.0, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(..., ge=1)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    amp: Literal["off", "bf16", "fp16", "auto"] = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    eval_split: Literal["val", "tune"] = "val"
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _device_name(self) -> "TrainConfig":
+        d = self.device
+        ok = d in ("auto", "cpu", "cuda") or (d.startswith("cuda:") and d[5:].isdigit())
+        if not ok:
+            raise ValueError(f"train.device '{d}' is not one of auto, cpu, cuda, cuda:N")
+        return self
+
+
+class ValidateConfig(_Strict):
+    """Gate thresholds recorded into exported bundles; `edgekd validate` flags override them."""
+
+    max_ece: Optional[float] = Field(None, gt=0, le=1)
+    max_acc_drop: Optional[float] = Field(None, ge=0, le=1)
+    min_agreement: Optional[float] = Field(None, ge=0, le=1)
+    max_ece_drift: Optional[float] = Field(None, ge=0, le=1)
+
+
+class Recipe(_Strict):
+    name: Optional[str] = None
+    description: Optional[str] = None
+    data: DataConfig
+    teacher: NetConfig
+    student: NetConfig
+    distill: DistillConfig = DistillConfig()
+    optim: OptimConfig = OptimConfig()
+    teacher_optim: Optional[OptimConfig] = Field(None, description="teacher's optimizer; defaults to optim")
+    train: TrainConfig
+    # "validate" would shadow BaseModel.validate; the YAML key stays `validate:`.
+    gate: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "Recipe":
+        if self.distill.method == "kd" and not self.teacher.checkpoint:
+            raise ValueError("distill.method kd distils from a frozen, trained teacher: set teacher.checkpoint")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def digest(self) -> str:
+        """Stable hash of the resolved recipe (key order independent)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError) -> str:
+    """One line for the first problem, naming the key path and what is allowed."""
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+    kind = e["type"]
+    msg = e["msg"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{loc}' (a typo?); allowed here: {_allowed_keys(e['loc'])}"
+    if kind == "missing":
+        return f"missing required key '{loc}'"
+    if kind == "literal_error":
+        return f"{loc}: {e.get('input')!r} is not allowed; {msg.lower()}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        return msg if not loc else f"{loc}: {msg}"
+    got = e.get("input")
+    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {msg.lower()}{got_s}"
+
+
+def _allowed_keys(loc: tuple) -> str:
+    model: type[BaseModel] = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+    return ", ".join(model.model_fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise RecipeError(f"--set {item!r}: KEY must be a dotted path like optim.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise RecipeError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe {path} cannot be read as UTF-8 text: {e}") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise RecipeError(f"recipe {path} is not valid YAML{where}: {problem}") from e
+    if raw is None:
+        raise RecipeError(f"recipe {path} is empty; it needs data, teacher, student and train sections")
+    if not isinstance(raw, dict):
+        raise RecipeError(f"recipe {path} must be a mapping of sections (data, teacher, ...), not a {type(raw).__name__}")
+    return raw
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"{source}: {_format_error(e)}") from e
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    raw = read_yaml_mapping(path)
+    raw = apply_overrides(raw, list(overrides))
+    recipe = validate_recipe(raw, source=str(path))
+    if recipe.name is None:
+        recipe.name = Path(path).stem
+    return recipe

@@ -1,0 +1,133 @@
+"""Recipe schema, overrides and every class of bad recipe, through the real CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edgekd.errors import RecipeError
+from edgekd.recipe import Recipe, load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def quickstart() -> dict:
+    return yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_use_bdkd(path):
+    r = load_recipe(path)
+    assert r.distill.method == "bdkd"
+    assert r.name == path.stem
+
+
+def test_shipped_recipe_set():
+    names = {p.stem for p in RECIPES}
+    assert {"quickstart", "mobilenet", "cifar100-resnet", "cifar10-cpu"} <= names
+
+
+def test_defaults_and_overrides(tmp_path):
+    r = load_recipe(REPO / "recipes/quickstart.yaml", ["train.epochs=3", "distill.weighting=soft", "optim.lr=1e-2",
+                                                       "student.options.width=8", "data.augment.hflip=true"])
+    assert r.train.epochs == 3 and r.distill.weighting == "soft" and r.optim.lr == pytest.approx(0.01)
+    assert r.student.options == {"width": 8} and r.data.augment.hflip is True
+    assert r.to_dict()["validate"]["max_ece"] == 0.05  # the YAML key is `validate`
+    assert Recipe.model_validate(r.to_dict()).digest() == r.digest()
+
+
+def _bad(tmp_path, mutate=None, text=None):
+    p = tmp_path / "bad.yaml"
+    if text is None:
+        raw = quickstart()
+        mutate(raw)
+        text = yaml.safe_dump(raw)
+    p.write_text(text)
+    return p
+
+
+BAD = {
+    "typo_top": (lambda r: r.update(distil={"method": "bdkd"}), "unknown key 'distil'"),
+    "typo_nested": (lambda r: r["optim"].update(learning_rate=0.1), "unknown key 'optim.learning_rate'"),
+    "wrong_type": (lambda r: r["train"].update(epochs="ten"), "train.epochs"),
+    "epochs_zero": (lambda r: r["train"].update(epochs=0), "train.epochs"),
+    "temperature_zero": (lambda r: r["distill"].update(temperature=0), "distill.temperature"),
+    "temperature_negative": (lambda r: r["distill"].update(temperature=-2), "distill.temperature"),
+    "unknown_method": (lambda r: r["distill"].update(method="dkd"), "distill.method"),
+    "unknown_weighting": (lambda r: r["distill"].update(weighting="medium"), "distill.weighting"),
+    "unknown_dataset": (lambda r: r["data"].update(name="mnist"), "data.name"),
+    "val_fraction_range": (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction"),
+    "bad_device": (lambda r: r["train"].update(device="tpu"), "train.device"),
+    "missing_section": (lambda r: r.pop("student"), "missing required key 'student'"),
+    "kd_without_teacher": (lambda r: r["distill"].update(method="kd"), "teacher.checkpoint"),
+    "imagefolder_without_root": (lambda r: r["data"].update(name="imagefolder"), "data.root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_recipe_values_in_process(tmp_path, case):
+    mutate, needle = BAD[case]
+    with pytest.raises(RecipeError) as e:
+        load_recipe(_bad(tmp_path, mutate))
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def _assert_clean_failure(res, needle, cwd):
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0]
+    assert not (cwd / "runs").exists(), "a bad recipe must not create a run directory"
+
+
+@pytest.mark.parametrize("case", ["typo_nested", "epochs_zero", "temperature_zero", "unknown_method"])
+def test_bad_recipe_cli(tmp_path, case):
+    mutate, needle = BAD[case]
+    res = run_cli("distill", str(_bad(tmp_path, mutate)), cwd=tmp_path)
+    _assert_clean_failure(res, needle, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("data: [unclosed\n", "not valid YAML at line"),
+        ("", "is empty"),
+        ("- data\n- teacher\n", "must be a mapping"),
+        ("!!python/object/apply:os.system ['touch PWNED']\n", "not valid YAML"),
+        ("data: !!python/object/apply:os.system ['touch PWNED']\n", "not valid YAML"),
+    ],
+    ids=["broken", "empty", "list", "tag_top", "tag_nested"],
+)
+def test_unparseable_recipes_cli(tmp_path, text, needle):
+    res = run_cli("distill", str(_bad(tmp_path, text=text)), cwd=tmp_path)
+    _assert_clean_failure(res, needle, tmp_path)
+    assert not (tmp_path / "PWNED").exists(), "a recipe must never execute code"
+
+
+def test_unknown_arch_cli(tmp_path):
+    res = run_cli("distill", str(_bad(tmp_path, lambda r: r["teacher"].update(arch="resnet1000"))), cwd=tmp_path)
+    _assert_clean_failure(res, "resnet1000", tmp_path)
+
+
+def test_bad_override_cli(tmp_path):
+    recipe = str(REPO / "recipes/quickstart.yaml")
+    res = run_cli("distill", recipe, "--set", "train.epochs", cwd=tmp_path)
+    _assert_clean_failure(res, "KEY=VALUE", tmp_path)
+    res = run_cli("distill", recipe, "--set", "train.epochz=3", cwd=tmp_path)
+    _assert_clean_failure(res, "unknown key 'train.epochz'", tmp_path)
+
+
+def test_missing_recipe_and_unknown_flag_cli(tmp_path):
+    res = run_cli("distill", "nope.yaml", cwd=tmp_path)
+    _assert_clean_failure(res, "does not exist", tmp_path)
+    res = run_cli("distill", str(REPO / "recipes/quickstart.yaml"), "--epochs", "3", cwd=tmp_path)
+    _assert_clean_failure(res, "--epochs", tmp_path)
