@@ -1,0 +1,1 @@
+"""Online distillation: methods (one unit each), the trainer, checkpoints."""

@@ -1,0 +1,71 @@
+"""The distiller interface and the method registry.
+
+A method is a small nn.Module holding the teacher and the student. Its
+`forward_train(x, y)` runs both nets once and returns their logits plus a dict of
+named loss terms; the trainer sums the terms, backpropagates once and steps each
+net's optimizer. Because every term detaches the other net's output where the
+math says so, one backward pass through the sum gives each net exactly its own
+gradients. The trainer never branches on the method's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgekd.recipe import DistillConfig
+
+
+@dataclass
+class StepOutput:
+    student_logits: torch.Tensor
+    teacher_logits: torch.Tensor
+    losses: dict[str, torch.Tensor]  # summed by the trainer; each is a scalar
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # logged, never backpropagated
+
+
+class Distiller(nn.Module):
+    # Whether the teacher gets an optimizer and is trained in the loop (online KD).
+    trains_teacher: bool = True
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, cfg: DistillConfig, label_smoothing: float = 0.0):
+        super().__init__()
+        self.teacher = teacher
+        self.student = student
+        self.cfg = cfg
+        self.label_smoothing = label_smoothing
+
+    def ce(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
+
+    def forward_train(self, x: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        raise NotImplementedError
+
+
+_METHODS: dict[str, type[Distiller]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    def deco(cls: type[Distiller]) -> type[Distiller]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        _METHODS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type[Distiller]:
+    from edgekd.errors import RecipeError
+
+    if name not in _METHODS:
+        raise RecipeError(f"distill.method: unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)

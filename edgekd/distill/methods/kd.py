@@ -1,0 +1,31 @@
+"""kd: Hinton et al. (2015) distillation from a frozen, already trained teacher.
+
+L_s = ce_weight * CE(y, z_s) + kl_weight * T^2 * mean_i KL(p_t^T || p_s^T)
+"""
+
+import torch
+
+from edgekd.distill import losses as L
+from edgekd.distill.methods.base import Distiller, StepOutput, register_method
+
+
+@register_method("kd")
+class HintonKD(Distiller):
+    trains_teacher = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # frozen: BN statistics must not drift either
+        return self
+
+    def forward_train(self, x, y) -> StepOutput:
+        T = self.cfg.temperature
+        zs = self.student(x)
+        with torch.no_grad():
+            zt = self.teacher(x)
+        kd = L.kl(L.log_probs(zt, T), L.log_probs(zs, T)).mean()
+        losses = {
+            "student_ce": self.cfg.ce_weight * self.ce(zs, y),
+            "student_kl_fwd": self.cfg.kl_weight * T * T * kd,
+        }
+        return StepOutput(zs, zt, losses)
