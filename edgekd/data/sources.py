@@ -1,0 +1,340 @@
+"""Image sources -> ImageSet (uint8 NHWC in memory). Torch-free: numpy + PIL only.
+
+`edgekd validate` rebuilds the validation split on edge devices without torch,
+so nothing here may import torch or torchvision at module level (torchvision is
+imported only inside the explicit CIFAR download branch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL
+from PIL import Image
+
+from edgekd.data.preprocess import resize_array
+from edgekd.errors import DataError
+from edgekd.io import atomic_write_bytes
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+# Published per-channel statistics of the CIFAR training sets (x/255).
+DATASET_STATS = {
+    "cifar10": {"mean": (0.4914, 0.4822, 0.4465), "std": (0.2470, 0.2435, 0.2616)},
+    "cifar100": {"mean": (0.5071, 0.4865, 0.4409), "std": (0.2673, 0.2564, 0.2762)},
+}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # uint8 [N, H, W, C], C = 1 or 3
+    labels: np.ndarray  # int64 [N]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index], list(self.class_names))
+
+
+def _workers() -> int:
+    return min(16, (os.cpu_count() or 1) + 2)
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of x/255, exact via 256-bin histograms.
+
+    Histograms over chunks keep memory flat: a float64 copy of 50k CIFAR images
+    would be 1.2 GB.
+    """
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise DataError(f"channel_stats needs non-empty uint8 [N, H, W, C], got {images.dtype} {list(images.shape)}")
+    channels = images.shape[3]
+    counts = np.zeros((channels, 256), dtype=np.int64)
+    for start in range(0, len(images), 2048):
+        flat = images[start : start + 2048].reshape(-1, channels)
+        for c in range(channels):
+            counts[c] += np.bincount(flat[:, c], minlength=256)
+    values = np.arange(256, dtype=np.float64) / 255.0
+    n = counts.sum(axis=1)
+    mean = (counts * values).sum(axis=1) / n
+    var = (counts * (values - mean[:, None]) ** 2).sum(axis=1) / n
+    return tuple(float(v) for v in mean), tuple(float(v) for v in np.sqrt(var))
+
+
+def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
+    """Bilinear-resize every image (PIL, like prepare_image on a device); no-op if already that size."""
+    n, h, w, c = images.shape
+    if (h, w) == (image_size, image_size):
+        return images
+    mode = "RGB" if c == 3 else "L"
+    out = np.empty((n, image_size, image_size, c), dtype=np.uint8)
+
+    def work(i: int) -> None:
+        src = images[i] if c == 3 else images[i, :, :, 0]
+        out[i] = resize_array(Image.fromarray(src, mode), (image_size, image_size), mode)
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        list(pool.map(work, range(n), chunksize=256))
+    return out
+
+
+def load_digits(image_size: int = 32) -> ImageSet:
+    """scikit-learn's bundled 8x8 digits (1797 images), scaled to uint8 and upscaled; C = 1."""
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+    except ImportError as e:
+        raise DataError("data.name digits needs scikit-learn; pip install scikit-learn") from e
+    digits = sk_load_digits()
+    small = np.floor(digits.images * 255.0 / 16.0 + 0.5).astype(np.uint8)[:, :, :, None]
+    images = resize_images(small, int(image_size))
+    return ImageSet(images, digits.target.astype(np.int64), [str(i) for i in range(10)])
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def _scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted sub-folders, like torchvision) and (relative path, label) per image."""
+    if not root.is_dir():
+        raise DataError(f"data.root {root} does not exist" if not root.exists() else f"data.root {root} is not a folder")
+    # Hidden folders (.ipynb_checkpoints, a cache) are not classes.
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"data.root {root} has no class folders; expected ROOT/<class>/<image files>")
+    files: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        found, others = [], 0
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if f.startswith("."):
+                    continue
+                if f.lower().endswith(IMAGE_EXTENSIONS):
+                    found.append(os.path.relpath(os.path.join(dirpath, f), root))
+                else:
+                    others += 1
+        if not found:
+            what = f"only {others} non-image files" if others else "no files"
+            raise DataError(
+                f"class folder {root / name} has {what}; allowed image extensions: {', '.join(IMAGE_EXTENSIONS)}"
+            )
+        files.extend((f, label) for f in found)
+    return classes, files
+
+
+def _cache_key(root: Path, files: list[tuple[str, int]], image_size: int | None) -> str:
+    h = hashlib.sha256()
+    # Pillow's version is in the key: another libjpeg may decode the same bytes differently.
+    h.update(json.dumps(["edgekd-imagefolder-v1", str(root), image_size, PIL.__version__]).encode())
+    for rel, label in files:
+        st = os.stat(root / rel)
+        h.update(f"{rel}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> ImageSet | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ImageSet(z["images"], z["labels"].astype(np.int64), [str(s) for s in z["class_names"]])
+    except (OSError, ValueError, KeyError):
+        return None  # missing or damaged cache: decode again
+
+
+def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None) -> np.ndarray:
+    def decode(rel: str) -> np.ndarray:
+        try:
+            with Image.open(root / rel) as img:
+                size = None if image_size is None else (image_size, image_size)
+                return resize_array(img, size, "RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL raises all of these
+            raise DataError(f"cannot decode image {root / rel}: {e}") from None
+
+    first = decode(files[0][0])
+    if image_size is None and first.shape[0] != first.shape[1]:
+        raise DataError(f"images under {root} are {first.shape[1]}x{first.shape[0]}, not square; set data.image_size")
+    out = np.empty((len(files),) + first.shape, dtype=np.uint8)
+    out[0] = first
+
+    def work(i: int) -> None:
+        arr = decode(files[i][0])
+        if arr.shape != first.shape:
+            raise DataError(
+                f"images under {root} differ in size ({first.shape[1]}x{first.shape[0]} in {files[0][0]}, "
+                f"{arr.shape[1]}x{arr.shape[0]} in {files[i][0]}); set data.image_size to resize them"
+            )
+        out[i] = arr
+
+    # PIL releases the GIL while decoding, so threads scale across cores.
+    with ThreadPoolExecutor(_workers()) as pool:
+        list(pool.map(work, range(1, len(files)), chunksize=256))
+    return out
+
+
+def load_imagefolder(root: str | Path, image_size: int | None = None, cache_dir: str | Path | None = None) -> ImageSet:
+    """ROOT/<class>/<image>: RGB uint8, labels in sorted class-folder order; optional .npz cache."""
+    root = Path(root).absolute()
+    classes, files = _scan_imagefolder(root)
+    cache_path = None
+    if cache_dir is not None:
+        cache_path = Path(cache_dir) / f"imagefolder-{_cache_key(root, files, image_size)}.npz"
+        cached = _read_cache(cache_path)
+        if cached is not None:
+            return cached
+    labels = np.array([label for _, label in files], dtype=np.int64)
+    result = ImageSet(_decode_all(root, files, image_size), labels, classes)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, images=result.images, labels=labels, class_names=np.array(classes, dtype=str))
+        atomic_write_bytes(cache_path, buf.getvalue())
+    return result
+
+
+# ---------------------------------------------------------------- CIFAR python batches
+
+
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    # Old pickles name numpy.core.*, new ones numpy._core.*: map both to the real
+    # function instead of importing the deprecated numpy.core shim.
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
+_SAFE_BUILTINS = {"dict": dict, "list": list, "str": str, "bytes": bytes, "int": int}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR batches contain; a pickle can otherwise run any code."""
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self._path = path
+        self._allowed = _numpy_globals()
+
+    def find_class(self, module: str, name: str):
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        if (module, name) in self._allowed:
+            return self._allowed[(module, name)]
+        raise DataError(f"refusing to unpickle {module}.{name} from {self._path}")
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            obj = _RestrictedUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # any malformed pickle: EOFError, UnpicklingError, TypeError...
+        raise DataError(f"{path} is not a CIFAR python batch: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR python batch: expected a dict, got {type(obj).__name__}")
+    return obj
+
+
+def _read_batch(path: Path, label_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    d = _unpickle(path)
+    data, labels = d.get(b"data"), d.get(label_key)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise DataError(f"{path} is not a CIFAR python batch: b'data' must be uint8 [N, 3072]")
+    labels = np.asarray(labels if labels is not None else [], dtype=np.int64)
+    if labels.shape != (len(data),) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise DataError(f"{path} is not a CIFAR python batch: {label_key!r} must hold {len(data)} labels in [0, {num_classes})")
+    # Rows are 1024 R, 1024 G, 1024 B values, each a row-major 32x32 plane.
+    images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return images, labels
+
+
+_CIFAR = {
+    # name: (folder, train files, test files, meta file, label key, names key, classes, title, archive)
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", b"labels", b"label_names", 10, "CIFAR-10", "cifar-10-python.tar.gz"),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", 100,
+                 "CIFAR-100", "cifar-100-python.tar.gz"),
+}  # fmt: skip
+
+
+def _download_cifar(root: Path, name: str, train: bool) -> None:
+    folder, title, archive = _CIFAR[name][0], _CIFAR[name][7], _CIFAR[name][8]
+    manual = f"download {archive} from {CIFAR_URL} and extract it so that {root / folder} exists"
+    try:
+        import torchvision.datasets as tvd  # only to fetch the files; we read them ourselves
+    except ImportError as e:
+        raise DataError(f"data.download needs torchvision (pip install edgekd[train]); or {manual}") from e
+    cls = tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100
+    try:
+        cls(str(root), train=train, download=True)
+    except Exception as e:  # URLError, timeouts, bad checksum, disk full...
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"downloading {title} to {root} failed ({msg}); {manual}") from None
+
+
+def load_cifar(root: str | Path, name: str = "cifar10", train: bool = True, download: bool = False) -> ImageSet:
+    """The official CIFAR python batches under ROOT, read with a restricted unpickler."""
+    if name not in _CIFAR:
+        raise DataError(f"unknown CIFAR dataset {name!r}; allowed: cifar10, cifar100")
+    folder, train_files, test_files, meta, label_key, names_key, num_classes, title, _ = _CIFAR[name]
+    root = Path(root).absolute()
+    base = root / folder
+    needed = [meta] + (train_files if train else test_files)
+    if not all((base / f).is_file() for f in needed):
+        if not download:
+            raise DataError(
+                f"{title} not found under {base}; put the python version there (from {CIFAR_URL}) "
+                f"or set data.download: true"
+            )
+        _download_cifar(root, name, train)
+        if not all((base / f).is_file() for f in needed):
+            raise DataError(f"download of {title} finished but {base} lacks {', '.join(needed)}")
+    names = _unpickle(base / meta).get(names_key)
+    if not isinstance(names, list) or len(names) != num_classes:
+        raise DataError(f"{base / meta} is not CIFAR metadata: {names_key!r} must list {num_classes} class names")
+    class_names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names]
+    parts = [_read_batch(base / f, label_key, num_classes) for f in (train_files if train else test_files)]
+    images = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+    labels = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+    return ImageSet(images, labels, class_names)
+
+
+# ---------------------------------------------------------------- by name
+
+SOURCE_NAMES = ("digits", "cifar10", "cifar100", "imagefolder")
+
+
+def load_source(
+    name: str, root: str | Path | None, image_size: int | None, download: bool = False, cache_dir: str | Path | None = None
+) -> ImageSet:
+    """The full training-side image set of a named source (val/tune are carved from it, never from a test set)."""
+    if name not in SOURCE_NAMES:
+        raise DataError(f"unknown data.name {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
+    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1):
+        raise DataError(f"data.image_size must be a positive integer or null, got {image_size!r}")
+    if name == "digits":
+        return load_digits(32 if image_size is None else image_size)
+    if root is None:
+        raise DataError(f"data.root is required for {name}")
+    if name == "imagefolder":
+        return load_imagefolder(root, image_size, cache_dir)
+    data = load_cifar(root, name, train=True, download=download)
+    if image_size is not None:
+        data.images = resize_images(data.images, image_size)
+    return data
