@@ -1,0 +1,243 @@
+"""The `edgekd` command line: one thin click command per verb.
+
+Heavy imports (torch, onnx) happen inside the commands, so `edgekd validate` runs
+on a device that has only numpy and ONNX Runtime. Errors in the user's input
+(EdgeKDError) become one line on stderr and exit code 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from edgekd import __version__
+from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError
+
+
+def _need_torch(verb: str) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"edgekd {verb} needs PyTorch, which is not installed: pip install 'edgekd[train]'"
+        ) from e
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgekd")
+@click.option("--debug", is_flag=True, help="Show full tracebacks for errors (for bug reports).")
+def cli(debug: bool) -> None:
+    """edgekd: distill a large image classifier into a small, well-calibrated one
+    (online BD-KD), export it to ONNX/TensorRT, and validate accuracy AND
+    calibration on the target runtime.
+
+    \b
+      edgekd distill recipes/quickstart.yaml
+      edgekd export                # newest run under runs/
+      edgekd validate              # newest bundle under export/
+    """
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a recipe key, e.g. --set train.epochs=5 --set distill.weighting=soft. Repeatable.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run directory. Default: runs/<recipe-name>-<time>/.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out (default: the newest unfinished run of this recipe) from its last.pt.")
+@click.option("--quiet", is_flag=True, help="No progress bar: one short line per epoch.")
+def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, quiet: bool) -> int:
+    """Train teacher and student together from a YAML RECIPE (online distillation).
+
+    Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
+    epoch), student.pt, summary.json and reliability diagrams into the run
+    directory. The last line says where the run is and the student's
+    accuracy and ECE on the val split.
+    """
+    from edgekd.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    _need_torch("distill")
+    from edgekd.distill.runs import find_resumable
+    from edgekd.distill.trainer import default_run_dir, run_distill
+    from edgekd.progress import EpochReporter
+
+    if out is None:
+        out = find_resumable(r) if resume else default_run_dir(r)
+    reporter = EpochReporter(r.train.epochs, quiet=quiet)
+    with reporter:
+        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done, progress=reporter.step)
+    s, t = summary["student"], summary["teacher"]
+    click.echo(
+        f"teacher {t['arch']}: acc {_pct(t['accuracy'])} ECE {_pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
+    )
+    click.echo(
+        f"run {out} | student {s['arch']} ({summary['method']}): acc {_pct(s['accuracy'])} "
+        f"ECE {_pct(s['ece'])} NLL {s['nll']:.4f} Brier {s['brier']:.4f} on {summary['eval_images']} {summary['eval_split']} images"
+    )
+    return 0
+
+
+@cli.command()
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--methods", default="ce,dml,bdkd", show_default=True,
+              help="Comma-separated variants: a method (ce, kd, dml, bdkd), optionally with distill overrides "
+                   "joined by ':', e.g. bdkd:weighting=soft:temperature=2 or dml:optim.lr=0.1.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated train.seed values; each variant runs once per seed.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key for every run. Repeatable.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Comparison folder. Default: runs/compare-<recipe-name>/.")
+@click.option("--quiet", is_flag=True, help="Only one line per run, not per epoch.")
+def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> int:
+    """Run RECIPE under several methods and seeds with everything else identical
+    (split, schedule, augmentation, seeds), then write comparison.json,
+    comparison.md (mean ± std: accuracy, ECE, adaptive ECE, NLL, Brier, and ECE
+    after the NLL-optimal temperature as a diagnostic) and overlaid reliability
+    diagrams. Finished runs are reused, so an interrupted comparison resumes.
+
+    \b
+    Ablations of BD-KD use the same flag:
+      --methods bdkd,bdkd:weighting=soft,bdkd:weighting=forward,bdkd:weighting=reverse
+      --methods bdkd,bdkd:switch=flipped,bdkd:teacher_divergence=none,bdkd:temperature=2
+    """
+    from edgekd.compare import parse_variants, plan, run_all
+    from edgekd.recipe import load_recipe
+
+    variants = parse_variants(_csv(methods))
+    try:
+        seed_list = [int(s) for s in _csv(seeds)]
+    except ValueError as e:
+        raise click.BadParameter(f"--seeds takes integers, got {seeds!r}") from e
+    plan(recipe, variants, seed_list, list(overrides))  # every run's recipe checked before any training
+    _need_torch("compare")
+    base = load_recipe(recipe, overrides)
+    out = out or Path("runs") / f"compare-{base.name}"
+    on_epoch = None if quiet else (lambda rec: click.echo(
+        f"  epoch {rec['epoch']}: student acc {_pct(rec['student_accuracy'])} ECE {_pct(rec['student_ece'])}"))
+    command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = run_all(recipe, variants, seed_list, list(overrides), out, log=click.echo, on_epoch=on_epoch,
+                     command=command)
+    click.echo((out / "comparison.md").read_text())
+    click.echo(f"comparison of {len(report['runs'])} runs in {out}")
+    return 0
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise click.BadParameter("expected a comma-separated list")
+    return items
+
+
+@cli.command()
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle folder. Default: export/<run-name>/.")
+@click.option("--formats", default="fp32,fp16,int8", show_default=True,
+              help="Comma-separated ONNX formats to write: fp32, fp16, int8 (fp32 is always written).")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines from the FP16 and INT8 ONNX files (needs TensorRT and an NVIDIA GPU).")
+@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Training-split images used to calibrate INT8 (never val images).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="INT8 activation calibration method.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Largest batch of the TensorRT optimization profile (min 1).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
+def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite) -> int:
+    """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8 (+ TensorRT engines).
+
+    RUN_DIR defaults to the newest complete run under runs/. Parity with PyTorch
+    and accuracy/ECE drift are measured on the run's val split and written into
+    the bundle's manifest.json; see export/README.md for the bundle format.
+    Exit 0 on success, 1 if an exported file disagrees with PyTorch, 2 on bad input.
+    """
+    _need_torch("export")
+    from edgekd.deploy import export_bundle
+
+    export_bundle(run_dir=run_dir, out=out, formats=_csv(formats), trt=trt, calib_samples=calib_samples,
+                  calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=click.echo)
+    return 0
+
+
+@cli.command()
+@click.argument("bundle", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data", "data_spec", default=None, metavar="SPEC",
+              help="digits | imagefolder:DIR | cifar10:DIR | cifar100:DIR. Default: the run's val split from the manifest.")
+@click.option("--formats", default=None, help="Comma-separated: fp32, fp16, int8, engine. Default: every file in the bundle the runtime can run.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
+@click.option("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: all available).")
+@click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size for throughput and metrics.")
+@click.option("--max-ece", type=click.FloatRange(0, 1), default=None, help="Gate: maximum ECE (fraction, e.g. 0.05).")
+@click.option("--max-acc-drop", type=click.FloatRange(0, 1), default=None, help="Gate: maximum top-1 drop vs the PyTorch reference.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None, help="Gate: minimum top-1 agreement with the reference.")
+@click.option("--max-ece-drift", type=click.FloatRange(0, 1), default=None, help="Gate: maximum |ECE - reference ECE|.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write all results as JSON.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write a Markdown report with reliability diagrams per format.")
+@click.option("--save-predictions", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write labels and <format>_logits arrays (.npz) to recompute any metric.")
+def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max_acc_drop, min_agreement,
+             max_ece_drift, json_path, report_dir, save_predictions) -> int:
+    """Check an exported BUNDLE on this device's runtime: accuracy AND calibration, pass/fail.
+
+    BUNDLE defaults to the newest bundle under export/. Runs without PyTorch.
+    Thresholds come from the flags, else from the recipe's validate: section
+    recorded in the manifest. Exit 0 if every check passes, 1 if a gate fails,
+    2 on bad input.
+    """
+    from edgekd.validate import run_validation
+
+    thresholds = {"max_ece": max_ece, "max_acc_drop": max_acc_drop, "min_agreement": min_agreement,
+                  "max_ece_drift": max_ece_drift}
+    return run_validation(bundle=bundle, data_spec=data_spec, formats=_csv(formats), runtime=runtime,
+                          providers=_csv(providers), batch=batch, thresholds=thresholds, json_path=json_path,
+                          report_dir=report_dir, save_predictions=save_predictions, log=click.echo)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or os.environ.get("EDGEKD_DEBUG") == "1"
+    try:
+        rv = cli.main(args=args, prog_name="edgekd", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("edgekd: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        if debug:
+            raise
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"edgekd: error: {e.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        if debug:
+            raise
+        click.echo(f"edgekd: error: {e.format_message()}", err=True)
+        sys.exit(e.exit_code)
+    except (EdgeKDError, ParityError) as e:
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        click.echo(f"edgekd: error: {msg}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("edgekd: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

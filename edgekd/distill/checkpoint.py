@@ -1,0 +1,106 @@
+"""Checkpoints: the training state (`last.pt`) and the exported student (`student.pt`).
+
+Both are plain dicts of tensors, numbers, strings and lists, written atomically
+and read with `torch.load(weights_only=True)`, so loading a checkpoint can never
+run code. `student.pt` carries everything export needs: weights, architecture,
+number of classes, input shape, preprocessing, class names and how the val split
+was carved.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgekd import io
+from edgekd.errors import CheckpointError
+
+STUDENT_FORMAT = "edgekd.student/1"
+TRAINING_FORMAT = "edgekd.training/1"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+
+
+def safe_load(path: str | Path, what: str) -> dict[str, Any]:
+    """torch.load with weights_only=True and one-line errors for every way a file can be wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses globals it does not know: a pickle that would run code.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
+        raise CheckpointError(f"{what} {path} was refused by the safe loader (weights_only): {first[:160]}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, not an edgekd checkpoint")
+    return obj
+
+
+def save_student(path: str | Path, payload: dict[str, Any]) -> None:
+    io.torch_save({"format": STUDENT_FORMAT, **payload}, path)
+
+
+def load_student(path: str | Path) -> dict[str, Any]:
+    ckpt = safe_load(path, "student checkpoint")
+    if ckpt.get("format") != STUDENT_FORMAT:
+        raise CheckpointError(
+            f"{path} is not an edgekd student checkpoint (format {ckpt.get('format')!r}, expected {STUDENT_FORMAT!r})"
+        )
+    required = ("arch", "num_classes", "in_channels", "image_size", "state_dict", "preprocessing", "class_names")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; re-run edgekd distill to write a complete student.pt")
+    return ckpt
+
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    io.torch_save({"format": TRAINING_FORMAT, **state}, path)
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    ckpt = safe_load(path, "training checkpoint")
+    if ckpt.get("format") != TRAINING_FORMAT:
+        raise CheckpointError(f"{path} is not an edgekd training checkpoint (format {ckpt.get('format')!r})")
+    return ckpt
+
+
+def load_net_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights for `teacher.checkpoint`: an edgekd student.pt/last.pt, or a bare state_dict."""
+    ckpt = safe_load(path, "checkpoint")
+    if ckpt.get("format") == STUDENT_FORMAT:
+        return ckpt["state_dict"]
+    if ckpt.get("format") == TRAINING_FORMAT:
+        return ckpt["teacher"]
+    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
+        return ckpt["state_dict"]
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return ckpt
+    raise CheckpointError(f"{path} holds no model weights (expected a state_dict or an edgekd checkpoint)")

@@ -1,0 +1,452 @@
+"""The online trainer: teacher and student in one loop.
+
+Per step: the method returns named loss terms, the trainer sums them, does one
+backward pass and steps each net's optimizer. Per epoch: both nets are evaluated
+on the evaluation split, one line goes to metrics.jsonl and the whole training
+state to last.pt (atomically). At the end: student.pt, summary.json, reliability
+diagrams and the evaluation logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import edgekd
+from edgekd import calibration, io
+from edgekd.data import DataModule, build_data
+from edgekd.distill import checkpoint as ckpt
+from edgekd.distill.methods import Distiller, get_method
+from edgekd.distill.schedule import lr_factor
+from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError
+from edgekd.models import build_model, count_parameters, load_weights
+from edgekd.recipe import OptimConfig, Recipe
+
+SUMMARY_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
+
+
+class NonFiniteLoss(EdgeKDError):
+    """A loss went NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Setup:
+    """Everything built from a recipe before any file is written."""
+
+    recipe: Recipe
+    data: DataModule
+    teacher: nn.Module
+    student: nn.Module
+    method: Distiller
+    device: torch.device
+    amp_dtype: torch.dtype | None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"train.device is {name} but no CUDA GPU is visible; use train.device: cpu or auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise MissingDependencyError(f"train.device is {name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            raise RecipeError(f"train.amp: {mode} needs a CUDA device; use off or auto on the CPU")
+        return None
+    return {"off": None, "auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(recipe: Recipe) -> Setup:
+    """Build data, models and the method; raise a clean error for any bad input, write nothing."""
+    d = recipe.data
+    device = resolve_device(recipe.train.device)
+    amp_dtype = resolve_amp(recipe.train.amp, device)
+    method_cls = get_method(recipe.distill.method)
+    data = build_data(
+        d.name, d.root, image_size=d.image_size, val_fraction=d.val_fraction, val_size=d.val_size,
+        tune_fraction=d.tune_fraction, tune_size=d.tune_size, subset=d.subset, split_seed=d.split_seed,
+        download=d.download, cache_dir=d.cache_dir,
+    )
+    if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):
+        raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
+    seed_everything(recipe.train.seed)
+
+    def net(cfg, role: str) -> nn.Module:
+        model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
+        if cfg.checkpoint:
+            load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
+        return model
+
+    teacher = net(recipe.teacher, "teacher")
+    student = net(recipe.student, "student")
+    if recipe.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    teacher.to(device)
+    student.to(device)
+    if recipe.train.compile:
+        # The method calls the compiled wrappers; state, evaluation and checkpoints
+        # use the raw modules, so checkpoint keys never carry "_orig_mod.".
+        method = method_cls(torch.compile(teacher), torch.compile(student), recipe.distill,
+                            label_smoothing=recipe.optim.label_smoothing)
+    else:
+        method = method_cls(teacher, student, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
+    return Setup(recipe, data, teacher, student, method, device, amp_dtype)
+
+
+def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    # Fused kernels where the device supports them; foreach elsewhere.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay, **fast)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fast)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader, amp_dtype, channels_last: bool) -> tuple[np.ndarray, np.ndarray]:
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(x.device, amp_dtype):
+            z = model(x)
+        logits.append(z.float())
+        labels.append(y)
+    model.train(was_training)
+    return torch.cat(logits).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+def _autocast(device: torch.device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return calibration.calibration_metrics(logits, labels)
+
+
+class Trainer:
+    """Runs the epochs of one recipe into one run directory."""
+
+    def __init__(self, setup: Setup, run_dir: Path, on_epoch: Callable[[dict], None] | None = None,
+                 progress=None):
+        self.s = setup
+        self.r = setup.recipe
+        self.run_dir = run_dir
+        self.on_epoch = on_epoch or (lambda rec: None)
+        self.progress = progress
+        self.opt_s = make_optimizer(setup.student.parameters(), self.r.optim, setup.device)
+        t_cfg = self.r.teacher_optim or self.r.optim
+        self.t_cfg = t_cfg
+        trains_teacher = setup.method.trains_teacher
+        self.opt_t = make_optimizer(setup.teacher.parameters(), t_cfg, setup.device) if trains_teacher else None
+        self.scaler = torch.amp.GradScaler(setup.device.type) if setup.amp_dtype == torch.float16 else None
+        aug = self.r.data.augment
+        self.train_loader = setup.data.train_loader(
+            self.r.data.batch_size, setup.device, seed=self.r.train.seed, augment=True,
+            crop_padding=aug.crop_padding, hflip=aug.hflip,
+        )
+        self.eval_loader = setup.data.eval_loader(self.r.train.eval_split, self.r.data.eval_batch_size, setup.device)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise RecipeError(
+                f"data.batch_size {self.r.data.batch_size} is larger than the {len(setup.data.train.labels)} training images"
+            )
+        self.epoch = 0  # epochs completed
+        self.history: list[dict[str, Any]] = []
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "recipe": self.r.to_dict(),
+            "student": self.s.student.state_dict(),
+            "teacher": self.s.teacher.state_dict(),
+            "opt_student": self.opt_s.state_dict(),
+            "opt_teacher": self.opt_t.state_dict() if self.opt_t else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "rng": ckpt.rng_state(),
+            "history": self.history,
+        }
+
+    def load_state(self, st: dict[str, Any]) -> None:
+        try:
+            self.s.student.load_state_dict(st["student"])
+            self.s.teacher.load_state_dict(st["teacher"])
+            self.opt_s.load_state_dict(st["opt_student"])
+            if self.opt_t and st.get("opt_teacher"):
+                self.opt_t.load_state_dict(st["opt_teacher"])
+            if self.scaler and st.get("scaler"):
+                self.scaler.load_state_dict(st["scaler"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            raise CheckpointError(f"last.pt does not match this recipe's models: {str(e).splitlines()[0][:160]}") from e
+        ckpt.set_rng_state(st["rng"])
+        self.epoch = int(st["epoch"])
+        self.history = list(st["history"])
+
+    # -- loop ---------------------------------------------------------------------------------
+    def _set_lr(self, step: int) -> float:
+        epochs = self.r.train.epochs
+        lr_s = self.r.optim.lr * lr_factor(step, self.steps_per_epoch, epochs, self.r.optim)
+        for g in self.opt_s.param_groups:
+            g["lr"] = lr_s
+        if self.opt_t:
+            lr_t = self.t_cfg.lr * lr_factor(step, self.steps_per_epoch, epochs, self.t_cfg)
+            for g in self.opt_t.param_groups:
+                g["lr"] = lr_t
+        return lr_s
+
+    def _optim_step(self, loss: torch.Tensor) -> None:
+        opts = [o for o in (self.opt_s, self.opt_t) if o is not None]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        clip = self.r.optim.grad_clip
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            for o in opts:
+                if clip:
+                    self.scaler.unscale_(o)
+                    torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], clip)
+                self.scaler.step(o)
+            self.scaler.update()
+        else:
+            loss.backward()
+            for o in opts:
+                if clip:
+                    torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], clip)
+                o.step()
+
+    def train_epoch(self) -> dict[str, Any]:
+        s, m = self.s, self.s.method
+        m.train()
+        loader = self.train_loader
+        loader.set_epoch(self.epoch)
+        dev = s.device
+        sums: dict[str, torch.Tensor] = {}
+        correct_s = torch.zeros((), device=dev)
+        correct_t = torch.zeros((), device=dev)
+        seen = 0
+        t0 = time.perf_counter()
+        step0 = self.epoch * self.steps_per_epoch
+        lr = 0.0
+        for i, (x, y) in enumerate(loader):
+            lr = self._set_lr(step0 + i)
+            if self.r.train.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(dev, s.amp_dtype):
+                out = m.forward_train(x, y)
+            loss = sum(out.losses.values())
+            if not torch.isfinite(loss):
+                bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
+                raise NonFiniteLoss(
+                    f"non-finite loss at epoch {self.epoch + 1}, step {i + 1}: {', '.join(bad) or 'total'}; "
+                    f"the last good checkpoint is kept (lower optim.lr or set optim.grad_clip)"
+                )
+            self._optim_step(loss)
+            n = y.shape[0]
+            seen += n
+            with torch.no_grad():
+                for k, v in {**out.losses, **out.stats}.items():
+                    sums[k] = sums.get(k, 0) + v.detach().float() * n
+                correct_s += (out.student_logits.argmax(1) == y).sum()
+                correct_t += (out.teacher_logits.argmax(1) == y).sum()
+            if self.progress is not None:
+                self.progress(i + 1, self.steps_per_epoch, lambda: {
+                    "loss": float(sum(v for k, v in sums.items() if k not in out.stats) / seen),
+                    "acc": float(correct_s) / seen,
+                    "img/s": seen / max(1e-9, time.perf_counter() - t0),
+                })
+        secs = time.perf_counter() - t0
+        rec = {k: float(v) / seen for k, v in sums.items()}
+        rec["loss"] = sum(v for k, v in rec.items() if k in out.losses)
+        rec.update(
+            lr=lr, seconds=secs, images_per_s=seen / secs,
+            student_train_accuracy=float(correct_s) / seen, teacher_train_accuracy=float(correct_t) / seen,
+        )
+        return rec
+
+    def evaluate(self) -> dict[str, Any]:
+        s = self.s
+        out = {}
+        for role, net in (("teacher", s.teacher), ("student", s.student)):
+            logits, labels = predict(net, self.eval_loader, s.amp_dtype, self.r.train.channels_last)
+            out[role] = (logits, labels, _metrics(logits, labels))
+        return out
+
+    def fit(self) -> dict[str, Any]:
+        last = self.run_dir / "last.pt"
+        metrics_path = self.run_dir / "metrics.jsonl"
+        evals = None
+        while self.epoch < self.r.train.epochs:
+            rec = {"epoch": self.epoch + 1, **self.train_epoch()}
+            t_eval = time.perf_counter()
+            evals = self.evaluate()
+            for role in ("teacher", "student"):
+                for k in ("accuracy", "ece", "nll"):
+                    rec[f"{role}_{k}"] = evals[role][2][k]
+            rec["eval_seconds"] = time.perf_counter() - t_eval
+            self.epoch += 1
+            self.history.append(rec)
+            ckpt.save_training_state(last, self.state())
+            # metrics.jsonl is rewritten from the checkpoint's history, so after a
+            # crash and --resume it never holds an epoch twice or a lost one.
+            io.atomic_write_text(metrics_path, "".join(_jsonl(r) for r in self.history))
+            self.on_epoch(rec)
+        if evals is None:  # resumed a finished run: evaluate once more for the summary
+            evals = self.evaluate()
+        return self.finish(evals)
+
+    def finish(self, evals) -> dict[str, Any]:
+        from edgekd import plots
+
+        s, r, d = self.s, self.r, self.s.data
+        student, teacher = s.student, s.teacher
+        summary: dict[str, Any] = {
+            "run": self.run_dir.name,
+            "recipe": r.name,
+            "recipe_hash": r.digest(),
+            "method": r.distill.method,
+            "epochs": self.epoch,
+            "eval_split": r.train.eval_split,
+            "eval_images": int(len(evals["student"][1])),
+            "train_seconds": float(sum(h["seconds"] for h in self.history)),
+            "split": d.split_info,
+            "edgekd_version": edgekd.__version__,
+            "torch_version": torch.__version__,
+            "device": str(s.device),
+        }
+        last_rec = self.history[-1] if self.history else {}
+        for role, net in (("teacher", teacher), ("student", student)):
+            logits, labels, met = evals[role]
+            summary[role] = {
+                "arch": getattr(r, role).arch,
+                "params": count_parameters(net),
+                **{k: met[k] for k in SUMMARY_METRICS},
+                "train_accuracy": last_rec.get(f"{role}_train_accuracy"),
+                "ts_headroom": calibration.temperature_headroom(logits, labels),
+            }
+            plots.reliability_diagram(
+                calibration.reliability_bins(logits, labels), self.run_dir / f"reliability_{role}.png",
+                title=f"{role} {getattr(r, role).arch} ({r.distill.method}) on {r.train.eval_split}",
+            )
+        buf = self.run_dir / "eval_logits.npz"
+        _save_npz(buf, labels=evals["student"][1], student_logits=evals["student"][0],
+                  teacher_logits=evals["teacher"][0])
+        ckpt.save_student(self.run_dir / "student.pt", {
+            "arch": r.student.arch,
+            "options": dict(r.student.options),
+            "num_classes": d.num_classes,
+            "in_channels": d.in_channels,
+            "image_size": d.image_size,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()},
+            "preprocessing": d.preprocessing(),
+            "class_names": list(d.class_names),
+            "split": d.split_info,
+            "recipe": r.to_dict(),
+            "recipe_hash": r.digest(),
+            "metrics": {k: summary["student"][k] for k in SUMMARY_METRICS},
+            "edgekd_version": edgekd.__version__,
+        })
+        io.write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def _jsonl(rec: dict) -> str:
+    import json
+
+    return json.dumps(rec) + "\n"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    import io as _io
+
+    b = _io.BytesIO()
+    np.savez_compressed(b, **arrays)
+    io.atomic_write_bytes(path, b.getvalue())
+
+
+def check_resume_recipe(saved: dict[str, Any], current: Recipe) -> None:
+    now = current.to_dict()
+    diffs = sorted(_diff_keys(saved, now))
+    if diffs:
+        shown = ", ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else "")
+        raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: {shown}")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in set(a) | set(b):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None) -> dict[str, Any]:
+    """Prepare (no files yet), then train into run_dir. A run that fails before its
+    first checkpoint leaves no directory behind."""
+    setup = prepare(recipe)
+    created = False
+    if resume:
+        last = run_dir / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume")
+        state = ckpt.load_training_state(last)
+        check_resume_recipe(state["recipe"], recipe)
+    else:
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise EdgeKDError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
+        created = True
+        state = None
+    try:
+        trainer = Trainer(setup, run_dir, on_epoch=on_epoch, progress=progress)
+        if state is not None:
+            trainer.load_state(state)
+        else:
+            io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
+            io.write_json(run_dir / "split.json", setup.data.split_info)
+        return trainer.fit()
+    except BaseException:
+        if created and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def default_run_dir(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{recipe.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path = Path(f"{base}-{i}")
+        i += 1
+    return path

@@ -1,0 +1,73 @@
+"""Training progress on the terminal: a rich progress bar, or one short line per epoch (--quiet)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class EpochReporter:
+    """Shows steps within an epoch (loss, acc, img/s, ETA) and a line per finished epoch."""
+
+    # Reading running losses forces a device sync: do it a few times a second, not every step.
+    REFRESH_S = 0.5
+
+    def __init__(self, epochs: int, quiet: bool = False):
+        self.epochs = epochs
+        self.quiet = quiet
+        self.console = Console(stderr=False, highlight=False)
+        self._progress: Progress | None = None
+        self._task = None
+        self._last = 0.0
+        self._t0 = time.perf_counter()
+
+    def __enter__(self):
+        if not self.quiet and self.console.is_terminal:
+            self._progress = Progress(
+                TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+    def step(self, i: int, n: int, stats: Callable[[], dict]) -> None:
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if self._task is None:
+            self._task = self._progress.add_task("train", total=n, epoch=1, epochs=self.epochs, stats="")
+        if i == 1:
+            self._progress.reset(self._task, total=n)
+        if now - self._last >= self.REFRESH_S or i == n:
+            self._last = now
+            s = stats()
+            text = f"loss {s['loss']:.3f} acc {100 * s['acc']:.1f}% {s['img/s']:.0f} img/s"
+            self._progress.update(self._task, completed=i, stats=text)
+
+    def epoch_done(self, rec: dict) -> None:
+        e = rec["epoch"]
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, epoch=min(e + 1, self.epochs))
+        line = (
+            f"epoch {e}/{self.epochs} loss {rec['loss']:.3f} | teacher acc {100 * rec['teacher_accuracy']:.2f}% "
+            f"ECE {100 * rec['teacher_ece']:.2f}% | student acc {100 * rec['student_accuracy']:.2f}% "
+            f"ECE {100 * rec['student_ece']:.2f}% | {rec['images_per_s']:.0f} img/s {rec['seconds']:.1f}s"
+        )
+        if self._progress is not None:
+            self._progress.console.print(line)
+        else:
+            print(line, file=sys.stdout, flush=True)
