@@ -37,9 +37,9 @@ class DataConfig(_Strict):
     download: bool = False
     image_size: Optional[int] = Field(None, ge=8, le=1024)
     val_fraction: Optional[float] = Field(0.1, gt=0, lt=1)
-    val_size: Optional[int] = Field(None, ge=1, description="overrides val_fraction")
+    val_size: Optional[int] = Field(None, ge=1, description="takes precedence over val_fraction")
     tune_fraction: float = Field(0.0, ge=0, lt=1)
-    tune_size: Optional[int] = Field(None, ge=0)
+    tune_size: Optional[int] = Field(None, ge=0, description="takes precedence over tune_fraction")
     subset: Optional[int] = Field(None, ge=1, description="cap on the number of training images")
     split_seed: int = Field(0, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -52,6 +52,15 @@ class DataConfig(_Strict):
         if self.name == "imagefolder" and not self.root:
             raise ValueError("data.root is required when data.name is imagefolder")
         return self
+
+    def split_args(self) -> dict[str, Any]:
+        """val_size/tune_size, when given, take precedence over the fractions."""
+        return {
+            "val_fraction": None if self.val_size is not None else (self.val_fraction or 0.1),
+            "val_size": self.val_size,
+            "tune_fraction": 0.0 if self.tune_size is not None else self.tune_fraction,
+            "tune_size": self.tune_size,
+        }
 
 
 class NetConfig(_Strict):

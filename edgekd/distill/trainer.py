@@ -85,8 +85,7 @@ def prepare(recipe: Recipe) -> Setup:
     amp_dtype = resolve_amp(recipe.train.amp, device)
     method_cls = get_method(recipe.distill.method)
     data = build_data(
-        d.name, d.root, image_size=d.image_size, val_fraction=d.val_fraction, val_size=d.val_size,
-        tune_fraction=d.tune_fraction, tune_size=d.tune_size, subset=d.subset, split_seed=d.split_seed,
+        d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
         download=d.download, cache_dir=d.cache_dir,
     )
     if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):

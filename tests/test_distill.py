@@ -1,0 +1,155 @@
+"""End-to-end `edgekd distill`: the quickstart, a real CIFAR-10 subset, determinism and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgekd.distill.checkpoint import load_student
+from edgekd.models import build_model, load_weights
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "recipes/quickstart.yaml")
+CIFAR = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
+SUMMARY_KEYS = {"accuracy", "ece", "mce", "adaptive_ece", "nll", "brier"}
+
+
+def edgekd(*args, cwd=REPO, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs") / "run"
+    res = edgekd("distill", QUICKSTART, "--out", str(out), "--quiet")
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(quickstart_run):
+    out, res = quickstart_run
+    for name in ("recipe.yaml", "split.json", "metrics.jsonl", "summary.json", "student.pt", "last.pt",
+                 "reliability_student.png", "reliability_teacher.png", "eval_logits.npz"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    for role in ("teacher", "student"):
+        assert SUMMARY_KEYS <= set(summary[role]), role
+    assert summary["student"]["accuracy"] >= 0.95, summary["student"]
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == list(range(1, 16))
+    for key in ("student_ce", "student_kl_fwd", "student_kl_rev", "teacher_ce", "teacher_reg", "lr",
+                "teacher_accuracy", "student_accuracy", "student_ece", "student_nll", "seconds", "images_per_s"):
+        assert key in epochs[-1], key
+    last = res.stdout.strip().splitlines()[-1]
+    assert str(out) in last and "acc" in last and "ECE" in last
+    assert not list(out.glob(".*.tmp")), "temp files left behind"
+
+
+@pytest.mark.slow
+def test_student_checkpoint_has_everything_export_needs(quickstart_run):
+    out, _ = quickstart_run
+    ck = load_student(out / "student.pt")  # weights_only=True inside
+    assert ck["arch"] == "cnn_tiny" and ck["num_classes"] == 10 and ck["in_channels"] == 1
+    assert ck["preprocessing"]["resize"] == [32, 32] and len(ck["class_names"]) == 10
+    model = build_model(ck["arch"], ck["num_classes"], ck["in_channels"], ck["image_size"], ck["options"])
+    load_weights(model, ck["state_dict"], source="student.pt")
+    # The saved evaluation logits are the student's on the val split: recompute a few.
+    logits = np.load(out / "eval_logits.npz")["student_logits"]
+    summary = json.loads((out / "summary.json").read_text())
+    acc = float((logits.argmax(1) == np.load(out / "eval_logits.npz")["labels"]).mean())
+    assert acc == pytest.approx(summary["student"]["accuracy"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CIFAR.is_dir(), reason=f"CIFAR-10 JPEGs not found at {CIFAR}")
+def test_one_epoch_on_cifar10_subset(tmp_path):
+    # A 2,000-image ImageFolder: 200 real JPEGs per class, linked from the shared set.
+    root = tmp_path / "cifar2k"
+    for cls in sorted(p.name for p in CIFAR.iterdir() if p.is_dir()):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((CIFAR / cls).glob("*.jpg"))[:200]:
+            (root / cls / f.name).symlink_to(f)
+    out = tmp_path / "run"
+    res = edgekd("distill", str(REPO / "recipes/cifar10-cpu.yaml"), "--out", str(out), "--quiet",
+                 "--set", f"data.root={root}", "--set", "data.val_size=400", "--set", "data.subset=null",
+                 "--set", "data.tune_size=0", "--set", "train.epochs=1", "--set", "data.cache_dir=null")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_images"] == 400
+    assert summary["split"]["sizes"]["train"] == 1600
+    ck = load_student(out / "student.pt")
+    assert ck["class_names"][0] == "airplane" and ck["in_channels"] == 3
+    # 1 epoch on 1,600 images: better than chance, but the point is the pipeline on real JPEGs.
+    assert 0.1 < summary["teacher"]["accuracy"] <= 1.0
+
+
+def _short(out, *extra):
+    return ("distill", QUICKSTART, "--out", str(out), "--quiet", "--set", "train.epochs=4", *extra)
+
+
+@pytest.mark.slow
+def test_deterministic_and_exact_resume_after_sigkill(tmp_path):
+    ref = tmp_path / "ref"
+    assert edgekd(*_short(ref)).returncode == 0
+    # Kill a second run with SIGKILL once two epochs are checkpointed, then resume it.
+    victim = tmp_path / "victim"
+    proc = subprocess.Popen([sys.executable, "-m", "edgekd", *_short(victim)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = victim / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (victim / "summary.json").exists(), "the run finished before it could be killed"
+    res = edgekd(*_short(victim), "--resume")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((ref / "summary.json").read_text())
+    b = json.loads((victim / "summary.json").read_text())
+    for role in ("teacher", "student"):
+        for k in SUMMARY_KEYS:
+            assert a[role][k] == b[role][k], (role, k)
+    lines = (victim / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+    sa = torch.load(ref / "student.pt", weights_only=True)["state_dict"]
+    sb = torch.load(victim / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_different_recipe(quickstart_run):
+    out, _ = quickstart_run
+    res = edgekd("distill", QUICKSTART, "--out", str(out), "--resume", "--set", "distill.temperature=2")
+    assert res.returncode == 2
+    assert "distill.temperature" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_resume_without_checkpoint_and_nonempty_out(tmp_path):
+    res = edgekd("distill", QUICKSTART, "--out", str(tmp_path / "none"), "--resume")
+    assert res.returncode == 2 and "last.pt" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    res = edgekd("distill", QUICKSTART, "--out", str(tmp_path / "full"))
+    assert res.returncode == 2 and "not empty" in res.stderr
+    assert (tmp_path / "full" / "keep.txt").read_text() == "x"
+
+
+def test_teacher_checkpoint_of_wrong_shape(tmp_path):
+    wrong = build_model("cnn_small", 100, 1, 32)  # 100 classes; digits has 10
+    torch.save(wrong.state_dict(), tmp_path / "t.pt")
+    res = edgekd("distill", QUICKSTART, "--out", str(tmp_path / "run"),
+                 "--set", f"teacher.checkpoint={tmp_path / 't.pt'}", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "t.pt" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
