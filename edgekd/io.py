@@ -34,6 +34,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     try:
@@ -41,6 +47,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except OSError as e:
         raise EdgeKDError(f"cannot write {path}: {e.strerror or e}") from e
     try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -104,6 +112,7 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+        os.chmod(tmp, 0o777 & ~_umask())
     except OSError as e:
         raise EdgeKDError(f"cannot write to {final.parent}: {e.strerror or e}") from e
     try:
