@@ -1,0 +1,85 @@
+"""What export starts from: a run's student.pt, its model, and the images of its split.
+
+Every problem with the run is found here, before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.data import ImageSet, load_split_images
+from edgekd.data.preprocess import normalize
+from edgekd.distill.checkpoint import load_student
+from edgekd.distill.runs import newest_complete_run
+from edgekd.errors import CheckpointError, EdgeKDError
+from edgekd.io import sha256_file
+from edgekd.models import build_model, load_weights
+
+STUDENT_FILE = "student.pt"
+TORCH_BATCH = 256
+
+
+@dataclass
+class Student:
+    run_dir: Path
+    ckpt: dict[str, Any]
+    sha256: str
+    model: nn.Module
+
+    @property
+    def recipe(self) -> dict:
+        return self.ckpt.get("recipe") or {}
+
+    @property
+    def split_info(self) -> dict:
+        return self.ckpt["split"]
+
+    def preprocess(self, images: ImageSet) -> np.ndarray:
+        """uint8 NHWC -> float32 NCHW with the run's own mean/std: what every file is fed."""
+        pre = self.ckpt["preprocessing"]
+        return normalize(images.images, pre["mean"], pre["std"])
+
+    @torch.no_grad()
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """PyTorch's own logits (eval mode, FP32, CPU): the reference every file is compared with."""
+        self.model.eval()
+        out = [self.model(torch.from_numpy(x[i : i + TORCH_BATCH])) for i in range(0, len(x), TORCH_BATCH)]
+        return torch.cat(out).numpy().astype(np.float32)
+
+
+def resolve_run(run_dir: str | Path | None, log: Callable[[str], Any]) -> Path:
+    """RUN_DIR, or the newest complete run under runs/ (announced, since the user did not name it)."""
+    if run_dir is None:
+        run_dir = newest_complete_run()
+        log(f"exporting run {run_dir}")
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise EdgeKDError(f"run directory {run_dir} does not exist")
+    if not run_dir.is_dir():
+        raise EdgeKDError(f"{run_dir} is not a directory")
+    if not (run_dir / STUDENT_FILE).is_file():
+        raise EdgeKDError(f"{run_dir} has no {STUDENT_FILE}; is the run finished? (edgekd distill writes it at the end)")
+    return run_dir
+
+
+def load_run_student(run_dir: Path) -> Student:
+    path = run_dir / STUDENT_FILE
+    ckpt = load_student(path)
+    if not isinstance(ckpt.get("split"), dict):
+        raise CheckpointError(f"{path} does not record its data split; re-run edgekd distill to write a complete student.pt")
+    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"], ckpt.get("options"))
+    load_weights(model, ckpt["state_dict"], source=str(path))
+    return Student(run_dir, ckpt, sha256_file(path), model.eval())
+
+
+def split_images(student: Student, which: str) -> ImageSet:
+    """One split of the run's data, rebuilt exactly (load_split_images checks the fingerprint)."""
+    # The recipe's image cache only speeds up decoding an image folder; the split does not depend on it.
+    cache_dir = (student.recipe.get("data") or {}).get("cache_dir")
+    return load_split_images(student.split_info, which, cache_dir=cache_dir)

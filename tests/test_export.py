@@ -1,0 +1,384 @@
+"""`edgekd export` on a real quickstart run: the bundle's files, parity, manifest, atomicity, bad input.
+
+One quickstart run (3 epochs) is distilled and exported once per module, both
+through the CLI in a subprocess, exactly as a user runs them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from edgekd.data import load_split_images
+from edgekd.data.preprocess import normalize
+from edgekd.deploy import export_bundle
+from edgekd.deploy.bundle import parse_formats
+from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8
+from edgekd.deploy.parity import require_fp32_parity
+from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
+from edgekd.errors import ExportError, MissingDependencyError, ParityError
+from edgekd.io import sha256_file
+from edgekd.models import build_model, load_weights
+from edgekd.validate.runtimes import TRT_MISSING
+
+REPO = Path(__file__).resolve().parents[1]
+ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx")
+BUNDLE_FILES = {*ONNX_FILES, "int8_calibration.json", "manifest.json"}
+
+
+def edgekd(*args, cwd=REPO, timeout=600):
+    return subprocess.run([sys.executable, "-m", "edgekd", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def tensorrt_importable() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tensorrt_and_gpu() -> bool:
+    if not tensorrt_importable():
+        return False
+    try:
+        find_target()
+    except MissingDependencyError:
+        return False
+    return True
+
+
+def assert_one_line_error(proc, *needles, code=2):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("edgekd: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def leftovers(parent: Path, name: str) -> list[str]:
+    """The folder itself or atomic_dir's hidden temp folders for it."""
+    if not parent.is_dir():
+        return []
+    return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("export") / "run"
+    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=3", "--out", run, "--quiet")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir):
+    out = run_dir.parent / "bundle"
+    res = edgekd("export", run_dir, "--out", out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"bundle {out}" in res.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def manifest(bundle):
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+# ---------------------------------------------------------------- the files
+
+
+def test_bundle_holds_exactly_the_documented_files(bundle):
+    assert {p.name for p in bundle.iterdir()} == BUNDLE_FILES  # no .data side files, no leftovers
+
+
+@pytest.mark.parametrize("name", ONNX_FILES)
+def test_onnx_files_are_self_contained(bundle, name):
+    model = onnx.load(str(bundle / name), load_external_data=False)
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert external == []
+    onnx.checker.check_model(str(bundle / name), full_check=True)
+    assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 18
+
+
+@pytest.mark.parametrize("name", ONNX_FILES)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_each_file_runs_any_batch_in_onnxruntime(bundle, name, batch):
+    session = ort.InferenceSession(str(bundle / name), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name, inp.type, out.type) == ("input", "logits", "tensor(float)", "tensor(float)")
+    assert inp.shape[1:] == [1, 32, 32] and not isinstance(inp.shape[0], int)  # dynamic batch, fixed H x W
+    x = np.random.default_rng(batch).normal(size=(batch, 1, 32, 32)).astype(np.float32)
+    logits = session.run(None, {"input": x})[0]
+    assert logits.shape == (batch, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
+
+
+def test_int8_file_is_symmetric_qdq_with_per_channel_weights(bundle):
+    model = onnx.load(str(bundle / "model_int8.onnx"))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    # What TensorRT's explicit quantization parses: INT8 with zero point 0, no INT32 (bias) DequantizeLinear.
+    zero_points = [consts[n.input[2]] for n in q + dq]
+    assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    assert all(consts[n.input[0]].dtype == np.int8 for n in dq if n.input[0] in consts)
+    weight_scales = [consts[n.input[1]] for n in dq if n.input[0] in consts and consts[n.input[0]].ndim == 4]
+    assert weight_scales and all(s.size > 1 for s in weight_scales)  # one scale per output channel
+
+
+def test_calibration_ranges_match_the_int8_model(bundle, manifest):
+    cal = json.loads((bundle / "int8_calibration.json").read_text())
+    quant = manifest["files"]["model_int8.onnx"]["quantization"]
+    assert cal["split"] == quant["split"] == "train" and cal["method"] == quant["method"] == "minmax"
+    assert cal["samples"] == quant["samples"] == min(512, manifest["data"]["sizes"]["train"])
+    assert quant["ranges_file"] == "int8_calibration.json"
+    model = onnx.load(str(bundle / "model_int8.onnx"))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    used = {n.input[0]: float(consts[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert set(cal["tensors"]) == set(used)  # every quantized activation, and only those
+    for name, r in cal["tensors"].items():
+        assert r["zero_point"] == 0 and r["scale"] == pytest.approx(used[name], rel=1e-7), name
+        if "min" in r:  # symmetric: never wider than what the calibrator saw (a ReLU may narrow it)
+            assert 127 * r["scale"] <= max(abs(r["min"]), abs(r["max"])) * (1 + 1e-6), name
+    x = cal["tensors"]["input"]  # the input has no ReLU after it: exactly its calibrated range
+    assert 127 * x["scale"] == pytest.approx(max(abs(x["min"]), abs(x["max"])), rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, method):
+    """100 images do not split into batches of 64; the histogram calibrators need equal batches."""
+    calib = np.random.default_rng(0).normal(size=(100, 1, 32, 32)).astype(np.float32)
+    result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(method=method))
+    assert result.ranges and (tmp_path / "q.onnx").is_file()
+
+
+# ---------------------------------------------------------------- the manifest
+
+
+def test_manifest_hashes_and_sizes_match_the_files(bundle, manifest):
+    assert set(manifest["files"]) == BUNDLE_FILES - {"manifest.json"}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(bundle / name), name
+        assert entry["bytes"] == (bundle / name).stat().st_size, name
+    assert [manifest["files"][n]["precision"] for n in ONNX_FILES] == ["fp32", "fp16", "int8"]
+
+
+def test_manifest_describes_the_run(run_dir, manifest):
+    recipe = yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())
+    assert manifest["schema_version"] == 1 and manifest["kind"] == "edgekd.bundle"
+    assert manifest["source"]["student_sha256"] == sha256_file(run_dir / "student.pt")
+    assert manifest["source"]["recipe"] == "quickstart"
+    assert manifest["data"] == json.loads((run_dir / "split.json").read_text())
+    assert manifest["gate"] == recipe["validate"]
+    assert manifest["input"] == {"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["output"]["shape"] == ["batch", 10] and manifest["model"]["arch"] == "cnn_tiny"
+    assert manifest["tools"]["onnxruntime"] == ort.__version__ and manifest["tools"]["tensorrt"] is None
+
+
+def test_fp32_parity_is_recorded_and_true(run_dir, bundle, manifest):
+    """Recompute on the val split what the manifest claims: PyTorch vs the FP32 file."""
+    val = load_split_images(manifest["data"], "val")
+    pre = manifest["preprocessing"]
+    x = normalize(val.images, pre["mean"], pre["std"])
+    ckpt = torch.load(run_dir / "student.pt", weights_only=True)
+    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"])
+    load_weights(model, ckpt["state_dict"], "student.pt")
+    with torch.no_grad():
+        torch_logits = model.eval()(torch.from_numpy(x)).numpy()
+    session = ort.InferenceSession(str(bundle / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"input": x})[0]
+    assert np.abs(onnx_logits - torch_logits).max() < 1e-3
+
+    ref, fp32 = manifest["reference"], manifest["files"]["model_fp32.onnx"]
+    assert ref["n"] == fp32["parity"]["n"] == len(val.labels) == manifest["data"]["sizes"]["val"]
+    assert ref["accuracy"] == pytest.approx(float(np.mean(torch_logits.argmax(1) == val.labels)))
+    assert fp32["parity"]["max_abs_logit_diff"] < 1e-3 and fp32["parity"]["top1_agreement"] >= 0.999
+    assert abs(fp32["drift"]["accuracy_drop"]) < 1e-9 and fp32["drift"]["ece_drift"] < 1e-6
+    for name in ONNX_FILES:  # every file's figures are recorded, FP16/INT8 without a pass/fail
+        entry = manifest["files"][name]
+        assert set(entry["metrics"]) == {"accuracy", "ece", "nll", "brier"}
+        assert 0 <= entry["parity"]["top1_agreement"] <= 1
+        assert entry["drift"]["accuracy_drop"] == pytest.approx(ref["accuracy"] - entry["metrics"]["accuracy"])
+
+
+def test_edgekd_validate_accepts_the_bundle(bundle):
+    res = edgekd("validate", bundle, "--max-ece", "1", "--max-acc-drop", "1", "--min-agreement", "0",
+                 "--max-ece-drift", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "VERDICT: PASS" in res.stdout
+
+
+# ---------------------------------------------------------------- atomicity, TensorRT, bad input
+
+
+def test_interrupted_export_leaves_nothing(run_dir, tmp_path):
+    """Ctrl-C after the FP32 and FP16 files are written: no bundle, no temp folder."""
+    out = tmp_path / "bundle"
+    written = []
+
+    def log(line):
+        written.append(line)
+        if line.startswith("writing model_int8.onnx"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(run_dir=run_dir, out=out, log=log)
+    assert any(line.startswith("writing model_fp16.onnx") for line in written)
+    assert leftovers(tmp_path, "bundle") == []
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
+def test_trt_without_tensorrt_still_writes_the_onnx_bundle(run_dir, tmp_path):
+    out = tmp_path / "trt"
+    res = edgekd("export", run_dir, "--out", out, "--formats", "fp32,fp16", "--trt")
+    assert_one_line_error(res, "TensorRT is not installed", f"the ONNX files in {out} are complete")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model_fp32.onnx", "model_fp16.onnx"}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == sha256_file(out / name)
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not tensorrt_and_gpu(), reason=TRT_MISSING)
+def test_trt_engines_are_built_and_recorded(run_dir, tmp_path):
+    out = tmp_path / "trt"
+    res = edgekd("export", run_dir, "--out", out, "--trt", "--max-batch", "16")
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    for precision in ("fp16", "int8"):
+        entry = files[f"model_{precision}.engine"]
+        assert entry["format"] == "tensorrt" and entry["precision"] == precision
+        assert entry["profile"] == {"min": 1, "opt": 8, "max": 16} and entry["from"] == f"model_{precision}.onnx"
+        assert entry["tensorrt_version"] and entry["gpu_name"] and entry["compute_capability"]
+        assert entry["sha256"] == sha256_file(out / f"model_{precision}.engine")
+
+
+def _no_student(tmp_path):
+    (tmp_path / "run").mkdir()
+    return tmp_path / "run", "has no student.pt"
+
+
+def _truncated_student(tmp_path, run_dir):
+    (tmp_path / "run").mkdir()
+    data = (run_dir / "student.pt").read_bytes()
+    (tmp_path / "run" / "student.pt").write_bytes(data[: len(data) // 2])
+    return tmp_path / "run", "truncated or not a PyTorch checkpoint"
+
+
+def _foreign_student(tmp_path):
+    (tmp_path / "run").mkdir()
+    torch.save({"model": torch.zeros(3)}, tmp_path / "run" / "student.pt")
+    return tmp_path / "run", "is not an edgekd student checkpoint"
+
+
+@pytest.mark.parametrize("case", ["missing run", "no student.pt", "truncated", "foreign", "unknown format",
+                                  "out under a file"])
+def test_bad_input_is_one_line_and_leaves_nothing(case, run_dir, tmp_path):
+    out, extra = tmp_path / "out", []
+    if case == "missing run":
+        run, needle = tmp_path / "nope", "does not exist"
+    elif case == "no student.pt":
+        run, needle = _no_student(tmp_path)
+    elif case == "truncated":
+        run, needle = _truncated_student(tmp_path, run_dir)
+    elif case == "foreign":
+        run, needle = _foreign_student(tmp_path)
+    elif case == "unknown format":
+        run, needle, extra = run_dir, "unknown format 'bf16'; allowed: fp32, fp16, int8", ["--formats", "fp32,bf16"]
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        run, needle, out = run_dir, "cannot write to", tmp_path / "file" / "out"
+    res = edgekd("export", run, "--out", out, *extra)
+    assert_one_line_error(res, needle)
+    assert not out.exists() and leftovers(out.parent, out.name) == []
+
+
+def test_existing_out_is_refused_and_kept(run_dir, bundle):
+    before = sha256_file(bundle / "manifest.json")
+    res = edgekd("export", run_dir, "--out", bundle)
+    assert_one_line_error(res, "already exists")
+    assert sha256_file(bundle / "manifest.json") == before
+
+
+# ---------------------------------------------------------------- pieces that need no model
+
+
+def test_formats_always_include_fp32_in_bundle_order():
+    assert parse_formats(None) == ["fp32", "fp16", "int8"]
+    assert parse_formats(["int8"]) == ["fp32", "int8"]
+    with pytest.raises(ExportError, match="allowed: fp32, fp16, int8"):
+        parse_formats(["fp32", "engine"])
+
+
+def test_calibration_images_are_a_seeded_sample_not_the_first_n():
+    s = Int8Settings(samples=100)
+    picked = pick_calibration(1000, s)
+    assert len(set(picked.tolist())) == 100 and picked.max() < 1000
+    assert np.array_equal(picked, pick_calibration(1000, s))  # same images every export
+    assert not np.array_equal(picked, np.arange(100))  # the train split is stored class by class
+    assert len(pick_calibration(30, s)) == 30  # fewer training images than asked: all of them
+
+
+def test_fp32_parity_rule():
+    ref = np.array([[5.0, 1.0, 0.0], [2.0, 2.0 + 1e-4, 0.0], [0.0, 3.0, 1.0]], dtype=np.float32)
+    require_fp32_parity("m.onnx", ref, ref + 5e-4)  # within 1e-3 + 1e-4 x the largest logit
+    tie_flipped = ref.copy()
+    tie_flipped[1] = [2.0 + 1e-4, 2.0, 0.0]  # a near-tie may flip: rounding, not a broken export
+    require_fp32_parity("m.onnx", ref, tie_flipped)
+    with pytest.raises(ParityError, match="m.onnx disagrees with PyTorch"):
+        require_fp32_parity("m.onnx", ref, ref + np.float32(0.01))
+    decided_flip = ref.copy()
+    decided_flip[0] = [1.0, 5.0, 0.0]
+    with pytest.raises(ParityError):
+        require_fp32_parity("m.onnx", ref, decided_flip)
+    big = ref * 1e5  # huge logits: float32 rounding alone exceeds 1e-3
+    require_fp32_parity("m.onnx", big, big + 1.0)
+
+
+def test_tensorrt_profile_shapes():
+    assert profile_shapes(64, 3, 32) == {"min": (1, 3, 32, 32), "opt": (32, 3, 32, 32), "max": (64, 3, 32, 32)}
+    assert profile_shapes(1, 1, 28)["opt"] == (1, 1, 28, 28)
+    with pytest.raises(ExportError):
+        profile_shapes(0, 3, 32)
+
+
+@pytest.mark.parametrize("version, precision, flags", [
+    ("10.3.0.26", "fp16", ("FP16",)),
+    ("10.13.0", "int8", ("INT8", "FP16")),
+    ("11.0.0", "fp16", ()),  # strongly typed: precision comes from the ONNX file
+    ("11.4.1", "int8", ()),
+])
+def test_tensorrt_builder_flags_by_version(version, precision, flags):
+    assert builder_flags(version, precision) == flags
+
+
+def test_tensorrt_older_than_10_is_refused():
+    with pytest.raises(MissingDependencyError, match="TensorRT 8.6.1 is too old"):
+        builder_flags("8.6.1", "fp16")
+
+
+@pytest.mark.skipif(tensorrt_importable(), reason="TensorRT is installed here")
+def test_find_target_names_the_missing_tensorrt():
+    with pytest.raises(MissingDependencyError, match=r"^--trt: TensorRT is not installed \(pip install"):
+        find_target()
+
+
+def test_default_out_is_under_the_current_directory(run_dir, tmp_path, monkeypatch):
+    """export/<run-name>/ relative to where edgekd runs, never to where the package is installed."""
+    monkeypatch.chdir(tmp_path)
+    out = export_bundle(run_dir=run_dir, formats=["fp32"], log=lambda line: None)
+    assert out == Path("export") / run_dir.name
+    assert (tmp_path / "export" / run_dir.name / "manifest.json").is_file()
+    assert not (REPO / "export" / run_dir.name).exists()
+    assert sorted(os.listdir(tmp_path / "export" / run_dir.name)) == ["manifest.json", "model_fp32.onnx"]
