@@ -1,0 +1,107 @@
+"""`edgekd validate`: check an exported bundle on this device - accuracy AND calibration, pass/fail.
+
+Torch-free on purpose: a device has numpy, Pillow and ONNX Runtime (or TensorRT),
+nothing more. Nothing on this path may import torch, directly or indirectly.
+
+Definitions (also in the --report text):
+- metrics (accuracy, ECE, MCE, adaptive/classwise ECE, NLL, Brier) use the raw
+  softmax of each format's logits; temperature scaling is only a diagnostic
+  (`ts_headroom`), never applied.
+- `agreement`: the manifest stores PyTorch's reference METRICS, not its
+  predictions, so agreement is top-1 agreement with the bundle's FP32 ONNX model
+  run in the same validation (FP32 against itself is 1.0; None without FP32).
+  Export measured FP32 ONNX against PyTorch itself (manifest files.*.parity).
+- `acc_drop` (reference accuracy - accuracy) and `ece_drift` (|ECE - reference
+  ECE|): against the manifest's PyTorch reference when the data is the run's val
+  split (the default), else against this run's FP32 ONNX results.
+- ONNX files always run in ONNX Runtime and engines in TensorRT; --runtime picks
+  which of them are validated by default (see bundle.select_formats).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekd.io import write_json
+from edgekd.validate import gate, report
+from edgekd.validate.bundle import Bundle, check_model_io, is_engine, load_bundle, select_formats
+from edgekd.validate.data import EvalData, load_eval_data
+from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
+from edgekd.validate.runtimes import (OnnxRuntimeSession, Runtime, TensorRTEngine, choose_providers,
+                                      onnxruntime_version)
+
+__all__ = ["run_validation", "open_runtimes", "validate_formats"]
+
+
+def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | None) -> dict[str, Runtime]:
+    """Load every selected file (fast) before running any, so a bad file fails in seconds."""
+    onnx_providers = choose_providers(providers) if any(not is_engine(f) for f in formats) else []
+    runtimes: dict[str, Runtime] = {}
+    for fmt in formats:
+        path = bundle.file(fmt)
+        rt = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else OnnxRuntimeSession(path, onnx_providers)
+        check_model_io(bundle, fmt, rt.input_name, rt.input_shape, rt.output_name, rt.output_shape)
+        runtimes[fmt] = rt
+    return runtimes
+
+
+def validate_formats(runtimes: dict[str, Runtime], data: EvalData, reference: dict, batch: int,
+                     budget: TimingBudget) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Per-format results (the --json keys) and logits; `reference` is the manifest's PyTorch figures."""
+    results, logits = {}, {}
+    for fmt, rt in runtimes.items():
+        run = run_format(rt, data.inputs, batch, budget)
+        results[fmt] = {**format_metrics(run.logits, data.labels), "latency_ms": run.latency_ms,
+                        "throughput": run.throughput}
+        logits[fmt] = run.logits
+    # FP32 ONNX is the agreement reference, and the drift reference on data other than the val split.
+    drift_reference = reference if data.is_reference else results.get("fp32")
+    for fmt in results:
+        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get("fp32")))
+    return results, logits
+
+
+def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[str] | None, runtime: str,
+                   providers: list[str] | None, batch: int, thresholds: dict[str, float | None],
+                   json_path: Path | None, report_dir: Path | None, save_predictions: Path | None,
+                   log: Callable[[str], Any] = print, budget: TimingBudget | None = None) -> int:
+    """Validate BUNDLE; print a table, one line per gate check and the verdict.
+
+    Returns 0 if every check passes, 1 if one fails; bad input raises EdgeKDError (exit 2).
+    """
+    b = load_bundle(bundle, log)
+    selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
+    runtimes = open_runtimes(b, selected, providers)
+    data = load_eval_data(data_spec, b)
+    log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
+    for fmt, rt in runtimes.items():
+        log(f"{fmt}: {b.formats[fmt]} on {rt.name} ({', '.join(rt.providers)})")
+
+    results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget())
+    limits = gate.resolve_thresholds(thresholds, b.gate)
+    checks = gate.evaluate(results, limits)
+    passed = gate.passed(checks)
+    gate_lines = gate.report_lines(checks)
+    log(report.console_table(results))
+    for line in gate_lines:
+        log(line)
+
+    if json_path or report_dir:
+        used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
+        document = report.results_document(
+            results, limits, checks, passed,
+            data={"spec": data.spec, "n": data.n, "classes": data.classes},
+            device=report.device_info(runtime, used, onnxruntime_version()), bundle=report.bundle_info(b),
+        )
+        if json_path:
+            write_json(json_path, document)
+            log(f"wrote {json_path}")
+        if report_dir:
+            log(f"wrote {report.write_report(report_dir, document, logits, data.labels, gate_lines)}")
+    if save_predictions:
+        report.save_predictions(save_predictions, data.labels, logits)
+        log(f"wrote {save_predictions}")
+    return 0 if passed else 1

@@ -1,0 +1,82 @@
+"""Pass/fail: thresholds from the flags, else the manifest's gate (the recipe's validate: section).
+
+One check per (format, threshold that is set). A check whose value cannot be
+measured in this run (agreement without the FP32 file, drift without a reference)
+is reported as SKIP and neither passes nor fails the gate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+# threshold key (as in manifest["gate"] and the flags) -> (metric in the per-format results, comparison)
+CHECKS = {
+    "max_ece": ("ece", "<="),
+    "max_acc_drop": ("acc_drop", "<="),
+    "min_agreement": ("agreement", ">="),
+    "max_ece_drift": ("ece_drift", "<="),
+}
+
+
+@dataclass
+class Check:
+    format: str
+    metric: str
+    value: float | None
+    threshold: float
+    op: str
+    status: str  # "pass", "fail" or "skip"
+
+    def line(self, width: int) -> str:
+        value = "n/a" if self.value is None else _pct(self.value)
+        note = " (not measurable in this run)" if self.status == "skip" else ""
+        return f"{self.status.upper():4} {self.format:<{width}}  {self.metric} {value} {self.op} {_pct(self.threshold)}{note}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def resolve_thresholds(flags: dict, manifest_gate: dict) -> dict[str, float | None]:
+    """Flag if given, else the manifest's value, else None (not checked)."""
+    return {k: flags.get(k) if flags.get(k) is not None else manifest_gate.get(k) for k in CHECKS}
+
+
+def evaluate(results: dict[str, dict], thresholds: dict[str, float | None]) -> list[Check]:
+    checks = []
+    for fmt, r in results.items():
+        for key, (metric, op) in CHECKS.items():
+            limit = thresholds.get(key)
+            if limit is None:
+                continue
+            value = r.get(metric)
+            if value is None:
+                status = "skip"
+            else:
+                status = "pass" if (value <= limit if op == "<=" else value >= limit) else "fail"
+            checks.append(Check(fmt, metric, value, limit, op, status))
+    return checks
+
+
+def passed(checks: list[Check]) -> bool:
+    return all(c.status != "fail" for c in checks)
+
+
+def report_lines(checks: list[Check]) -> list[str]:
+    """One line per check, then the verdict."""
+    width = max((len(c.format) for c in checks), default=0)
+    lines = [c.line(width) for c in checks]
+    failed = sum(c.status == "fail" for c in checks)
+    skipped = sum(c.status == "skip" for c in checks)
+    judged = len(checks) - skipped
+    note = f"; {skipped} skipped" if skipped else ""
+    if not checks:
+        lines.append("VERDICT: PASS (no thresholds set)")
+    elif failed:
+        lines.append(f"VERDICT: FAIL ({failed} of {judged} checks failed{note})")
+    else:
+        lines.append(f"VERDICT: PASS ({judged} check{'' if judged == 1 else 's'}{note})")
+    return lines

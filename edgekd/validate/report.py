@@ -1,0 +1,141 @@
+"""What validate writes: the console table, --json, --report DIR and --save-predictions. All atomic."""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from edgekd import calibration, plots
+from edgekd.errors import EdgeKDError
+from edgekd.io import atomic_write_bytes, atomic_write_text
+from edgekd.validate.gate import Check
+
+# Per-format keys of --json, in order.
+FORMAT_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
+               "acc_drop", "latency_ms", "throughput", "ts_headroom")
+
+
+def cpu_name() -> str:
+    """The CPU model (platform.processor() is empty on most Linux systems)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_info(runtime: str, providers: list[str], onnxruntime_version: str | None) -> dict:
+    return {"platform": platform.platform(), "cpu": f"{cpu_name()} ({os.cpu_count()} logical cores)",
+            "runtime": runtime, "providers": providers, "onnxruntime": onnxruntime_version}
+
+
+def bundle_info(bundle) -> dict:
+    m = bundle.manifest
+    return {"path": str(bundle.path), "created": m.get("created"), "model": m["model"], "source": m.get("source"),
+            "files": {f: bundle.formats[f] for f in bundle.formats}, "reference": m["reference"],
+            "tools": m.get("tools")}
+
+
+def results_document(results: dict[str, dict], thresholds: dict, checks: list[Check], passed: bool, data: dict,
+                     device: dict, bundle: dict) -> dict:
+    return {
+        "formats": {fmt: {k: r[k] for k in FORMAT_KEYS} for fmt, r in results.items()},
+        "gate": {"thresholds": thresholds, "checks": [c.as_dict() for c in checks], "passed": passed},
+        "data": data,
+        "device": device,
+        "bundle": bundle,
+    }
+
+
+# ---------------------------------------------------------------- console and Markdown tables
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+TABLE_COLUMNS = ("format", "acc", "ECE", "NLL", "Brier", "agreement", "p50 ms", "img/s")
+
+
+def table_rows(results: dict[str, dict]) -> list[list[str]]:
+    return [[fmt, _pct(r["accuracy"]), _pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", _pct(r["agreement"]),
+             f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"] for fmt, r in results.items()]
+
+
+def console_table(results: dict[str, dict]) -> str:
+    rows = [list(TABLE_COLUMNS)] + table_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    # Format names left-aligned, numbers right-aligned.
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+                     for row in rows)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+# ---------------------------------------------------------------- --report DIR
+
+
+def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray], labels: np.ndarray,
+                 gate_lines: list[str]) -> Path:
+    """report.md (tables, gate, where the numbers come from) and reliability.png (one column per format)."""
+    try:
+        report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise EdgeKDError(f"cannot create --report folder {report_dir}: {e.strerror or e}") from None
+    results, data, device, bundle = document["formats"], document["data"], document["device"], document["bundle"]
+    panels = {fmt: calibration.reliability_bins(z, labels) for fmt, z in logits.items()}
+    plots.reliability_grid(panels, report_dir / "reliability.png",
+                           f"{Path(bundle['path']).name} on {data['spec']} ({data['n']} images)")
+    detail = markdown_table(
+        ["format", "MCE", "adaptive ECE", "classwise ECE", "ECE drift", "acc drop", "p90 ms", "p99 ms",
+         "T*", "ECE after T*"],
+        [[fmt, _pct(r["mce"]), _pct(r["adaptive_ece"]), _pct(r["classwise_ece"]), _pct(r["ece_drift"]),
+          _pct(r["acc_drop"]), f"{r['latency_ms']['p90']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+          f"{r['ts_headroom']['temperature']:.3f}", _pct(r["ts_headroom"]["ece"])] for fmt, r in results.items()],
+    )
+    text = "\n".join([
+        f"# edgekd validate: {Path(bundle['path']).name}",
+        "",
+        f"- data: {data['spec']}, {data['n']} images, {len(data['classes'])} classes",
+        f"- device: {device['platform']}; {device['cpu']}",
+        f"- runtime: {device['runtime']} (onnxruntime {device['onnxruntime']}); providers: {', '.join(device['providers'])}",
+        "",
+        "Metrics use the raw softmax. Agreement is top-1 agreement with the bundle's FP32 ONNX model in this run; "
+        "ECE drift and accuracy drop compare with the manifest's PyTorch reference on its val split "
+        "(with other data: with this run's FP32 ONNX results). T* is the NLL-optimal temperature, a diagnostic only.",
+        "",
+        markdown_table(list(TABLE_COLUMNS), table_rows(results)),
+        "",
+        detail,
+        "",
+        "![reliability diagrams](reliability.png)",
+        "",
+        "## Gate",
+        "",
+        "```",
+        *gate_lines,
+        "```",
+        "",
+    ])
+    atomic_write_text(report_dir / "report.md", text)
+    return report_dir / "report.md"
+
+
+# ---------------------------------------------------------------- --save-predictions FILE.npz
+
+
+def save_predictions(path: Path, labels: np.ndarray, logits: dict[str, np.ndarray]) -> None:
+    """labels and <format>_logits arrays, enough to recompute every metric."""
+    buf = _io.BytesIO()
+    np.savez(buf, labels=labels, **{f"{fmt}_logits": z for fmt, z in logits.items()})
+    atomic_write_bytes(path, buf.getvalue())
