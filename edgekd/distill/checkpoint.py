@@ -68,12 +68,15 @@ def save_student(path: str | Path, payload: dict[str, Any]) -> None:
     io.torch_save({"format": STUDENT_FORMAT, **payload}, path)
 
 
+def _load_format(path: str | Path, what: str, fmt: str) -> dict[str, Any]:
+    ckpt = safe_load(path, f"{what} checkpoint")
+    if ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not an edgekd {what} checkpoint (format {ckpt.get('format')!r}, expected {fmt!r})")
+    return ckpt
+
+
 def load_student(path: str | Path) -> dict[str, Any]:
-    ckpt = safe_load(path, "student checkpoint")
-    if ckpt.get("format") != STUDENT_FORMAT:
-        raise CheckpointError(
-            f"{path} is not an edgekd student checkpoint (format {ckpt.get('format')!r}, expected {STUDENT_FORMAT!r})"
-        )
+    ckpt = _load_format(path, "student", STUDENT_FORMAT)
     required = ("arch", "num_classes", "in_channels", "image_size", "state_dict", "preprocessing", "class_names")
     missing = [k for k in required if k not in ckpt]
     if missing:
@@ -86,10 +89,7 @@ def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
-    ckpt = safe_load(path, "training checkpoint")
-    if ckpt.get("format") != TRAINING_FORMAT:
-        raise CheckpointError(f"{path} is not an edgekd training checkpoint (format {ckpt.get('format')!r})")
-    return ckpt
+    return _load_format(path, "training", TRAINING_FORMAT)
 
 
 def load_net_weights(path: str | Path) -> dict[str, torch.Tensor]:

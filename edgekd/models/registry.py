@@ -165,3 +165,13 @@ def require_dropout(arch: str, option: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise ModelError(f"{arch} option {option} must be a probability in [0, 1), got {value!r}")
     return float(value)
+
+
+def init_conv_bn(model: nn.Module) -> None:
+    """He (fan_out) init for convs, unit-scale BN: the usual init of the CIFAR ResNet family."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
