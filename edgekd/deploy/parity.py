@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.calibration import calibration_metrics
-from edgekd.deploy.onnx_export import INPUT_NAME
-from edgekd.errors import ExportError, ParityError
+from edgekd.errors import ParityError
 
 # FP32 ONNX vs PyTorch, per image: |onnx - torch| <= ATOL + RTOL * max |torch logit| of that image.
 # Rounding error scales with the magnitude of the terms summed, not with the (possibly
@@ -33,15 +32,11 @@ def batched(run, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
 
 
 def onnxruntime_logits(path: Path, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    import onnxruntime as ort
+    """Logits of an ONNX file in ONNX Runtime on the CPU: the same session validate uses on devices."""
+    from edgekd.validate.runtimes import OnnxRuntimeSession
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime's pybind errors share no base class
-        raise ExportError(f"{path.name} does not load in ONNX Runtime: {str(e).strip().splitlines()[0][:200]}") from e
-    return batched(lambda x: session.run(None, {INPUT_NAME: x})[0], images, batch).astype(np.float32)
+    session = OnnxRuntimeSession(path, ["CPUExecutionProvider"])
+    return batched(session.run, images, batch).astype(np.float32)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, ref_metrics: dict) -> dict:

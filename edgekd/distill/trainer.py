@@ -92,14 +92,14 @@ def prepare(recipe: Recipe) -> Setup:
         raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
     seed_everything(recipe.train.seed)
 
-    def net(cfg, role: str) -> nn.Module:
+    def net(cfg) -> nn.Module:
         model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
         if cfg.checkpoint:
             load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
         return model
 
-    teacher = net(recipe.teacher, "teacher")
-    student = net(recipe.student, "student")
+    teacher = net(recipe.teacher)
+    student = net(recipe.student)
     if recipe.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
