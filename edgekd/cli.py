@@ -55,8 +55,11 @@ def cli(debug: bool) -> None:
               help="Run directory. Default: runs/<recipe-name>-<time>/.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out (default: the newest unfinished run of this recipe) from its last.pt.")
+@click.option("--allow-recipe-change", is_flag=True,
+              help="With --resume: continue even if the recipe differs from the one in last.pt (the differing keys are printed).")
 @click.option("--quiet", is_flag=True, help="No progress bar: one short line per epoch.")
-def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, quiet: bool) -> int:
+def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_recipe_change: bool,
+            quiet: bool) -> int:
     """Train teacher and student together from a YAML RECIPE (online distillation).
 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
@@ -66,6 +69,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     """
     from edgekd.recipe import load_recipe
 
+    if allow_recipe_change and not resume:
+        raise click.UsageError("--allow-recipe-change only makes sense with --resume")
     r = load_recipe(recipe, overrides)
     _need_torch("distill")
     from edgekd.distill.runs import find_resumable
@@ -76,7 +81,9 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
         out = find_resumable(r) if resume else default_run_dir(r)
     reporter = EpochReporter(r.train.epochs, quiet=quiet)
     with reporter:
-        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done, progress=reporter.step)
+        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done, progress=reporter.step,
+                              allow_recipe_change=allow_recipe_change,
+                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True))
     s, t = summary["student"], summary["teacher"]
     click.echo(
         f"teacher {t['arch']}: acc {_pct(t['accuracy'])} ECE {_pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
@@ -122,7 +129,7 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     _need_torch("compare")
     base = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"compare-{base.name}"
-    on_epoch = None if quiet else (lambda rec: click.echo(
+    on_epoch = None if quiet else (lambda rec: "student_accuracy" in rec and click.echo(
         f"  epoch {rec['epoch']}: student acc {_pct(rec['student_accuracy'])} ECE {_pct(rec['student_ece'])}"))
     command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = run_all(recipe, variants, seed_list, list(overrides), out, log=click.echo, on_epoch=on_epoch,

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import yaml
 
 from edgekd import calibration, io
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, load_recipe
+from edgekd.recipe import Recipe, describe_keys, load_recipe, recipe_diff
 
 REPORTED = ("accuracy", "ece", "adaptive_ece", "nll", "brier")
 
@@ -71,6 +72,7 @@ def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overri
     results = []
     for i, (v, seed, r) in enumerate(runs, 1):
         run_dir = out / "runs" / f"{v.slug}-s{seed}"
+        _check_same_recipe(run_dir, r)
         if (run_dir / "summary.json").is_file():
             log(f"[{i}/{len(runs)}] {v.label} seed {seed}: finished earlier, reused")
         else:
@@ -84,6 +86,21 @@ def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overri
     report = {"command": command, "recipe": base.to_dict(), "variants": [v.label for v in variants], "seeds": seeds, "runs": results}
     write_outputs(report, out)
     return report
+
+
+def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
+    """A run is reused or resumed only if it was trained with exactly this recipe."""
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise RecipeError(f"{saved} cannot be read ({e}); remove {run_dir} to retrain it") from e
+    diffs = recipe_diff(old, r.to_dict())
+    if diffs:
+        raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
+                          f"remove it or choose another --out")
 
 
 def aggregate(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import yaml
 
+from edgekd import faults
 from edgekd.errors import EdgeKDError
 
 
@@ -40,7 +41,9 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, crash_point: str | None = None) -> None:
+    """Write via temp file + fsync + rename. `crash_point` names an edgekd.faults point
+    hit between the fsync and the rename (the crash-safety tests kill there)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -53,12 +56,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if crash_point:
+            faults.hit(crash_point)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise EdgeKDError(f"cannot write {path}: {e.strerror or e}") from e
     _fsync_dir(path.parent)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files a killed atomic_write_bytes left in folder (ours start
+    with '.' and end with '.tmp'); the files they were replacing are intact."""
+    gone = []
+    for f in Path(folder).glob(".*.tmp"):
+        if f.is_file():
+            with contextlib.suppress(OSError):
+                f.unlink()
+                gone.append(f)
+    return gone
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -81,7 +98,7 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(f.fileno())
 
 
-def torch_save(obj: Any, path: str | Path) -> None:
+def torch_save(obj: Any, path: str | Path, crash_point: str | None = None) -> None:
     """torch.save through a temp file + fsync + rename."""
     import io as _io
 
@@ -89,7 +106,7 @@ def torch_save(obj: Any, path: str | Path) -> None:
 
     buf = _io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), crash_point=crash_point)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

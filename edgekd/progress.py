@@ -62,11 +62,15 @@ class EpochReporter:
         e = rec["epoch"]
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, epoch=min(e + 1, self.epochs))
-        line = (
-            f"epoch {e}/{self.epochs} loss {rec['loss']:.3f} | teacher acc {100 * rec['teacher_accuracy']:.2f}% "
-            f"ECE {100 * rec['teacher_ece']:.2f}% | student acc {100 * rec['student_accuracy']:.2f}% "
-            f"ECE {100 * rec['student_ece']:.2f}% | {rec['images_per_s']:.0f} img/s {rec['seconds']:.1f}s"
-        )
+        if "student_accuracy" in rec:
+            evals = (f"teacher acc {100 * rec['teacher_accuracy']:.2f}% ECE {100 * rec['teacher_ece']:.2f}% | "
+                     f"student acc {100 * rec['student_accuracy']:.2f}% ECE {100 * rec['student_ece']:.2f}%")
+        else:  # an epoch without evaluation (train.eval_every > 1): training accuracy only
+            evals = (f"teacher train acc {100 * rec['teacher_train_accuracy']:.2f}% | "
+                     f"student train acc {100 * rec['student_train_accuracy']:.2f}%")
+        line = f"epoch {e}/{self.epochs} loss {rec['loss']:.3f} | {evals} | {rec['images_per_s']:.0f} img/s {rec['seconds']:.1f}s"
+        if rec.get("skipped_steps"):
+            line += f" | {rec['skipped_steps']} non-finite step(s) skipped"
         if self._progress is not None:
             self._progress.console.print(line)
         else:

@@ -85,7 +85,7 @@ def load_student(path: str | Path) -> dict[str, Any]:
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
-    io.torch_save({"format": TRAINING_FORMAT, **state}, path)
+    io.torch_save({"format": TRAINING_FORMAT, **state}, path, crash_point="checkpoint")
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

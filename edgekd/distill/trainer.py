@@ -23,14 +23,14 @@ import torch
 from torch import nn
 
 import edgekd
-from edgekd import calibration, io
+from edgekd import calibration, faults, io
 from edgekd.data import DataModule, build_data
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.distill.schedule import lr_factor
 from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError
 from edgekd.models import build_model, count_parameters, load_weights
-from edgekd.recipe import OptimConfig, Recipe
+from edgekd.recipe import OptimConfig, Recipe, describe_keys, recipe_diff
 
 SUMMARY_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
 
@@ -166,6 +166,7 @@ class Trainer:
         trains_teacher = setup.method.trains_teacher
         self.opt_t = make_optimizer(setup.teacher.parameters(), t_cfg, setup.device) if trains_teacher else None
         self.scaler = torch.amp.GradScaler(setup.device.type) if setup.amp_dtype == torch.float16 else None
+        self._params = {o: [p for g in o.param_groups for p in g["params"]] for o in (self.opt_s, self.opt_t) if o}
         aug = self.r.data.augment
         self.train_loader = setup.data.train_loader(
             self.r.data.batch_size, setup.device, seed=self.r.train.seed, augment=True,
@@ -221,25 +222,42 @@ class Trainer:
                 g["lr"] = lr_t
         return lr_s
 
-    def _optim_step(self, loss: torch.Tensor) -> None:
+    def _optim_step(self, loss: torch.Tensor) -> str | None:
+        """Backward and step both nets. Returns None after a good step, or what was
+        non-finite ("loss", "teacher gradient", ...) after a step that changed nothing."""
         opts = [o for o in (self.opt_s, self.opt_t) if o is not None]
         for o in opts:
             o.zero_grad(set_to_none=True)
         clip = self.r.optim.grad_clip
         if self.scaler:
+            # fp16: the scaler already skips steps with overflowing gradients (that is how
+            # it finds its scale), so only the loss itself is checked.
+            if not torch.isfinite(loss):
+                return "loss"
             self.scaler.scale(loss).backward()
             for o in opts:
                 if clip:
                     self.scaler.unscale_(o)
-                    torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], clip)
+                    torch.nn.utils.clip_grad_norm_(self._params[o], clip)
                 self.scaler.step(o)
             self.scaler.update()
-        else:
-            loss.backward()
+            return None
+        loss.backward()
+        # The gradient norm of each net (clipping to grad_clip, or a no-op with inf) and
+        # the loss are checked with one host sync per step: the guard must know before
+        # the update, and a NaN update would ruin the weights for good.
+        norms = [torch.nn.utils.clip_grad_norm_(self._params[o], clip or float("inf")) for o in opts]
+        finite = torch.isfinite(torch.stack([loss.detach().float(), *[n.float() for n in norms]]))
+        if bool(finite.all()):
             for o in opts:
-                if clip:
-                    torch.nn.utils.clip_grad_norm_([p for g in o.param_groups for p in g["params"]], clip)
                 o.step()
+            return None
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        if not bool(finite[0]):
+            return "loss"
+        names = ["student", "teacher"]
+        return " and ".join(f"{names[j]} gradient" for j in range(len(opts)) if not bool(finite[j + 1]))
 
     def train_epoch(self) -> dict[str, Any]:
         s, m = self.s, self.s.method
@@ -251,6 +269,8 @@ class Trainer:
         correct_s = torch.zeros((), device=dev)
         correct_t = torch.zeros((), device=dev)
         seen = 0
+        skipped = 0
+        skipped_before = sum(int(h.get("skipped_steps", 0)) for h in self.history)
         t0 = time.perf_counter()
         step0 = self.epoch * self.steps_per_epoch
         lr = 0.0
@@ -261,13 +281,20 @@ class Trainer:
             with _autocast(dev, s.amp_dtype):
                 out = m.forward_train(x, y)
             loss = sum(out.losses.values())
-            if not torch.isfinite(loss):
-                bad = [k for k, v in out.losses.items() if not torch.isfinite(v)]
-                raise NonFiniteLoss(
-                    f"non-finite loss at epoch {self.epoch + 1}, step {i + 1}: {', '.join(bad) or 'total'}; "
-                    f"the last good checkpoint is kept (lower optim.lr or set optim.grad_clip)"
-                )
-            self._optim_step(loss)
+            bad = self._optim_step(loss)
+            faults.hit("step")
+            if bad is not None:
+                skipped += 1
+                terms = [k for k, v in out.losses.items() if not torch.isfinite(v)]
+                where = f"non-finite {bad} at epoch {self.epoch + 1}, step {i + 1}" + (
+                    f" (loss terms: {', '.join(terms)})" if terms else "")
+                limit = self.r.train.max_bad_steps
+                if skipped_before + skipped > limit:
+                    raise NonFiniteLoss(
+                        f"{where}; the last good checkpoint is kept"
+                        + (f" ({limit} bad steps allowed by train.max_bad_steps)" if limit else
+                           " (lower optim.lr, set optim.grad_clip, or allow skips with train.max_bad_steps)"))
+                continue  # skipped: no update and nothing counted
             n = y.shape[0]
             seen += n
             with torch.no_grad():
@@ -282,10 +309,11 @@ class Trainer:
                     "img/s": seen / max(1e-9, time.perf_counter() - t0),
                 })
         secs = time.perf_counter() - t0
+        seen = max(seen, 1)  # every step skipped (train.max_bad_steps): report zeros, not a crash
         rec = {k: float(v) / seen for k, v in sums.items()}
         rec["loss"] = sum(v for k, v in rec.items() if k in out.losses)
         rec.update(
-            lr=lr, seconds=secs, images_per_s=seen / secs,
+            lr=lr, seconds=secs, images_per_s=seen / secs, skipped_steps=skipped,
             student_train_accuracy=float(correct_s) / seen, teacher_train_accuracy=float(correct_t) / seen,
         )
         return rec
@@ -296,6 +324,8 @@ class Trainer:
         for role, net in (("teacher", s.teacher), ("student", s.student)):
             logits, labels = predict(net, self.eval_loader, s.amp_dtype, self.r.train.channels_last)
             out[role] = (logits, labels, _metrics(logits, labels))
+            if role == "teacher":
+                faults.hit("eval")
         return out
 
     def fit(self) -> dict[str, Any]:
@@ -304,12 +334,14 @@ class Trainer:
         evals = None
         while self.epoch < self.r.train.epochs:
             rec = {"epoch": self.epoch + 1, **self.train_epoch()}
-            t_eval = time.perf_counter()
-            evals = self.evaluate()
-            for role in ("teacher", "student"):
-                for k in ("accuracy", "ece", "nll"):
-                    rec[f"{role}_{k}"] = evals[role][2][k]
-            rec["eval_seconds"] = time.perf_counter() - t_eval
+            evals = None
+            if (self.epoch + 1) % self.r.train.eval_every == 0 or self.epoch + 1 == self.r.train.epochs:
+                t_eval = time.perf_counter()
+                evals = self.evaluate()
+                for role in ("teacher", "student"):
+                    for k in ("accuracy", "ece", "nll"):
+                        rec[f"{role}_{k}"] = evals[role][2][k]
+                rec["eval_seconds"] = time.perf_counter() - t_eval
             self.epoch += 1
             self.history.append(rec)
             ckpt.save_training_state(last, self.state())
@@ -390,34 +422,57 @@ def _save_npz(path: Path, **arrays) -> None:
     io.atomic_write_bytes(path, b.getvalue())
 
 
-def check_resume_recipe(saved: dict[str, Any], current: Recipe) -> None:
-    now = current.to_dict()
-    diffs = sorted(_diff_keys(saved, now))
-    if diffs:
-        shown = ", ".join(diffs[:5]) + (f" (+{len(diffs) - 5} more)" if len(diffs) > 5 else "")
-        raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: {shown}")
+def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False) -> list[str]:
+    """Keys that differ between last.pt's recipe and this one; refused unless allow_change."""
+    diffs = recipe_diff(saved, current.to_dict())
+    if diffs and not allow_change:
+        raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: "
+                              f"{describe_keys(diffs)} (pass --allow-recipe-change to resume anyway)")
+    return diffs
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in set(a) | set(b):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
+# What a run directory may hold before its first checkpoint (removed when such a run
+# is started again with --resume).
+_RUN_FILES = {"recipe.yaml", "split.json", "metrics.jsonl"}
 
 
-def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None) -> dict[str, Any]:
+def _read_saved_recipe(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise CheckpointError(f"--resume: {path} cannot be read: {e}") from e
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"--resume: {path} is not a recipe mapping")
+    return saved
+
+
+def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
+                allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind."""
     setup = prepare(recipe)
     created = False
+    last = run_dir / "last.pt"
+    if resume and run_dir.is_dir():
+        io.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
+    if resume and not last.is_file() and (run_dir / "recipe.yaml").is_file():
+        # Killed before its first checkpoint: nothing to continue, so start the same run
+        # again from scratch in the same place (the recipe must still match).
+        saved = _read_saved_recipe(run_dir / "recipe.yaml")
+        check_resume_recipe(saved, recipe, allow_recipe_change)
+        for leftover in run_dir.iterdir():
+            if leftover.is_file() and leftover.name in _RUN_FILES:
+                leftover.unlink()
+        resume = False
     if resume:
-        last = run_dir / "last.pt"
         if not last.is_file():
             raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume")
         state = ckpt.load_training_state(last)
-        check_resume_recipe(state["recipe"], recipe)
+        changed = check_resume_recipe(state["recipe"], recipe, allow_recipe_change)
+        if changed and warn:
+            warn(f"resuming with a changed recipe: {describe_keys(changed)}")
     else:
         if run_dir.exists() and any(run_dir.iterdir()):
             raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
@@ -426,11 +481,13 @@ def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, prog
         except OSError as e:
             raise EdgeKDError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
         created = True
-        state = None
+        state, changed = None, []
     try:
         trainer = Trainer(setup, run_dir, on_epoch=on_epoch, progress=progress)
         if state is not None:
             trainer.load_state(state)
+            if changed:  # the run now follows the new recipe: say so on disk too
+                io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
         else:
             io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
             io.write_json(run_dir / "split.json", setup.data.split_info)
