@@ -169,8 +169,10 @@ class Recipe(_Strict):
 
 
 def _format_error(err: ValidationError) -> str:
-    """One line for the first problem, naming the key path and what is allowed."""
-    e = err.errors()[0]
+    """One line for the first problem, naming the key path and what is allowed. An unknown
+    key comes first: a typo ('epocs') also makes the real key look missing."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
     loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
     kind = e["type"]
     msg = e["msg"]

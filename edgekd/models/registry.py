@@ -8,6 +8,7 @@ signature so the allowed option names are never listed twice.
 from __future__ import annotations
 
 import difflib
+import re
 import inspect
 from typing import Any, Callable, Mapping
 
@@ -62,7 +63,24 @@ def _lookup(arch: str) -> Callable[..., nn.Module]:
     if isinstance(arch, str):
         close = difflib.get_close_matches(arch.lower(), names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise ModelError(f"unknown model {arch!r}{hint}; available: {', '.join(names)}")
+    raise ModelError(f"unknown model {arch!r}{hint}; available: {_compact(names)}")
+
+
+def _compact(names: list[str]) -> str:
+    """'resnet{8,14,20}' for a family of numbered names, so the error stays one short line."""
+    families: dict[str, list[str]] = {}
+    for n in names:
+        m = re.fullmatch(r"(resnet|wrn_)(\d.*)", n)
+        families.setdefault(m.group(1) if m else n, []).append(m.group(2) if m else "")
+    parts = []
+    for stem, tails in families.items():
+        parts.append(stem if tails == [""] else f"{stem}{{{','.join(sorted(tails, key=_num))}}}")
+    return ", ".join(parts)
+
+
+def _num(tail: str) -> tuple[int, str]:
+    m = re.match(r"\d+", tail)
+    return (int(m.group()) if m else 0, tail)
 
 
 def _check_size(what: str, value: Any) -> None:

@@ -1,0 +1,251 @@
+"""The bad-input suite: every mistake a user can make in a recipe, data folder,
+checkpoint, ONNX file, bundle or flag gets exit code 2, at most 3 short lines on
+stderr naming the problem, no traceback, and leaves the working folder exactly as
+it was (nothing created, nothing overwritten).
+
+Each case builds its inputs inside a fresh working folder, snapshots every file
+in it (path -> sha256), runs the real `edgekd` entry point there, and compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from edgekd.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = (REPO / "recipes/quickstart.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One real quickstart run (1 epoch) and its fp32+fp16 bundle, to break copies of."""
+    root = tmp_path_factory.mktemp("bad-input")
+    run, bundle = root / "run", root / "bundle"
+    for args in (["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs=1", "--out", str(run),
+                  "--quiet"],
+                 ["export", str(run), "--out", str(bundle), "--formats", "fp32,fp16"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 0, args
+    return run, bundle
+
+
+# ------------------------------------------------------------------ helpers to build broken inputs
+
+def recipe(w: Path, text: str, name: str = "r.yaml") -> str:
+    (w / name).write_text(text)
+    return name
+
+
+def edited_recipe(w: Path, old: str, new: str) -> str:
+    assert old in QUICKSTART, old
+    return recipe(w, QUICKSTART.replace(old, new, 1))
+
+
+def imagefolder(w: Path, classes=("a", "b"), n=3, corrupt=False, junk_only=False) -> Path:
+    root = w / "imgs"
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            if junk_only:
+                (root / c / f"{i}.txt").write_text("not an image")
+            else:
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / c / f"{i}.jpg")
+    if corrupt:
+        (root / classes[0] / "0.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    return root
+
+
+def imagefolder_recipe(w: Path, root: Path) -> str:
+    return recipe(w, f"""name: t
+data: {{name: imagefolder, root: {root}, image_size: 32, val_fraction: 0.3, batch_size: 4}}
+teacher: {{arch: cnn_small}}
+student: {{arch: cnn_tiny}}
+distill: {{method: ce}}
+optim: {{name: sgd, lr: 0.01}}
+train: {{epochs: 1}}
+""")
+
+
+def teacher_ckpt_recipe(w: Path, ckpt: str) -> str:
+    return edited_recipe(w, "teacher:\n  arch: cnn_small", f"teacher:\n  arch: cnn_small\n  checkpoint: {ckpt}")
+
+
+def run_copy(w: Path, made) -> Path:
+    dst = w / "run"
+    shutil.copytree(made[0], dst)
+    return dst
+
+
+def bundle_copy(w: Path, made) -> Path:
+    dst = w / "bundle"
+    shutil.copytree(made[1], dst)
+    return dst
+
+
+def rehash(bundle: Path, name: str) -> None:
+    """Make the manifest agree with a file we replaced, so only the file itself is wrong."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    data = (bundle / name).read_bytes()
+    m["files"][name].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (bundle / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+def edit_manifest(bundle: Path, fn: Callable[[dict], None]) -> None:
+    m = json.loads((bundle / "manifest.json").read_text())
+    fn(m)
+    (bundle / "manifest.json").write_text(json.dumps(m, indent=2))
+
+
+class RunsCode:
+    """A pickle that would run a shell command when unpickled."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+# ------------------------------------------------------------------ the cases
+# name -> (build(w, made) -> argv, words the one-line message must contain)
+
+def _c(build, *needles):
+    return build, needles
+
+
+CASES = {
+    # recipes
+    "recipe: typo in a key": _c(lambda w, m: ["distill", edited_recipe(w, "  epochs: 25", "  epocs: 25")], "train.epocs"),
+    "recipe: wrong type": _c(lambda w, m: ["distill", edited_recipe(w, "  epochs: 25", "  epochs: ten")], "train.epochs"),
+    "recipe: out of range": _c(lambda w, m: ["distill", edited_recipe(w, "  epochs: 25", "  epochs: 0")], "train.epochs"),
+    "recipe: negative lr": _c(lambda w, m: ["distill", edited_recipe(w, "  lr: ", "  lr: -")], "optim.lr"),
+    "recipe: broken YAML": _c(lambda w, m: ["distill", recipe(w, "data: [digits\nteacher: x\n")], "YAML"),
+    "recipe: YAML python tag": _c(lambda w, m: ["distill", recipe(w, "data: !!python/object/apply:os.system ['echo pwned > pwned.txt']\n")], "r.yaml"),
+    "recipe: empty file": _c(lambda w, m: ["distill", recipe(w, "")], "empty"),
+    "recipe: a list, not a mapping": _c(lambda w, m: ["distill", recipe(w, "- data\n- teacher\n")], "mapping"),
+    "recipe: unknown arch": _c(lambda w, m: ["distill", edited_recipe(w, "arch: cnn_tiny", "arch: resnet9000")], "resnet9000"),
+    "recipe: unknown method": _c(lambda w, m: ["distill", edited_recipe(w, "method: bdkd", "method: magic")], "magic"),
+    "recipe: missing file": _c(lambda w, m: ["distill", "nope.yaml"], "nope.yaml"),
+    "recipe: a directory": _c(lambda w, m: ["distill", "."], "."),
+    "recipe: --set without =": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs"], "KEY=VALUE"),
+    "recipe: --set unknown key": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epoch=3"], "train.epoch"),
+    # data
+    "data: missing folder": _c(lambda w, m: ["distill", imagefolder_recipe(w, w / "missing")], "missing"),
+    "data: empty folder": _c(lambda w, m: ["distill", imagefolder_recipe(w, (w / "empty").mkdir() or w / "empty")], "empty"),
+    "data: no images, only text files": _c(lambda w, m: ["distill", imagefolder_recipe(w, imagefolder(w, junk_only=True))], "imgs"),
+    "data: corrupt JPEG": _c(lambda w, m: ["distill", imagefolder_recipe(w, imagefolder(w, corrupt=True))], "0.jpg"),
+    "data: class folders differ from the model's": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", f"imagefolder:{imagefolder(w, classes=('cat', 'dog'))}"],
+        "cat"),
+    # checkpoints
+    "checkpoint: truncated teacher": _c(
+        lambda w, m: (shutil.copy(m[0] / "student.pt", w / "t.pt"), (w / "t.pt").write_bytes((w / "t.pt").read_bytes()[:500]),
+                      ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
+    "checkpoint: wrong architecture": _c(
+        lambda w, m: (shutil.copy(m[0] / "student.pt", w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
+    "checkpoint: pickle that runs code": _c(
+        lambda w, m: ((w / "t.pt").write_bytes(pickle.dumps(RunsCode())), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
+    "checkpoint: run without student.pt": _c(
+        lambda w, m: ((run_copy(w, m) / "student.pt").unlink(), ["export", "run", "--out", "b"])[-1], "student.pt"),
+    "checkpoint: truncated student.pt": _c(
+        lambda w, m: ((lambda p: p.write_bytes(p.read_bytes()[:1000]))(run_copy(w, m) / "student.pt"),
+                      ["export", "run", "--out", "b"])[-1], "student.pt"),
+    "checkpoint: foreign torch file": _c(
+        lambda w, m: (torch.save({"model": torch.zeros(3)}, run_copy(w, m) / "student.pt"), ["export", "run", "--out", "b"])[-1],
+        "not an edgekd student checkpoint"),
+    "checkpoint: --resume with no last.pt": _c(
+        lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--out", "nothing", "--resume"], "last.pt"),
+    # ONNX files
+    "onnx: truncated (manifest hash no longer matches)": _c(
+        lambda w, m: ((lambda p: p.write_bytes(p.read_bytes()[:4000]))(bundle_copy(w, m) / "model_fp32.onnx"),
+                      ["validate", "bundle"])[-1], "model_fp32.onnx"),
+    "onnx: not ONNX at all (manifest re-hashed)": _c(
+        lambda w, m: ((bundle_copy(w, m) / "model_fp16.onnx").write_bytes(b"hello, not a protobuf"),
+                      rehash(w / "bundle", "model_fp16.onnx"), ["validate", "bundle"])[-1], "model_fp16.onnx"),
+    "onnx: wrong input shape (manifest re-hashed)": _c(
+        lambda w, m: (_reshape_input(bundle_copy(w, m) / "model_fp32.onnx"), rehash(w / "bundle", "model_fp32.onnx"),
+                      ["validate", "bundle"])[-1], "model_fp32.onnx"),
+    # engines
+    "engine: TensorRT runtime asked for, not installed": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "tensorrt"], "TensorRT"),
+    # bundles
+    "bundle: missing manifest": _c(
+        lambda w, m: ((bundle_copy(w, m) / "manifest.json").unlink(), ["validate", "bundle"])[-1], "manifest.json"),
+    "bundle: sha256 mismatch": _c(
+        lambda w, m: ((lambda p: p.write_bytes(p.read_bytes()[:-1] + b"\x00"))(bundle_copy(w, m) / "model_fp16.onnx"),
+                      ["validate", "bundle"])[-1], "sha256"),
+    "bundle: manifest edited by hand": _c(
+        lambda w, m: (edit_manifest(bundle_copy(w, m), lambda d: d["preprocessing"].update(resize=[28, 28])),
+                      ["validate", "bundle"])[-1], "resize"),
+    "bundle: manifest not JSON": _c(
+        lambda w, m: ((bundle_copy(w, m) / "manifest.json").write_text("{"), ["validate", "bundle"])[-1], "JSON"),
+    "bundle: not a folder": _c(lambda w, m: ((w / "f").write_text("x"), ["validate", "f"])[-1], "f"),
+    # flags
+    "flag: non-numeric threshold": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "abc"], "--max-ece"),
+    "flag: threshold out of range": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "5"], "--max-ece"),
+    "flag: unknown validate format": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--formats", "int4"], "int4"),
+    "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
+    "flag: unknown --data spec": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", "mnist"], "mnist"),
+    "flag: export --out under a file": _c(
+        lambda w, m: ((w / "file").write_text("x"), ["export", str(run_copy(w, m)), "--out", "file/b"])[-1], "file"),
+    "flag: compare seeds not integers": _c(lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--seeds", "a,b"], "--seeds"),
+    "flag: compare unknown method": _c(lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--methods", "ce,xyz"], "xyz"),
+    "flag: unknown option": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--epochs", "3"], "--epochs"),
+}
+
+
+def _reshape_input(path: Path) -> None:
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value, dims[3].dim_value = 16, 16
+    onnx.save(model, str(path))
+
+
+def _snapshot(w: Path) -> dict[str, str]:
+    return {str(p.relative_to(w)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(w.rglob("*"))}
+
+
+def test_there_are_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, made, tmp_path, monkeypatch, capfd):
+    build, needles = CASES[name]
+    w = tmp_path / "w"
+    w.mkdir()
+    monkeypatch.chdir(w)
+    argv = build(w, made)
+    before = _snapshot(w)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(a) for a in argv])
+    out, err = capfd.readouterr()
+    assert e.value.code == 2, (name, e.value.code, err[-2000:])
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert 1 <= len(lines) <= 3, (name, err)
+    assert all(len(x) <= 300 for x in lines), (name, err)
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, (name, needle, err)
+    assert _snapshot(w) == before, f"{name}: the working folder changed"
+    assert not (w / "pwned.txt").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception):
+        main(["--debug", "distill", "nope.yaml"])
