@@ -150,3 +150,67 @@ def test_non_finite_gradient_is_caught_even_with_a_finite_loss(tmp_path):
     with pytest.raises(trainer_mod.NonFiniteLoss, match="non-finite student gradient at epoch 1, step 1"):
         t.train_epoch()
     handle.remove()
+
+
+# ------------------------------------------------------------------ disk full
+
+def _enospc_on(monkeypatch, predicate):
+    """fsync raises ENOSPC when predicate(path of the fd) is true: the bytes went to the
+    page cache, flushing them to a full disk failed (what a full disk looks like)."""
+    import errno
+
+    real = os.fsync
+
+    def fsync(fd):
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = ""
+        if predicate(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    from edgekd.errors import EdgeKDError
+
+    r = load_recipe(Path(QUICKSTART), ["train.epochs=2"])
+    run = tmp_path / "run"
+    writes = {"n": 0}
+
+    def second_checkpoint(path):
+        if ".last.pt." in path:
+            writes["n"] += 1
+            return writes["n"] == 2
+        return False
+
+    _enospc_on(monkeypatch, second_checkpoint)
+    with pytest.raises(EdgeKDError, match="No space left on device"):
+        trainer_mod.run_distill(r, run, resume=False)
+    monkeypatch.undo()
+    assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 intact
+    assert not list(run.glob(".*.tmp")) and not (run / "summary.json").exists()
+    summary = trainer_mod.run_distill(r, run, resume=True)  # and the run can go on
+    assert summary["epochs"] == 2
+
+
+def test_disk_full_during_export_keeps_the_previous_bundle(tmp_path, monkeypatch, capfd):
+    from edgekd.cli import main
+
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    for argv in (["distill", QUICKSTART, "--set", "train.epochs=1", "--out", str(run), "--quiet"],
+                 ["export", str(run), "--out", str(bundle), "--formats", "fp32"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    before = {p.name: p.read_bytes() for p in bundle.iterdir()}
+    _enospc_on(monkeypatch, lambda path: path.endswith(".tmp") and "manifest" in path)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(run), "--out", str(bundle), "--formats", "fp32", "--overwrite"])
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and "No space left on device" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in bundle.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "run"]
