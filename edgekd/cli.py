@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError
+from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError, PeerLostError
 
 
 def _need_torch(verb: str) -> None:
@@ -57,9 +57,13 @@ def cli(debug: bool) -> None:
               help="Continue the run in --out (default: the newest unfinished run of this recipe) from its last.pt.")
 @click.option("--allow-recipe-change", is_flag=True,
               help="With --resume: continue even if the recipe differs from the one in last.pt (the differing keys are printed).")
+@click.option("--nproc-per-node", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Train data-parallel in N processes (DistributedDataParallel) started through torch's launcher, "
+                   "like `torchrun --standalone --nproc-per-node N -m edgekd distill ...`: one per GPU, or gloo on the "
+                   "CPU. data.batch_size stays the global batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar: one short line per epoch.")
 def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, allow_recipe_change: bool,
-            quiet: bool) -> int:
+            nproc_per_node: int | None, quiet: bool) -> int:
     """Train teacher and student together from a YAML RECIPE (online distillation).
 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
@@ -73,17 +77,35 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
         raise click.UsageError("--allow-recipe-change only makes sense with --resume")
     r = load_recipe(recipe, overrides)
     _need_torch("distill")
+    from edgekd.distill import distributed
     from edgekd.distill.runs import find_resumable
-    from edgekd.distill.trainer import default_run_dir, run_distill
+    from edgekd.distill.trainer import default_run_dir, join_process_group, run_distill
     from edgekd.progress import EpochReporter
 
+    dist = distributed.from_env()
+    if nproc_per_node and nproc_per_node > 1:
+        if dist.enabled:
+            raise click.UsageError("--nproc-per-node launches processes; under torchrun leave it out")
+        distributed.per_rank_batch(r.data.batch_size, distributed.Dist(0, nproc_per_node, 0))
+        out = out or (find_resumable(r) if resume else default_run_dir(r))  # one name for every rank
+        child = ["distill", str(recipe), "--out", str(out), *[a for o in overrides for a in ("--set", o)],
+                 *(["--resume"] if resume else []), *(["--allow-recipe-change"] if allow_recipe_change else []),
+                 *(["--quiet"] if quiet else [])]
+        code = distributed.launch(nproc_per_node, child)
+        if code:
+            click.echo(f"edgekd: error: the training processes failed (exit {code}); their message is above", err=True)
+        return code
+    join_process_group(r, dist)  # under torchrun: needed to agree on the run directory
     if out is None:
-        out = find_resumable(r) if resume else default_run_dir(r)
-    reporter = EpochReporter(r.train.epochs, quiet=quiet)
-    with reporter:
-        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done, progress=reporter.step,
-                              allow_recipe_change=allow_recipe_change,
-                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True))
+        out = distributed.broadcast(find_resumable(r) if resume else default_run_dir(r), dist)
+    main = dist.is_main
+    reporter = EpochReporter(r.train.epochs, quiet=quiet or not main)
+    with reporter, distributed.peer_errors(dist):
+        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done if main else None,
+                              progress=reporter.step if main else None, allow_recipe_change=allow_recipe_change,
+                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True), dist=dist)
+    if not main:
+        return 0
     s, t = summary["student"], summary["teacher"]
     click.echo(
         f"teacher {t['arch']}: acc {_pct(t['accuracy'])} ECE {_pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
@@ -234,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"edgekd: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except (EdgeKDError, ParityError) as e:
+    except (EdgeKDError, ParityError, PeerLostError) as e:
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -21,7 +21,7 @@ import yaml
 
 from edgekd import calibration, io
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, describe_keys, load_recipe, recipe_diff
+from edgekd.recipe import Recipe, describe_keys, load_recipe, recipe_diff, with_defaults
 
 REPORTED = ("accuracy", "ece", "adaptive_ece", "nll", "brier")
 
@@ -97,7 +97,7 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
         old = yaml.safe_load(saved.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise RecipeError(f"{saved} cannot be read ({e}); remove {run_dir} to retrain it") from e
-    diffs = recipe_diff(old, r.to_dict())
+    diffs = recipe_diff(with_defaults(old) if isinstance(old, dict) else old, r.to_dict())
     if diffs:
         raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
                           f"remove it or choose another --out")

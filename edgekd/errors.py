@@ -45,3 +45,10 @@ class ParityError(Exception):
     """Export produced a model that disagrees with PyTorch. Exit code 1: not the user's input."""
 
     exit_code = 1
+
+
+class PeerLostError(Exception):
+    """Under torchrun, another training process died (killed, pre-empted, crashed).
+    Exit code 1: not the user's input; the run resumes from its last checkpoint."""
+
+    exit_code = 1

@@ -46,6 +46,11 @@ class DataConfig(_Strict):
     eval_batch_size: int = Field(512, ge=1)
     augment: AugmentConfig = AugmentConfig()
     cache_dir: Optional[str] = None
+    # Where training batches come from: `device` keeps the uint8 images in device memory
+    # and augments there; `host` keeps them in host memory behind a torch DataLoader
+    # (workers, pinned memory, prefetch); `auto` picks device when they fit.
+    loader: Literal["auto", "device", "host"] = "auto"
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for loader: host")
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":
@@ -112,6 +117,8 @@ class TrainConfig(_Strict):
     channels_last: bool = False
     compile: bool = False
     eval_split: Literal["val", "tune"] = "val"
+    # Under torchrun: convert BatchNorm to SyncBatchNorm (statistics over the global batch).
+    sync_bn: bool = False
     # Evaluate both nets every N epochs (and always after the last one): evaluation
     # of a 5,000-image split costs a third of a small CPU epoch.
     eval_every: int = Field(1, ge=1)
@@ -269,6 +276,15 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if recipe.name is None:
         recipe.name = Path(path).stem
     return recipe
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict saved by an older edgekd, with keys added since filled with their
+    defaults (so a new key with its default value is not a difference)."""
+    try:
+        return Recipe.model_validate(saved).to_dict()
+    except ValidationError:
+        return saved
 
 
 def recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:

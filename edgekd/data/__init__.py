@@ -1,4 +1,4 @@
-"""Data: sources -> deterministic split -> device-resident loaders.
+"""Data: sources -> deterministic split -> device-resident (or host-fed) loaders.
 
 Importing this package never imports torch (edgekd.data.sources/split/preprocess
 run on torch-free edge devices); the torch loader is imported inside the methods.
@@ -7,6 +7,7 @@ run on torch-free edge devices); the torch loader is imported inside the methods
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,9 +17,44 @@ from edgekd.data.split import load_split_images, make_split, split_fingerprint
 from edgekd.errors import DataError
 
 if TYPE_CHECKING:
-    from edgekd.data.loader import DeviceLoader
+    import torch
 
-__all__ = ["DataModule", "ImageSet", "build_data", "load_split_images", "make_split", "split_fingerprint"]
+    from edgekd.data.loader import DeviceLoader, HostLoader
+
+__all__ = [
+    "DataModule", "ImageSet", "build_data", "choose_loader", "load_split_images", "make_split", "split_fingerprint",
+]  # fmt: skip
+
+LOADER_KINDS = ("device", "host")
+# A device-resident train set may take this share of the free device memory; the
+# rest is for the models, activations, optimizer state and the allocator's slack.
+DEVICE_DATA_SHARE = 0.25
+
+
+def loader_for_free_bytes(images_nbytes: int, free_bytes: int) -> str:
+    """'device' if the uint8 train set fits in DEVICE_DATA_SHARE of `free_bytes` of device memory, else 'host'."""
+    return "device" if images_nbytes <= DEVICE_DATA_SHARE * free_bytes else "host"
+
+
+def choose_loader(kind: str, images_nbytes: int, device: "str | torch.device") -> str:
+    """Resolve data.loader: 'device' and 'host' pass through; 'auto' picks by free device memory.
+
+    On anything but CUDA the device loader's "device memory" is host memory
+    (CPU), so it is always 'device' there: a host path would only add copies.
+    """
+    if kind not in ("auto", *LOADER_KINDS):
+        raise DataError(f"unknown loader {kind!r}; allowed: auto, {', '.join(LOADER_KINDS)}")
+    if isinstance(images_nbytes, bool) or not isinstance(images_nbytes, Integral) or images_nbytes < 0:
+        raise DataError(f"images_nbytes must be an integer >= 0, got {images_nbytes!r}")
+    if kind != "auto":
+        return kind
+    import torch  # here, not at the top: importing edgekd.data stays torch-free
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return "device"
+    free, _total = torch.cuda.mem_get_info(device)
+    return loader_for_free_bytes(images_nbytes, free)
 
 
 @dataclass
@@ -38,15 +74,25 @@ class DataModule:
         return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels)
 
     def train_loader(
-        self, batch_size, device, seed, augment=True, crop_padding=4, hflip=True, rank=0, world_size=1, drop_last=False
-    ) -> "DeviceLoader":
-        from edgekd.data.loader import DeviceLoader
+        self, batch_size, device, seed, augment=True, crop_padding=4, hflip=True, rank=0, world_size=1, drop_last=False,
+        loader: str = "device", workers: int = 2,
+    ) -> "DeviceLoader | HostLoader":  # fmt: skip
+        """loader: 'device' (train set on the device) or 'host' (workers feed it); resolve 'auto' with choose_loader.
 
-        return DeviceLoader(
-            self.train.images, self.train.labels, batch_size=batch_size, mean=self.mean, std=self.std,
-            device=device, shuffle=True, augment=augment, crop_padding=crop_padding, hflip=hflip,
-            drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,
+        Both yield the same batches for the same arguments; `workers` only applies to 'host'.
+        """
+        from edgekd.data.loader import DeviceLoader, HostLoader
+
+        if loader not in LOADER_KINDS:
+            hint = "; resolve 'auto' with choose_loader first" if loader == "auto" else ""
+            raise DataError(f"unknown loader {loader!r}; allowed: {', '.join(LOADER_KINDS)}{hint}")
+        kwargs = dict(
+            batch_size=batch_size, mean=self.mean, std=self.std, device=device, shuffle=True, augment=augment,
+            crop_padding=crop_padding, hflip=hflip, drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,
         )  # fmt: skip
+        if loader == "host":
+            return HostLoader(self.train.images, self.train.labels, workers=workers, **kwargs)
+        return DeviceLoader(self.train.images, self.train.labels, **kwargs)
 
     def eval_loader(self, split: str, batch_size, device) -> "DeviceLoader":
         from edgekd.data.loader import DeviceLoader

@@ -1,8 +1,15 @@
-"""DeviceLoader: the whole uint8 dataset lives on the device; batches are augmented there.
+"""Training/eval loaders: the epoch plan is shared, only where the pixels live differs.
 
+DeviceLoader: the whole uint8 dataset lives on the device; batches are augmented there.
 Small-image datasets (CIFAR: 150 MB as uint8) fit on any GPU, so the usual
 DataLoader + worker processes + per-image PIL transforms are pure overhead.
 Augmentation (zero-padded random crop + horizontal flip) is one gather per batch.
+
+HostLoader: for datasets that do not fit in device memory. The uint8 images stay
+in host memory; a torch DataLoader whose items are whole batches runs the same
+plan and the same gather on the CPU in worker processes, and pinned memory +
+non_blocking copies feed the device. Given the same arguments it yields exactly
+the batches DeviceLoader yields (tests/test_loader_paths.py checks torch.equal).
 
 Epoch e's order and augmentation are a pure function of (seed, e): call
 set_epoch(e) before iterating, like DistributedSampler. Resuming a run therefore
@@ -13,13 +20,17 @@ state_dict()/load_state_dict().
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from edgekd.errors import DataError
+
+Draws = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (indices, row offsets, col offsets, flips)
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -28,7 +39,94 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
 
 
-class DeviceLoader:
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything that decides which images a batch holds and how they are augmented, except the pixels.
+
+    CPU-only and picklable, so DataLoader worker processes can hold a copy and
+    compute an epoch's draws themselves.
+    """
+
+    n: int
+    batch_size: int
+    shuffle: bool
+    augment: bool
+    crop_padding: int
+    hflip: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+
+    @property
+    def per_rank(self) -> int:
+        # Like DistributedSampler: pad the epoch by wrapping around so every rank
+        # gets the same number of samples (and so of batches, keeping collectives in step).
+        return math.ceil(self.n / self.world_size)
+
+    def num_batches(self) -> int:
+        full, rem = divmod(self.per_rank, self.batch_size)
+        return full if self.drop_last or rem == 0 else full + 1
+
+    def batch_slice(self, i: int) -> slice:
+        return slice(i * self.batch_size, (i + 1) * self.batch_size)
+
+    def draws(self, epoch: int) -> Draws:
+        """This rank's (indices, row offsets, col offsets, flips) for `epoch`, on the CPU.
+
+        Drawn for the whole epoch, then sharded: an image's augmentation does not
+        depend on world_size, so the union of all ranks equals a 1-process epoch.
+        """
+        n = self.n
+        g = _epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        span = 2 * self.crop_padding + 1
+        oy = torch.randint(0, span, (n,), generator=g)
+        ox = torch.randint(0, span, (n,), generator=g)
+        flip = torch.rand(n, generator=g) < 0.5
+        # Draws are sized n (not the padded total) so they match the 1-process epoch.
+        wrap = torch.arange(self.per_rank * self.world_size) % n
+        shard = wrap[self.rank :: self.world_size]
+        return order[shard], oy[shard], ox[shard], flip[shard]
+
+
+def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
+    """Zero-padded random crop + optional horizontal flip of uint8 NCHW `x`, as one gather.
+
+    Pure integer indexing, so it gives the same bytes on any device.
+    """
+    b, c, h, w = x.shape
+    p = padding
+    padded = F.pad(x, (p, p, p, p)) if p else x  # fill 0 = torchvision RandomCrop(padding=p) on PIL
+    rows = oy[:, None] + torch.arange(h, device=x.device)  # [B, H]
+    cols = torch.arange(w, device=x.device).expand(b, w)
+    if hflip:
+        cols = torch.where(flip[:, None], (w - 1) - cols, cols)  # flipping the crop = reading it backwards
+    cols = ox[:, None] + cols  # [B, W]
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def take_batch(
+    plan: BatchPlan, images: torch.Tensor, labels: torch.Tensor, draws: Draws, i: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch i of an epoch: (augmented uint8 NCHW images, labels), on the device of `images`/`draws`.
+
+    Both loaders call this, so their batches cannot drift apart.
+    """
+    order, oy, ox, flip = draws
+    sl = plan.batch_slice(i)
+    idx = order[sl]
+    x = images[idx]
+    if plan.augment:
+        x = crop_flip(x, oy[sl], ox[sl], flip[sl], plan.crop_padding, plan.hflip)
+    return x, labels[idx]
+
+
+class _PlannedLoader:
+    """Argument checks, epoch bookkeeping and normalisation shared by both loaders."""
+
     def __init__(
         self,
         images_uint8_nhwc: np.ndarray,
@@ -47,9 +145,10 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ):
+        name = type(self).__name__
         images = np.asarray(images_uint8_nhwc)
         if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-            raise DataError(f"DeviceLoader needs non-empty uint8 images [N, H, W, C], got {images.dtype} {list(images.shape)}")
+            raise DataError(f"{name} needs non-empty uint8 images [N, H, W, C], got {images.dtype} {list(images.shape)}")
         if len(labels) != len(images):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
         if batch_size < 1 or crop_padding < 0:
@@ -60,67 +159,121 @@ class DeviceLoader:
         if len(mean) != channels or len(std) != channels:
             raise DataError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
         self.device = torch.device(device)
-        self.images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(self.device)
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64).to(self.device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.batch_size, self.shuffle, self.augment = int(batch_size), shuffle, augment
-        self.crop_padding, self.hflip, self.drop_last = int(crop_padding), hflip, drop_last
-        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.plan = BatchPlan(
+            n=len(images), batch_size=int(batch_size), shuffle=bool(shuffle), augment=bool(augment),
+            crop_padding=int(crop_padding), hflip=bool(hflip), drop_last=bool(drop_last), seed=int(seed),
+            rank=int(rank), world_size=int(world_size),
+        )  # fmt: skip
+        self.batch_size = self.plan.batch_size
         self.epoch = 0
-        # Like DistributedSampler: pad the epoch by wrapping around so every rank
-        # gets the same number of samples (and so of batches, keeping collectives in step).
-        self.per_rank = math.ceil(len(images) / self.world_size)
+        self._place(images, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
+
+    def _place(self, images_uint8_nhwc: np.ndarray, labels: torch.Tensor) -> None:
+        """Set self.images (uint8, indexed as NCHW) and self.labels where this loader gathers batches from."""
+        raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        full, rem = divmod(self.per_rank, self.batch_size)
-        return full if self.drop_last or rem == 0 else full + 1
-
-    def _plan(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This rank's (indices, row offsets, col offsets, flips) for the current epoch.
-
-        Drawn for the whole epoch, then sharded: an image's augmentation does not
-        depend on world_size, so the union of all ranks equals a 1-process epoch.
-        """
-        n = len(self.labels)
-        g = _epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        span = 2 * self.crop_padding + 1
-        oy = torch.randint(0, span, (n,), generator=g)
-        ox = torch.randint(0, span, (n,), generator=g)
-        flip = torch.rand(n, generator=g) < 0.5
-        # Draws are sized n (not the padded total) so they match the 1-process epoch.
-        wrap = torch.arange(self.per_rank * self.world_size) % n
-        shard = wrap[self.rank :: self.world_size]
-        return tuple(t[shard].to(self.device) for t in (order, oy, ox, flip))
-
-    def _augment(self, x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Zero-padded random crop + optional horizontal flip, as one gather in uint8."""
-        b, c, h, w = x.shape
-        p = self.crop_padding
-        padded = F.pad(x, (p, p, p, p)) if p else x  # fill 0 = torchvision RandomCrop(padding=p) on PIL
-        rows = oy[:, None] + torch.arange(h, device=x.device)  # [B, H]
-        cols = torch.arange(w, device=x.device).expand(b, w)
-        if self.hflip:
-            cols = torch.where(flip[:, None], (w - 1) - cols, cols)  # flipping the crop = reading it backwards
-        cols = ox[:, None] + cols  # [B, W]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
+        return self.plan.num_batches()
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         # Same float32 operation order as preprocess.normalize, so eval is bit-identical.
         return (x.float() / 255 - self.mean) / self.std
 
+
+class DeviceLoader(_PlannedLoader):
+    """The whole uint8 dataset on the device, batches gathered and augmented there."""
+
+    def _place(self, images_uint8_nhwc: np.ndarray, labels: torch.Tensor) -> None:
+        nchw = torch.from_numpy(images_uint8_nhwc).permute(0, 3, 1, 2).contiguous()
+        self.images, self.labels = nchw.to(self.device), labels.to(self.device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, oy, ox, flip = self._plan()
+        draws = tuple(t.to(self.device) for t in self.plan.draws(self.epoch))
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
-            idx = order[sl]
-            x = self.images[idx]
-            if self.augment:
-                x = self._augment(x, oy[sl], ox[sl], flip[sl])
-            yield self._normalize(x), self.labels[idx]
+            x, y = take_batch(self.plan, self.images, self.labels, draws, i)
+            yield self._normalize(x), y
+
+
+class _EpochBatches(Dataset):
+    """Map-style dataset whose item (epoch, i) is batch i of that epoch, as CPU uint8 + labels.
+
+    The epoch travels inside the index, so persistent workers (which keep their
+    own copy of this object) follow set_epoch without being restarted. Each copy
+    caches the draws of the last epoch it served.
+    """
+
+    def __init__(self, plan: BatchPlan, images: torch.Tensor, labels: torch.Tensor):
+        self.plan, self.images, self.labels = plan, images, labels
+        self._epoch: int | None = None
+        self._draws: Draws | None = None
+
+    def _draws_for(self, epoch: int) -> Draws:
+        if self._epoch != epoch:
+            self._draws, self._epoch = self.plan.draws(epoch), epoch
+        return self._draws
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, i = key
+        x, y = take_batch(self.plan, self.images, self.labels, self._draws_for(epoch), i)
+        # Gathering from the NHWC-backed view can give channels-last strides; the device path gives NCHW.
+        return x.contiguous(), y
+
+    def __len__(self) -> int:
+        return self.plan.num_batches()
+
+
+class _EpochIndices(Sampler):
+    """Yields (epoch, 0), (epoch, 1), ... for the epoch set just before iteration (in the main process)."""
+
+    def __init__(self, num_batches: int):
+        self.num_batches, self.epoch = num_batches, 0
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        return iter([(epoch, i) for i in range(self.num_batches)])
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+class HostLoader(_PlannedLoader):
+    """DeviceLoader's batches for datasets that do not fit in device memory (see the module docstring).
+
+    workers=0 runs everything in-process; workers > 0 keeps that many persistent
+    worker processes, each prefetching 4 batches.
+    """
+
+    def __init__(self, images_uint8_nhwc: np.ndarray, labels: np.ndarray, *, workers: int = 2, **kwargs):
+        """DeviceLoader's arguments plus `workers`."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise DataError(f"workers must be an integer >= 0, got {workers!r}")
+        self.workers = workers
+        super().__init__(images_uint8_nhwc, labels, **kwargs)
+        self._indices = _EpochIndices(len(self))
+        self._loader = DataLoader(
+            _EpochBatches(self.plan, self.images, self.labels),
+            batch_size=None,  # items already are batches
+            sampler=self._indices,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",  # pinned pages make the non_blocking copy truly async
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def _place(self, images_uint8_nhwc: np.ndarray, labels: torch.Tensor) -> None:
+        # A zero-copy NCHW view of the caller's array: a dataset too big for the device
+        # is big for the host too, so no second copy. With the default fork start
+        # method the workers share these pages as well.
+        self.images, self.labels = torch.from_numpy(images_uint8_nhwc).permute(0, 3, 1, 2), labels
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._indices.epoch = self.epoch  # read when the DataLoader starts this pass
+        for x, y in self._loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            yield self._normalize(x), y

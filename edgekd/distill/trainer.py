@@ -26,11 +26,13 @@ import edgekd
 from edgekd import calibration, faults, io
 from edgekd.data import DataModule, build_data
 from edgekd.distill import checkpoint as ckpt
+from edgekd.distill import distributed
+from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.distill.schedule import lr_factor
 from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError
 from edgekd.models import build_model, count_parameters, load_weights
-from edgekd.recipe import OptimConfig, Recipe, describe_keys, recipe_diff
+from edgekd.recipe import OptimConfig, Recipe, describe_keys, recipe_diff, with_defaults
 
 SUMMARY_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
 
@@ -50,6 +52,7 @@ class Setup:
     method: Distiller
     device: torch.device
     amp_dtype: torch.dtype | None
+    dist: Dist = SINGLE
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,11 +81,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare(recipe: Recipe) -> Setup:
-    """Build data, models and the method; raise a clean error for any bad input, write nothing."""
+def join_process_group(recipe: Recipe, dist: Dist) -> None:
+    """Under torchrun, join the process group on this rank's device (no-op otherwise)."""
+    distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
+
+
+def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
+    """Build data, models and the method; raise a clean error for any bad input, write nothing.
+    Under torchrun (dist.enabled) this also joins the process group."""
     d = recipe.data
-    device = resolve_device(recipe.train.device)
+    device = distributed.local_device(dist, resolve_device(recipe.train.device))
     amp_dtype = resolve_amp(recipe.train.amp, device)
+    distributed.per_rank_batch(d.batch_size, dist)
     method_cls = get_method(recipe.distill.method)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
@@ -105,14 +115,19 @@ def prepare(recipe: Recipe) -> Setup:
         student = student.to(memory_format=torch.channels_last)
     teacher.to(device)
     student.to(device)
+    distributed.init(dist, device)
+    # The method calls the wrapped nets (DDP, compiled); state, evaluation and
+    # checkpoints use the raw modules, so checkpoint keys never carry "module." or
+    # "_orig_mod.". A frozen teacher (kd) has no gradients to all-reduce.
+    sync_bn = recipe.train.sync_bn
+    t_run = distributed.wrap(teacher, dist, device, sync_bn) if method_cls.trains_teacher else teacher
+    s_run = distributed.wrap(student, dist, device, sync_bn)
     if recipe.train.compile:
-        # The method calls the compiled wrappers; state, evaluation and checkpoints
-        # use the raw modules, so checkpoint keys never carry "_orig_mod.".
-        method = method_cls(torch.compile(teacher), torch.compile(student), recipe.distill,
-                            label_smoothing=recipe.optim.label_smoothing)
-    else:
-        method = method_cls(teacher, student, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
-    return Setup(recipe, data, teacher, student, method, device, amp_dtype)
+        t_run, s_run = torch.compile(t_run), torch.compile(s_run)
+    method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
+    if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
+        seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
+    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist)
 
 
 def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -168,9 +183,12 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(setup.device.type) if setup.amp_dtype == torch.float16 else None
         self._params = {o: [p for g in o.param_groups for p in g["params"]] for o in (self.opt_s, self.opt_t) if o}
         aug = self.r.data.augment
+        self.dist = setup.dist
+        # Each rank gets batch_size / world_size images of the same global batch.
         self.train_loader = setup.data.train_loader(
-            self.r.data.batch_size, setup.device, seed=self.r.train.seed, augment=True,
-            crop_padding=aug.crop_padding, hflip=aug.hflip,
+            distributed.per_rank_batch(self.r.data.batch_size, self.dist), setup.device, seed=self.r.train.seed,
+            augment=True, crop_padding=aug.crop_padding, hflip=aug.hflip,
+            rank=self.dist.rank, world_size=self.dist.world_size,
         )
         self.eval_loader = setup.data.eval_loader(self.r.train.eval_split, self.r.data.eval_batch_size, setup.device)
         self.steps_per_epoch = len(self.train_loader)
@@ -191,7 +209,8 @@ class Trainer:
             "opt_student": self.opt_s.state_dict(),
             "opt_teacher": self.opt_t.state_dict() if self.opt_t else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": ckpt.rng_state(),
+            # Under torchrun every rank's RNG streams are kept, so a resume is exact there too.
+            "rng": ckpt.rng_state() if not self.dist.enabled else distributed.gather(ckpt.rng_state(), self.dist),
             "history": self.history,
         }
 
@@ -206,7 +225,15 @@ class Trainer:
                 self.scaler.load_state_dict(st["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"last.pt does not match this recipe's models: {str(e).splitlines()[0][:160]}") from e
-        ckpt.set_rng_state(st["rng"])
+        rng = st["rng"]
+        if isinstance(rng, list):  # saved by a torchrun job: one state per rank
+            if len(rng) != self.dist.world_size:
+                raise CheckpointError(f"last.pt was written by {len(rng)} processes; resume it with "
+                                      f"--nproc-per-node {len(rng)}, not {self.dist.world_size}")
+            rng = rng[self.dist.rank]
+        elif self.dist.enabled:
+            raise CheckpointError("last.pt was written by a single process; resume it without torchrun")
+        ckpt.set_rng_state(rng)
         self.epoch = int(st["epoch"])
         self.history = list(st["history"])
 
@@ -309,6 +336,13 @@ class Trainer:
                     "img/s": seen / max(1e-9, time.perf_counter() - t0),
                 })
         secs = time.perf_counter() - t0
+        if self.dist.enabled:  # one all-reduce per epoch: global sums, counts and images seen
+            keys = sorted(sums)
+            packed = torch.stack([torch.as_tensor(float(seen), device=dev), correct_s.float(), correct_t.float(),
+                                  *[sums[k].reshape(()) for k in keys]])
+            distributed.all_sum(packed, self.dist)
+            seen, correct_s, correct_t = int(packed[0]), packed[1], packed[2]
+            sums = dict(zip(keys, packed[3:]))
         seen = max(seen, 1)  # every step skipped (train.max_bad_steps): report zeros, not a crash
         rec = {k: float(v) / seen for k, v in sums.items()}
         rec["loss"] = sum(v for k, v in rec.items() if k in out.losses)
@@ -335,7 +369,8 @@ class Trainer:
         while self.epoch < self.r.train.epochs:
             rec = {"epoch": self.epoch + 1, **self.train_epoch()}
             evals = None
-            if (self.epoch + 1) % self.r.train.eval_every == 0 or self.epoch + 1 == self.r.train.epochs:
+            due = (self.epoch + 1) % self.r.train.eval_every == 0 or self.epoch + 1 == self.r.train.epochs
+            if due and self.dist.is_main:  # rank 0 evaluates the whole split; the others wait in state()
                 t_eval = time.perf_counter()
                 evals = self.evaluate()
                 for role in ("teacher", "student"):
@@ -344,11 +379,15 @@ class Trainer:
                 rec["eval_seconds"] = time.perf_counter() - t_eval
             self.epoch += 1
             self.history.append(rec)
-            ckpt.save_training_state(last, self.state())
-            # metrics.jsonl is rewritten from the checkpoint's history, so after a
-            # crash and --resume it never holds an epoch twice or a lost one.
-            io.atomic_write_text(metrics_path, "".join(_jsonl(r) for r in self.history))
-            self.on_epoch(rec)
+            state = self.state()  # a collective under torchrun: every rank's RNG state
+            if self.dist.is_main:
+                ckpt.save_training_state(last, state)
+                # metrics.jsonl is rewritten from the checkpoint's history, so after a
+                # crash and --resume it never holds an epoch twice or a lost one.
+                io.atomic_write_text(metrics_path, "".join(_jsonl(r) for r in self.history))
+                self.on_epoch(rec)
+        if not self.dist.is_main:
+            return {}
         if evals is None:  # resumed a finished run: evaluate once more for the summary
             evals = self.evaluate()
         return self.finish(evals)
@@ -424,7 +463,7 @@ def _save_npz(path: Path, **arrays) -> None:
 
 def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False) -> list[str]:
     """Keys that differ between last.pt's recipe and this one; refused unless allow_change."""
-    diffs = recipe_diff(saved, current.to_dict())
+    diffs = recipe_diff(with_defaults(saved), current.to_dict())
     if diffs and not allow_change:
         raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: "
                               f"{describe_keys(diffs)} (pass --allow-recipe-change to resume anyway)")
@@ -449,47 +488,62 @@ def _read_saved_recipe(path: Path) -> dict[str, Any]:
 
 
 def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
-                allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+                allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
+                dist: Dist = SINGLE) -> dict[str, Any]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
-    first checkpoint leaves no directory behind."""
-    setup = prepare(recipe)
-    created = False
+    first checkpoint leaves no directory behind. Under torchrun every rank calls this;
+    all of them check the run directory, rank 0 alone changes it. Returns the summary
+    (an empty dict on ranks other than 0)."""
+    setup = prepare(recipe, dist)
+    try:
+        return _run(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _run(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_recipe_change: bool,
+         warn: Callable[[str], None] | None) -> dict[str, Any]:
+    recipe, dist = setup.recipe, setup.dist
+    main = dist.is_main
     last = run_dir / "last.pt"
-    if resume and run_dir.is_dir():
-        io.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
-    if resume and not last.is_file() and (run_dir / "recipe.yaml").is_file():
+    fresh_again = resume and not last.is_file() and (run_dir / "recipe.yaml").is_file()
+    if fresh_again:
         # Killed before its first checkpoint: nothing to continue, so start the same run
         # again from scratch in the same place (the recipe must still match).
-        saved = _read_saved_recipe(run_dir / "recipe.yaml")
-        check_resume_recipe(saved, recipe, allow_recipe_change)
-        for leftover in run_dir.iterdir():
-            if leftover.is_file() and leftover.name in _RUN_FILES:
-                leftover.unlink()
+        check_resume_recipe(_read_saved_recipe(run_dir / "recipe.yaml"), recipe, allow_recipe_change)
         resume = False
+    state, changed = None, []
     if resume:
         if not last.is_file():
             raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume")
         state = ckpt.load_training_state(last)
         changed = check_resume_recipe(state["recipe"], recipe, allow_recipe_change)
+    elif not fresh_again and run_dir.exists() and any(run_dir.iterdir()):
+        raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
+    distributed.barrier(dist)  # every rank has checked before rank 0 changes anything
+    created = False
+    if main:
+        if run_dir.is_dir():
+            io.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
+        if fresh_again:
+            for leftover in run_dir.iterdir():
+                if leftover.is_file() and leftover.name in _RUN_FILES:
+                    leftover.unlink()
         if changed and warn:
             warn(f"resuming with a changed recipe: {describe_keys(changed)}")
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise EdgeKDError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
-        created = True
-        state, changed = None, []
+        if state is None:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EdgeKDError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
+            created = True
     try:
         trainer = Trainer(setup, run_dir, on_epoch=on_epoch, progress=progress)
         if state is not None:
             trainer.load_state(state)
-            if changed:  # the run now follows the new recipe: say so on disk too
-                io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
-        else:
+        if main and (state is None or changed):  # a changed recipe is what the run follows now: on disk too
             io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
+        if main and state is None:
             io.write_json(run_dir / "split.json", setup.data.split_info)
         return trainer.fit()
     except BaseException:
