@@ -88,6 +88,10 @@ class DistillConfig(_Strict):
     # standard: a student more certain than the teacher gets forward KL (spread),
     # a less certain one reverse KL (sharpen). flipped swaps them (ablation).
     switch: Literal["standard", "flipped"] = "standard"
+    # Temperature at which the switch's two entropies are measured (default: temperature).
+    # At T=4 a 10-class prediction is nearly uniform and the entropy gap is a few
+    # thousandths of a nat; at 1 it reflects the confidence that calibration is about.
+    gap_temperature: Optional[float] = Field(None, gt=0, le=100)
     # Teacher's term towards the student (dml: forward KL(p_s||p_t); bdkd: the
     # regulariser, reverse KL(p_t||p_s) from the teacher's side by default).
     teacher_kl_weight: float = Field(1.0, ge=0)

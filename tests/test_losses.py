@@ -170,3 +170,16 @@ def test_registry():
     assert available_methods() == ["bdkd", "ce", "dml", "kd"]
     with pytest.raises(RecipeError, match="available: bdkd, ce, dml, kd"):
         get_method("dkd")
+
+
+def test_bdkd_gap_temperature_measures_the_switch_at_its_own_temperature():
+    # Sample A with logits x2: at T = 2 the softened pair is ([.5,.5], [.75,.25]) -> gap 0.130812;
+    # at G = 1 it is ([.5,.5], [.9,.1]) -> gap ln 2 - (.9 ln(10/9) + .1 ln 10) = 0.368064.
+    zs, zt = logits_pair(scale=2.0)
+    same, _, _ = _run("bdkd", zs[:1], zt[:1], temperature=2.0)
+    own, _, _ = _run("bdkd", zs[:1], zt[:1], temperature=2.0, gap_temperature=1.0)
+    assert same.stats["entropy_gap"].item() == pytest.approx(0.130812, abs=1e-5)
+    assert own.stats["entropy_gap"].item() == pytest.approx(0.368064, abs=1e-5)
+    # Same sign, so the same switch and the same T^2-scaled divergences.
+    for k in ("student_kl_fwd", "student_kl_rev"):
+        assert own.losses[k].item() == pytest.approx(same.losses[k].item(), abs=1e-6)

@@ -1,7 +1,7 @@
 """bdkd: Balanced-Divergence online KD (Amara et al., arXiv 2212.12965); equations in docs/method.md.
 
-Student, per sample i, with gap(i) = H(p_s^T(i)) - H(p_t^T(i)) and w(i) from the
-weighting rule (losses.forward_weight):
+Student, per sample i, with gap(i) = H(p_s^G(i)) - H(p_t^G(i)) (G = gap_temperature,
+default T) and w(i) from the weighting rule (losses.forward_weight):
   L_s = CE(y, z_s) + T^2 * mean_i[ a * w(i) * KL(p_t||p_s) + b * (1 - w(i)) * KL(p_s||p_t) ]
 Teacher, with the student detached (the student-centred regulariser):
   L_t = CE(y, z_t) + c * T^2 * mean_i KL(p_t||p_s)     (teacher_divergence: reverse)
@@ -24,7 +24,11 @@ class BalancedDivergenceKD(Distiller):
         log_ps, log_pt = L.log_probs(zs, T), L.log_probs(zt, T)
         log_ps_d, log_pt_d = log_ps.detach(), log_pt.detach()
 
-        gap = L.entropy(log_ps_d) - L.entropy(log_pt_d)
+        G = cfg.gap_temperature or T
+        if G == T:
+            gap = L.entropy(log_ps_d) - L.entropy(log_pt_d)
+        else:
+            gap = L.entropy(L.log_probs(zs.detach(), G)) - L.entropy(L.log_probs(zt.detach(), G))
         w = L.forward_weight(gap, cfg.weighting, cfg.soft_tau, flipped=cfg.switch == "flipped")
         fwd = L.kl(log_pt_d, log_ps)  # KL(p_t || p_s), grads to the student only
         rev = L.kl(log_ps, log_pt_d)  # KL(p_s || p_t), grads to the student only
