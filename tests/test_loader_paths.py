@@ -210,3 +210,24 @@ def test_bad_arguments_are_data_errors(digits):
         digits.train_loader(32, "cpu", seed=0, loader="auto")
     with pytest.raises(DataError, match="unknown loader 'disk'; allowed: device, host"):
         digits.train_loader(32, "cpu", seed=0, loader="disk")
+
+
+def test_training_through_the_host_loader_equals_the_device_loader(tmp_path):
+    """Two real quickstart runs, one per loader kind: identical batches give identical weights."""
+    import torch
+
+    from edgekd.distill.trainer import run_distill
+    from edgekd.recipe import load_recipe
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"
+    summaries = {}
+    for kind in ("device", "host"):
+        r = load_recipe(recipe, ["train.epochs=2", f"data.loader={kind}", "data.workers=2"])
+        summaries[kind] = run_distill(r, tmp_path / kind, resume=False)
+        assert summaries[kind]["loader"] == kind
+    for role in ("teacher", "student"):
+        assert summaries["device"][role]["accuracy"] == summaries["host"][role]["accuracy"]
+        assert summaries["device"][role]["nll"] == summaries["host"][role]["nll"]
+    a = torch.load(tmp_path / "device" / "student.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "host" / "student.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

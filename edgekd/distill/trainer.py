@@ -24,7 +24,7 @@ from torch import nn
 
 import edgekd
 from edgekd import calibration, faults, io
-from edgekd.data import DataModule, build_data
+from edgekd.data import DataModule, build_data, choose_loader
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
@@ -185,10 +185,13 @@ class Trainer:
         aug = self.r.data.augment
         self.dist = setup.dist
         # Each rank gets batch_size / world_size images of the same global batch.
+        # Both loader kinds yield identical batches; they differ only in where the uint8
+        # images live (device memory, or host memory behind DataLoader workers).
+        self.loader_kind = choose_loader(self.r.data.loader, setup.data.train.images.nbytes, setup.device)
         self.train_loader = setup.data.train_loader(
             distributed.per_rank_batch(self.r.data.batch_size, self.dist), setup.device, seed=self.r.train.seed,
             augment=True, crop_padding=aug.crop_padding, hflip=aug.hflip,
-            rank=self.dist.rank, world_size=self.dist.world_size,
+            rank=self.dist.rank, world_size=self.dist.world_size, loader=self.loader_kind, workers=self.r.data.workers,
         )
         self.eval_loader = setup.data.eval_loader(self.r.train.eval_split, self.r.data.eval_batch_size, setup.device)
         self.steps_per_epoch = len(self.train_loader)
@@ -410,6 +413,8 @@ class Trainer:
             "edgekd_version": edgekd.__version__,
             "torch_version": torch.__version__,
             "device": str(s.device),
+            "loader": self.loader_kind,
+            "processes": self.dist.world_size,
         }
         last_rec = self.history[-1] if self.history else {}
         for role, net in (("teacher", teacher), ("student", student)):
