@@ -9,23 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from _runs import canonical
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
-TIMING = {"seconds", "eval_seconds", "images_per_s", "train_seconds", "run"}
 SHORT = ("--quiet", "--set", "train.epochs=3")
 
 
 def run(*args, env=None, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
-
-
-def _canonical(path: Path) -> tuple[str, str]:
-    summary = {k: v for k, v in json.loads((path / "summary.json").read_text()).items() if k not in TIMING}
-    lines = [{k: v for k, v in json.loads(x).items() if k not in TIMING}
-             for x in (path / "metrics.jsonl").read_text().splitlines()]
-    return json.dumps(summary, sort_keys=True), json.dumps(lines, sort_keys=True)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +61,7 @@ def test_killed_ddp_run_resumes_exactly(torchrun_ref, tmp_path):
     resumed = run("-m", "edgekd", "distill", QUICKSTART, "--out", str(victim), "--nproc-per-node", "2", *SHORT,
                   "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert _canonical(victim) == _canonical(ref)
+    assert canonical(victim) == canonical(ref)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 chosen moments (edgekd.faults) and resumed; the result must equal an
 uninterrupted run byte for byte. Also the non-finite guard and resume rules."""
 
-import json
 import math
 import os
 import shutil
@@ -12,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _runs import canonical
 
 from edgekd.distill import trainer as trainer_mod
 from edgekd.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
-TIMING = {"seconds", "eval_seconds", "images_per_s", "train_seconds", "run"}
 
 
 def edgekd(*args, env=None, timeout=600):
@@ -29,14 +28,6 @@ def edgekd(*args, env=None, timeout=600):
 def _short(out, *extra):
     # digits: 1,438 training images, batch 64 -> 23 steps an epoch
     return ("distill", QUICKSTART, "--out", str(out), "--quiet", "--set", "train.epochs=4", *extra)
-
-
-def _canonical(run: Path) -> tuple[str, str]:
-    """summary.json and metrics.jsonl without wall-clock fields, as bytes to compare."""
-    summary = {k: v for k, v in json.loads((run / "summary.json").read_text()).items() if k not in TIMING}
-    lines = [{k: v for k, v in json.loads(x).items() if k not in TIMING}
-             for x in (run / "metrics.jsonl").read_text().splitlines()]
-    return json.dumps(summary, sort_keys=True), json.dumps(lines, sort_keys=True)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +57,7 @@ def test_sigkill_at_any_moment_then_resume_is_exact(point, reference, tmp_path):
         assert st["epoch"] == 2
     res = edgekd(*_short(victim), "--resume")
     assert res.returncode == 0, res.stderr
-    assert _canonical(victim) == _canonical(reference)
+    assert canonical(victim) == canonical(reference)
     assert not list(victim.glob(".*.tmp"))
     a = torch.load(reference / "student.pt", weights_only=True)["state_dict"]
     b = torch.load(victim / "student.pt", weights_only=True)["state_dict"]
