@@ -135,8 +135,9 @@ def markdown(report: dict, table: dict) -> str:
     lines = []
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
+    split = report.get("recipe", {}).get("train", {}).get("eval_split", "val")
     lines += [f"Seeds: {', '.join(map(str, report['seeds']))}; mean ± std over seeds. "
-              "Metrics on the val split, raw softmax (no temperature scaling); "
+              f"Metrics on the {split} split, raw softmax (no temperature scaling); "
               "'ECE after TS' is the diagnostic ECE at the NLL-optimal temperature.", ""]
     for role in ("student", "teacher"):
         lines += [f"### {role}", "", "| method | " + " | ".join(c[1] for c in cols) + " |",
