@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The main job on the embedded dataset (scikit-learn's digits): online BD-KD,
-# then an ONNX FP32/FP16/INT8 bundle, then the accuracy + calibration gate.
+# then an ONNX FP32/FP16/INT8/INT8-for-CPUs bundle, then the accuracy + calibration gate.
 demo: $(STAMP)
 	rm -rf runs/quickstart-demo export/quickstart-demo
 	$(VENV)/bin/edgekd distill recipes/quickstart.yaml --out runs/quickstart-demo --quiet

@@ -174,18 +174,21 @@ def _csv(value: str | None) -> list[str] | None:
 @click.argument("run_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Bundle folder. Default: export/<run-name>/.")
-@click.option("--formats", default="fp32,fp16,int8", show_default=True,
-              help="Comma-separated ONNX formats to write: fp32, fp16, int8 (fp32 is always written).")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines from the FP16 and INT8 ONNX files (needs TensorRT and an NVIDIA GPU).")
+@click.option("--formats", default="fp32,fp16,int8,int8_cpu", show_default=True,
+              help="Comma-separated ONNX formats to write: fp32, fp16, int8 (symmetric INT8 QDQ for TensorRT and "
+                   "ONNX Runtime), int8_cpu (uint8-activation INT8 QDQ, fast in ONNX Runtime on CPUs, not for "
+                   "TensorRT). fp32 is always written.")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines from the FP16 and INT8 ONNX files, never from "
+                                          "int8_cpu (needs TensorRT and an NVIDIA GPU).")
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Training-split images used to calibrate INT8 (never val images).")
+              help="Training-split images used to calibrate int8 and int8_cpu (never val images).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 activation calibration method.")
+              show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Largest batch of the TensorRT optimization profile (min 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
 def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite) -> int:
-    """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8 (+ TensorRT engines).
+    """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines).
 
     RUN_DIR defaults to the newest complete run under runs/. Parity with PyTorch
     and accuracy/ECE drift are measured on the run's val split and written into
@@ -204,7 +207,10 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 @click.argument("bundle", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--data", "data_spec", default=None, metavar="SPEC",
               help="digits | imagefolder:DIR | cifar10:DIR | cifar100:DIR. Default: the run's val split from the manifest.")
-@click.option("--formats", default=None, help="Comma-separated: fp32, fp16, int8, engine. Default: every file in the bundle the runtime can run.")
+@click.option("--formats", default=None,
+              help="Comma-separated: fp32, fp16, int8, int8_cpu, engine (engine_fp16, engine_int8). Default: every "
+                   "file in the bundle the runtime can run (--runtime tensorrt: the engines + fp32; int8_cpu is "
+                   "ONNX Runtime only).")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
 @click.option("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: all available).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size for throughput and metrics.")

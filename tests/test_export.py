@@ -21,7 +21,7 @@ from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy import export_bundle
 from edgekd.deploy.bundle import parse_formats
-from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8
+from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, quantize_int8_cpu
 from edgekd.deploy.parity import require_fp32_parity
 from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
 from edgekd.errors import ExportError, MissingDependencyError, ParityError
@@ -30,7 +30,7 @@ from edgekd.models import build_model, load_weights
 from edgekd.validate.runtimes import TRT_MISSING
 
 REPO = Path(__file__).resolve().parents[1]
-ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx")
+ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")
 BUNDLE_FILES = {*ONNX_FILES, "int8_calibration.json", "manifest.json"}
 
 
@@ -155,12 +155,74 @@ def test_calibration_ranges_match_the_int8_model(bundle, manifest):
     assert 127 * x["scale"] == pytest.approx(max(abs(x["min"]), abs(x["max"])), rel=1e-6)
 
 
+def test_int8_cpu_file_is_uint8_qdq_with_per_channel_weights(bundle):
+    """ONNX Runtime's CPU flavour: uint8 activations with a zero point, int8 symmetric per-channel weights."""
+    model = onnx.load(str(bundle / "model_int8_cpu.onnx"))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert q and dq
+    # Activations: every QuantizeLinear quantizes a computed tensor to uint8, per tensor.
+    assert all(n.input[0] not in consts for n in q)
+    activation_zero_points = [consts[n.input[2]] for n in q]
+    assert all(z.dtype == np.uint8 and z.size == 1 for z in activation_zero_points)
+    assert any(z.item() != 0 for z in activation_zero_points)  # asymmetric: the input's range is not [0, max]
+    assert all(consts[n.input[1]].size == 1 for n in q)
+    # Weights: stored int8, one scale per output channel, zero point 0 (symmetric).
+    weights = [n for n in dq if n.input[0] in consts and consts[n.input[0]].ndim == 4]
+    assert weights
+    for n in weights:
+        w, scale, zero = consts[n.input[0]], consts[n.input[1]], consts[n.input[2]]
+        assert w.dtype == np.int8 and scale.size == w.shape[0] > 1
+        assert zero.dtype == np.int8 and not zero.any()
+    # The ReLUs are folded into the quantization ranges; what is left fuses into integer kernels.
+    assert not [n.op_type for n in model.graph.node if n.op_type in ("Relu", "Clip")]
+
+
+def test_int8_cpu_runs_every_conv_as_an_integer_kernel(bundle, tmp_path):
+    """The point of the file: ONNX Runtime's CPU provider leaves no Conv in float."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no hardware-specific NCHWc
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(bundle / "model_int8_cpu.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    fp32_convs = sum(n.op_type == "Conv" for n in onnx.load(str(bundle / "model_fp32.onnx")).graph.node)
+    assert "Conv" not in ops and ops.count("QLinearConv") == fp32_convs > 0
+
+
+def test_int8_and_int8_cpu_share_one_calibration(bundle, manifest):
+    """Same images, method and measured ranges; only the scale/zero point derived from them differ."""
+    quant = manifest["files"]["model_int8.onnx"]["quantization"]
+    cpu = manifest["files"]["model_int8_cpu.onnx"]["quantization"]
+    for key in ("method", "samples", "split", "seed", "weights", "excluded_nodes"):
+        assert cpu[key] == quant[key], key
+    assert cpu["activations"] == "per-tensor asymmetric uint8" and quant["activations"] == "per-tensor symmetric int8"
+    assert cpu["quant_format"] == quant["quant_format"] == "QDQ"
+    assert cpu["tensorrt"] is False and quant["tensorrt"] is True and "not for TensorRT" in cpu["runtime"]
+    assert cpu["ranges_file"] is None
+    cal = json.loads((bundle / "int8_calibration.json").read_text())["tensors"]
+    model = onnx.load(str(bundle / "model_int8_cpu.onnx"))
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    checked = 0
+    for n in (n for n in model.graph.node if n.op_type == "QuantizeLinear"):
+        r = cal.get(n.input[0])
+        if r is None or "min" not in r:
+            continue
+        low, high = min(r["min"], 0.0), max(r["max"], 0.0)  # uint8 asymmetric: [min, max] widened to hold 0
+        assert float(consts[n.input[1]]) == pytest.approx((high - low) / 255, rel=1e-6), n.input[0]
+        assert int(consts[n.input[2]]) == round(-low / ((high - low) / 255)), n.input[0]
+        checked += 1
+    assert "input" in cal and checked >= 1
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, method):
     """100 images do not split into batches of 64; the histogram calibrators need equal batches."""
     calib = np.random.default_rng(0).normal(size=(100, 1, 32, 32)).astype(np.float32)
     result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(method=method))
     assert result.ranges and (tmp_path / "q.onnx").is_file()
+    result = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings(method=method))
+    assert result.ranges and (tmp_path / "c.onnx").is_file()
 
 
 # ---------------------------------------------------------------- the manifest
@@ -171,7 +233,7 @@ def test_manifest_hashes_and_sizes_match_the_files(bundle, manifest):
     for name, entry in manifest["files"].items():
         assert entry["sha256"] == sha256_file(bundle / name), name
         assert entry["bytes"] == (bundle / name).stat().st_size, name
-    assert [manifest["files"][n]["precision"] for n in ONNX_FILES] == ["fp32", "fp16", "int8"]
+    assert [manifest["files"][n]["precision"] for n in ONNX_FILES] == ["fp32", "fp16", "int8", "int8_cpu"]
 
 
 def test_manifest_describes_the_run(run_dir, manifest):
@@ -205,7 +267,7 @@ def test_fp32_parity_is_recorded_and_true(run_dir, bundle, manifest):
     assert ref["accuracy"] == pytest.approx(float(np.mean(torch_logits.argmax(1) == val.labels)))
     assert fp32["parity"]["max_abs_logit_diff"] < 1e-3 and fp32["parity"]["top1_agreement"] >= 0.999
     assert abs(fp32["drift"]["accuracy_drop"]) < 1e-9 and fp32["drift"]["ece_drift"] < 1e-6
-    for name in ONNX_FILES:  # every file's figures are recorded, FP16/INT8 without a pass/fail
+    for name in ONNX_FILES:  # every file's figures are recorded, FP16/INT8/INT8-CPU without a pass/fail
         entry = manifest["files"][name]
         assert set(entry["metrics"]) == {"accuracy", "ece", "nll", "brier"}
         assert 0 <= entry["parity"]["top1_agreement"] <= 1
@@ -256,6 +318,8 @@ def test_trt_engines_are_built_and_recorded(run_dir, tmp_path):
     res = edgekd("export", run_dir, "--out", out, "--trt", "--max-batch", "16")
     assert res.returncode == 0, res.stderr[-3000:]
     files = json.loads((out / "manifest.json").read_text())["files"]
+    assert {n for n, e in files.items() if e["format"] == "tensorrt"} == {"model_fp16.engine", "model_int8.engine"}
+    assert "model_int8_cpu.onnx" in files  # written, but no engine is ever built from it
     for precision in ("fp16", "int8"):
         entry = files[f"model_{precision}.engine"]
         assert entry["format"] == "tensorrt" and entry["precision"] == precision
@@ -295,7 +359,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, run_dir, tmp_path):
     elif case == "foreign":
         run, needle = _foreign_student(tmp_path)
     elif case == "unknown format":
-        run, needle, extra = run_dir, "unknown format 'bf16'; allowed: fp32, fp16, int8", ["--formats", "fp32,bf16"]
+        run, needle, extra = run_dir, "unknown format 'bf16'; allowed: fp32, fp16, int8, int8_cpu", \
+            ["--formats", "fp32,bf16"]
     else:
         (tmp_path / "file").write_text("not a folder")
         run, needle, out = run_dir, "cannot write to", tmp_path / "file" / "out"
@@ -315,10 +380,28 @@ def test_existing_out_is_refused_and_kept(run_dir, bundle):
 
 
 def test_formats_always_include_fp32_in_bundle_order():
-    assert parse_formats(None) == ["fp32", "fp16", "int8"]
+    assert parse_formats(None) == ["fp32", "fp16", "int8", "int8_cpu"]
     assert parse_formats(["int8"]) == ["fp32", "int8"]
-    with pytest.raises(ExportError, match="allowed: fp32, fp16, int8"):
+    assert parse_formats(["int8_cpu", "fp16"]) == ["fp32", "fp16", "int8_cpu"]
+    with pytest.raises(ExportError, match="allowed: fp32, fp16, int8, int8_cpu"):
         parse_formats(["fp32", "engine"])
+
+
+def test_trt_never_builds_from_int8_cpu():
+    """Refused before any work (no run is even looked for): int8_cpu is not a TensorRT file."""
+    with pytest.raises(ExportError, match="never int8_cpu"):
+        export_bundle(run_dir="does-not-matter", formats=["fp32", "int8_cpu"], trt=True, log=lambda line: None)
+
+
+def test_int8_cpu_alone_calibrates_itself(run_dir, manifest, tmp_path):
+    """--formats int8_cpu without int8: its own calibration (same images and method, so the very same
+    file as in the default bundle, where it reuses int8's calibration), no ranges file."""
+    out = export_bundle(run_dir=run_dir, out=tmp_path / "b", formats=["int8_cpu"], log=lambda line: None)
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert set(files) == {"model_fp32.onnx", "model_int8_cpu.onnx"}
+    assert files["model_int8_cpu.onnx"]["quantization"]["samples"] > 0
+    assert files["model_int8_cpu.onnx"]["sha256"] == sha256_file(out / "model_int8_cpu.onnx")
+    assert files["model_int8_cpu.onnx"]["sha256"] == manifest["files"]["model_int8_cpu.onnx"]["sha256"]
 
 
 def test_calibration_images_are_a_seeded_sample_not_the_first_n():

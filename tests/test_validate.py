@@ -19,7 +19,8 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
 from edgekd.validate import gate
-from edgekd.validate.bundle import Bundle
+from edgekd.errors import BundleError
+from edgekd.validate.bundle import Bundle, onnx_providers_for
 from edgekd.validate.data import load_eval_data
 from edgekd.validate.runtimes import TRT_MISSING, engine_mismatch
 
@@ -206,7 +207,7 @@ def test_json_metrics_equal_independent_computation(full_run, bundle):
     labels = preds["labels"]
     m = manifest(bundle)
     assert set(doc) == {"formats", "gate", "data", "device", "bundle"}
-    assert set(doc["formats"]) >= {"fp32", "fp16", "int8"}
+    assert set(doc["formats"]) == {"fp32", "fp16", "int8", "int8_cpu"}
     assert doc["data"]["n"] == len(labels) == m["reference"]["n"]
     assert doc["device"]["onnxruntime"] and doc["device"]["providers"]
     fp32 = preds["fp32_logits"]
@@ -246,6 +247,15 @@ def test_gate_fails_with_exit_1_on_newest_bundle_in_cwd(bundle, tmp_path):
     assert f"validating bundle {Path('export') / 'qs'}" in out
     assert "FAIL fp32  ece " in out and "<= 0.01%" in out
     assert "VERDICT: FAIL (1 of 4 checks failed)" in out
+
+
+def test_gate_judges_int8_cpu_like_the_other_files(bundle, tmp_path):
+    proc, _ = validate(bundle, "--formats", "int8_cpu", "--max-ece", "0.0001", tmp_path=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "int8_cpu: model_int8_cpu.onnx on onnxruntime (CPUExecutionProvider)" in proc.stdout
+    assert "FAIL int8_cpu  ece " in proc.stdout and "<= 0.01%" in proc.stdout
+    # No FP32 run: agreement is not measurable; drift is, against the manifest's PyTorch reference.
+    assert "SKIP int8_cpu  agreement" in proc.stdout and "int8_cpu  ece_drift" in proc.stdout
 
 
 def test_gate_thresholds_from_manifest(bundle_copy, tmp_path):
@@ -409,7 +419,31 @@ def test_engine_without_tensorrt(bundle_copy, tmp_path):
 
 def test_unknown_format(bundle, tmp_path):
     proc, _ = validate(bundle, "--formats", "fp32,fp8", tmp_path=tmp_path)
-    assert_bad_input(proc, "unknown format 'fp8'", "fp32, fp16, int8")
+    assert_bad_input(proc, "unknown format 'fp8'", "fp32, fp16, int8, int8_cpu")
+
+
+def test_tensorrt_runtime_refuses_int8_cpu(bundle, tmp_path):
+    """Asked for by name under --runtime tensorrt: refused before anything loads (no TensorRT needed)."""
+    proc, _ = validate(bundle, "--runtime", "tensorrt", "--formats", "int8_cpu", tmp_path=tmp_path)
+    assert_bad_input(proc, "--runtime tensorrt: int8_cpu is for ONNX Runtime on CPUs", "--runtime onnxruntime")
+
+
+def test_int8_cpu_never_goes_to_onnxruntime_tensorrt_provider():
+    trt_cuda_cpu = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers_for("int8_cpu", trt_cuda_cpu) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers_for("int8", trt_cuda_cpu) == trt_cuda_cpu  # Q/DQ with zero point 0: TensorRT reads it
+    assert onnx_providers_for("int8_cpu", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    with pytest.raises(BundleError, match="cannot run on TensorrtExecutionProvider alone"):
+        onnx_providers_for("int8_cpu", ["TensorrtExecutionProvider"])
+
+
+def test_int8_cpu_engine_in_manifest_is_refused(bundle_copy, tmp_path):
+    m = manifest(bundle_copy)
+    m["files"]["model_int8_cpu.onnx"]["format"] = "tensorrt"
+    write_manifest(bundle_copy, m)
+    proc, _ = validate(bundle_copy, tmp_path=tmp_path)
+    assert_bad_input(proc, "model_int8_cpu.onnx is a TensorRT engine with precision 'int8_cpu'",
+                     "TensorRT cannot build it")
 
 
 def test_engine_format_not_in_bundle(bundle, tmp_path):
@@ -589,6 +623,6 @@ def test_tensorrt_engines_validate(tmp_path, bundle):
                        tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((tmp_path / "v.json").read_text())
-    assert {"engine_fp16", "engine_int8", "fp32"} <= set(doc["formats"])
+    assert set(doc["formats"]) == {"engine_fp16", "engine_int8", "fp32"}  # never int8_cpu
     assert doc["formats"]["engine_fp16"]["agreement"] >= 0.98
     assert doc["formats"]["engine_fp16"]["throughput"] > 0

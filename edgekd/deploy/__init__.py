@@ -1,8 +1,9 @@
-"""Export a trained student for edge devices: ONNX FP32/FP16/INT8 (+ TensorRT engines) in one bundle.
+"""Export a trained student for edge devices: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines) in one bundle.
 
     onnx_export  PyTorch -> one self-contained FP32 ONNX file (dynamo exporter)
     fp16         FP32 ONNX -> FP16 compute, FP32 input/output
-    int8         FP32 ONNX -> INT8 QDQ, calibrated on training images
+    int8         FP32 ONNX -> INT8 QDQ, calibrated on training images: symmetric (TensorRT + ONNX
+                 Runtime) and uint8-activation (ONNX Runtime on CPUs only) flavours
     tensorrt     ONNX -> serialized TensorRT engines (--trt)
     parity       each file vs PyTorch on the val split
     source       the run, its student and its data split

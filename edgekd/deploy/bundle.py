@@ -2,12 +2,14 @@
 
 Order of work: check every input (run, checkpoint, data, flags) and compute
 PyTorch's reference on the val split; then build every file inside an atomic
-folder, FP32 first (which must match PyTorch), then FP16, INT8 and the TensorRT
-engines; write manifest.json last. Any failure on the way leaves no bundle.
+folder, FP32 first (which must match PyTorch), then FP16, INT8, INT8 for CPUs
+and the TensorRT engines; write manifest.json last. Any failure on the way
+leaves no bundle.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,7 +20,8 @@ import edgekd
 from edgekd.calibration import calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
-from edgekd.deploy.int8 import Int8Settings, calibration_file, check_settings, pick_calibration, quantize_int8
+from edgekd.deploy.int8 import (Int8Settings, calibration_file, check_settings, pick_calibration, quantize_int8,
+                                quantize_int8_cpu)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
@@ -26,7 +29,10 @@ from edgekd.io import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 
 SCHEMA_VERSION = 1
-ONNX_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+# int8_cpu: asymmetric uint8 activations, fast in ONNX Runtime on CPUs; TensorRT cannot read it,
+# so no engine is ever built from it (ENGINE_FILES has fp16 and int8 only).
+ONNX_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
+              "int8_cpu": "model_int8_cpu.onnx"}
 ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
 MANIFEST_FILE = "manifest.json"
@@ -58,7 +64,8 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     check_settings(int8)
     engines = [p for p in ENGINE_FILES if p in chosen] if trt else []
     if trt and not engines:
-        raise ExportError("--trt builds engines from the fp16 and int8 files; add one of them to --formats")
+        raise ExportError("--trt builds engines from the fp16 and int8 files (never int8_cpu, which TensorRT "
+                          "cannot read); add one of them to --formats")
     run = resolve_run(run_dir, log)
     out = Path(out) if out is not None else Path("export") / run.name
     student = load_run_student(run)
@@ -142,23 +149,38 @@ class _Context:
             self.log(f"writing {name}")
             kept = convert_fp16(fp32, self.folder / name)
             files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
-        if "int8" in chosen:
-            files.update(self._write_int8(fp32, int8))
+        if "int8" in chosen or "int8_cpu" in chosen:
+            files.update(self._write_int8(fp32, int8, chosen))
         return files
 
-    def _write_int8(self, fp32: Path, s: Int8Settings) -> dict[str, dict]:
-        name = ONNX_FILES["int8"]
+    def _write_int8(self, fp32: Path, s: Int8Settings, chosen: list[str]) -> dict[str, dict]:
+        """model_int8.onnx (+ its ranges file) and/or model_int8_cpu.onnx, from ONE calibration:
+        the same training images, method and measured ranges for both."""
         train = split_images(self.student, "train")  # calibration never sees a val image
         picked = pick_calibration(len(train.labels), s)
-        self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
-        result = quantize_int8(fp32, self.folder / name, self.student.preprocess(train.take(picked)), s)
-        write_json(self.folder / RANGES_FILE,
-                   calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
-        quantization = result.quantization_entry(s, len(picked), RANGES_FILE)
-        return {
-            name: self._entry(name, "onnx", "int8", **self._measure(name)[1], quantization=quantization),
-            RANGES_FILE: self._entry(RANGES_FILE, "json", None),
-        }
+        calib = self.student.preprocess(train.take(picked))
+        files: dict[str, dict] = {}
+        with tempfile.TemporaryDirectory(prefix="edgekd-calib-") as tmp:
+            cache = Path(tmp) / "ranges.json"  # written by the first quantization, read by the second
+            if "int8" in chosen:
+                name = ONNX_FILES["int8"]
+                self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
+                result = quantize_int8(fp32, self.folder / name, calib, s, calibration_cache=cache)
+                write_json(self.folder / RANGES_FILE,
+                           calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
+                quantization = result.quantization_entry(s, len(picked), RANGES_FILE)
+                files[name] = self._entry(name, "onnx", "int8", **self._measure(name)[1], quantization=quantization)
+                files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
+            if "int8_cpu" in chosen:
+                name = ONNX_FILES["int8_cpu"]
+                how = "the same calibration" if cache.is_file() else \
+                    f"{s.method} calibration on {len(picked)} training images"
+                self.log(f"writing {name} (uint8 activations for ONNX Runtime on CPUs, not TensorRT; {how})")
+                result = quantize_int8_cpu(fp32, self.folder / name, calib, s, calibration_cache=cache)
+                quantization = result.cpu_quantization_entry(s, len(picked))
+                files[name] = self._entry(name, "onnx", "int8_cpu", **self._measure(name)[1],
+                                          quantization=quantization)
+        return files
 
     def write_engines(self, target, precisions: list[str], max_batch: int) -> dict[str, dict]:
         from edgekd.deploy.tensorrt import build_engine

@@ -1,10 +1,19 @@
-"""FP32 ONNX -> INT8 QDQ ONNX, calibrated on training images, plus the ranges it used.
+"""FP32 ONNX -> INT8 QDQ ONNX files, calibrated on training images, plus the ranges used.
 
-The QDQ format (QuantizeLinear/DequantizeLinear around each quantized op), with
-symmetric INT8 activations (zero point 0) and per-channel symmetric INT8 weights,
-is what TensorRT's explicit-quantization mode reads, so the one file serves ONNX
-Runtime on a CPU and TensorRT on a GPU. Calibration images come from the TRAINING
-split only: the val split stays unseen by everything export tunes.
+Two flavours, calibrated identically (same training images, method and measured ranges):
+
+- `quantize_int8` (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
+  each quantized op) with symmetric INT8 activations (zero point 0) and per-channel
+  symmetric INT8 weights: what TensorRT's explicit-quantization mode reads, so the
+  file serves TensorRT on a GPU (and runs, slowly, in ONNX Runtime on a CPU).
+- `quantize_int8_cpu` (model_int8_cpu.onnx): QDQ with asymmetric UINT8 activations
+  (per tensor, with a zero point) and the same per-channel symmetric INT8 weights:
+  what ONNX Runtime's CPU kernels are fast with (ReLU6 folds into the activation
+  range, every Conv becomes a QLinearConv). TensorRT rejects non-zero zero points,
+  so this file is for ONNX Runtime on CPUs only.
+
+Calibration images come from the TRAINING split only: the val split stays unseen
+by everything export tunes.
 """
 
 from __future__ import annotations
@@ -47,6 +56,16 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 WEIGHTS_SCHEME = "per-channel symmetric int8"
 ACTIVATIONS_SCHEME = "per-tensor symmetric int8"
+# What ONNX Runtime's CPU provider runs fastest (x86 with or without VNNI, ARM): uint8
+# activations with a zero point, so a ReLU/ReLU6 (Clip) is dropped into the range of the
+# QuantizeLinear after it; int8 weights per channel, symmetric; int32 biases. QDQ rather
+# than QOperator (QLinearConv written out): ONNX Runtime fuses both into the same kernels
+# (on MobileNetV2: 52 QLinearConv, 10 QLinearAdd, 1 QGemm) and ran them at the same speed
+# (docs/performance.md), and QDQ is the format ONNX Runtime recommends.
+CPU_QDQ_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
+CPU_QUANT_FORMAT = QuantFormat.QDQ
+CPU_ACTIVATIONS_SCHEME = "per-tensor asymmetric uint8"
+CPU_BIASES = "int32"
 
 
 @dataclass
@@ -67,8 +86,23 @@ class Int8Result:
     def quantization_entry(self, s: Int8Settings, samples: int, ranges_file: str) -> dict:
         """The manifest's files.model_int8.onnx.quantization object."""
         return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
-                "weights": WEIGHTS_SCHEME, "activations": ACTIVATIONS_SCHEME,
+                "weights": WEIGHTS_SCHEME, "activations": ACTIVATIONS_SCHEME, "biases": "float",
+                "quant_format": "QDQ", "tensorrt": True,
                 "excluded_nodes": self.excluded_nodes, "ranges_file": ranges_file}
+
+    def cpu_quantization_entry(self, s: Int8Settings, samples: int) -> dict:
+        """The manifest's files.model_int8_cpu.onnx.quantization object.
+
+        No ranges file: the min/max are the same measurements as model_int8.onnx's
+        (int8_calibration.json), and the scale and zero point of every activation are
+        in the file's own QuantizeLinear nodes.
+        """
+        return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
+                "weights": WEIGHTS_SCHEME, "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
+                "quant_format": CPU_QUANT_FORMAT.name, "tensorrt": False,
+                "runtime": "ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): "
+                           "use model_int8.onnx there",
+                "excluded_nodes": self.excluded_nodes, "ranges_file": None}
 
 
 def check_settings(s: Int8Settings) -> None:
@@ -132,14 +166,39 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings) -> Int8Result:
-    """Calibrate `src` on `calib_images` (float32 NCHW, preprocessed as for eval) and write `dst`."""
+def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings,
+                  calibration_cache: Path | None = None) -> Int8Result:
+    """Calibrate `src` on `calib_images` (float32 NCHW, preprocessed as for eval) and write `dst`
+    (model_int8.onnx: symmetric INT8 activations, for TensorRT and ONNX Runtime).
+
+    `calibration_cache`: a file for the calibrator's measured ranges, shared with
+    `quantize_int8_cpu` for the same `src`, images and settings: the first call writes
+    it, the next one reads it instead of running the images again (the measurements are
+    the same either way; symmetric or not is decided after calibration).
+    """
+    return _quantize(src, dst, calib_images, s, calibration_cache, QuantFormat.QDQ, QuantType.QInt8, QDQ_OPTIONS,
+                     "INT8")
+
+
+def quantize_int8_cpu(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings,
+                      calibration_cache: Path | None = None, quant_format: QuantFormat = CPU_QUANT_FORMAT) -> Int8Result:
+    """Like `quantize_int8` (same images, method, excluded layers), but for ONNX Runtime's CPU
+    kernels: asymmetric uint8 activations, int32 biases (model_int8_cpu.onnx; not for TensorRT).
+
+    `quant_format` is there for benchmarks/bench_export.py's QOperator comparison; export uses QDQ.
+    """
+    return _quantize(src, dst, calib_images, s, calibration_cache, quant_format, QuantType.QUInt8, CPU_QDQ_OPTIONS,
+                     "INT8 (CPU)")
+
+
+def _quantize(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, calibration_cache: Path | None,
+              quant_format: QuantFormat, activation_type: QuantType, options: dict, what: str) -> Int8Result:
     check_settings(s)
     with tempfile.TemporaryDirectory(prefix="edgekd-int8-") as tmp:
         # Shape inference + ONNX Runtime's basic graph optimizations first, as ONNX
         # Runtime recommends: the quantizer needs every tensor's shape.
         prepared = Path(tmp) / "prepared.onnx"
-        cache = Path(tmp) / "ranges.json"
+        cache = Path(calibration_cache) if calibration_cache is not None else Path(tmp) / "ranges.json"
         with _quiet_quantizer():
             quant_pre_process(str(src), str(prepared))
             model = onnx.load(str(prepared))
@@ -147,14 +206,14 @@ def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Setting
             try:
                 quantize_static(
                     str(prepared), str(dst), BatchReader(calib_images),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    quant_format=quant_format, per_channel=True,
+                    activation_type=activation_type, weight_type=QuantType.QInt8,
                     calibrate_method=CALIB_METHODS[s.method], nodes_to_exclude=excluded,
-                    extra_options=QDQ_OPTIONS,
+                    extra_options=options,
                     calibration_cache_path=str(cache),
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - the quantizer raises many unrelated types
-                raise ExportError(f"INT8 quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
+                raise ExportError(f"{what} quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
         onnx.checker.check_model(str(dst), full_check=True)
         ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(cache))
     return Int8Result(excluded_nodes=excluded, ranges=ranges)
@@ -164,8 +223,9 @@ def activation_ranges(quantized: onnx.ModelProto, calibrated) -> dict[str, dict]
     """Per quantized activation: the range the calibrator measured and the scale the model uses.
 
     The scale and zero point are read from the model's own QuantizeLinear nodes
-    (the ground truth every runtime applies: amax = 127 * scale); min/max are the
-    calibrator's raw measurements (ONNX Runtime's TensorsData), where it has them.
+    (the ground truth every runtime applies: for model_int8.onnx amax = 127 * scale);
+    min/max are the calibrator's raw measurements (ONNX Runtime's TensorsData), where
+    it has them.
     """
     consts = {t.name: numpy_helper.to_array(t) for t in quantized.graph.initializer}
     ranges = {}

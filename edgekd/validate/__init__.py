@@ -15,7 +15,9 @@ Definitions (also in the --report text):
   ECE|): against the manifest's PyTorch reference when the data is the run's val
   split (the default), else against this run's FP32 ONNX results.
 - ONNX files always run in ONNX Runtime and engines in TensorRT; --runtime picks
-  which of them are validated by default (see bundle.select_formats).
+  which of them are validated by default (see bundle.select_formats). int8_cpu
+  (asymmetric uint8 activations) is CPU-only: --runtime tensorrt refuses it and
+  ONNX Runtime's TensorRT provider is never given it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import numpy as np
 
 from edgekd.io import write_json
 from edgekd.validate import gate, report
-from edgekd.validate.bundle import Bundle, check_model_io, is_engine, load_bundle, select_formats
+from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
+                                    select_formats)
 from edgekd.validate.data import EvalData, load_eval_data
 from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
 from edgekd.validate.runtimes import (OnnxRuntimeSession, Runtime, TensorRTEngine, choose_providers,
@@ -42,7 +45,8 @@ def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | Non
     runtimes: dict[str, Runtime] = {}
     for fmt in formats:
         path = bundle.file(fmt)
-        rt = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else OnnxRuntimeSession(path, onnx_providers)
+        rt = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else \
+            OnnxRuntimeSession(path, onnx_providers_for(fmt, onnx_providers))
         check_model_io(bundle, fmt, rt.input_name, rt.input_shape, rt.output_name, rt.output_shape)
         runtimes[fmt] = rt
     return runtimes

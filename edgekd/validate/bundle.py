@@ -21,10 +21,15 @@ from edgekd.io import sha256_file
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",
                  "data", "reference", "gate", "files")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
+# int8_cpu (model_int8_cpu.onnx) has asymmetric uint8 activations: for ONNX Runtime on CPUs.
+# TensorRT rejects non-zero zero points, so there is no int8_cpu engine and the TensorRT
+# runtime (and ONNX Runtime's TensorRT provider) never gets that file.
+CPU_ONLY_FORMATS = ("int8_cpu",)
+ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
 # Command-line names, in the order results are shown: the FP32 ONNX file comes first
 # because every other format is compared against it.
-FORMAT_ORDER = ("fp32", "fp16", "int8", "engine_fp16", "engine_int8", "engine_fp32")
+FORMAT_ORDER = ("fp32", "fp16", "int8", "int8_cpu", "engine_fp16", "engine_int8", "engine_fp32")
 ENGINE_PREFIX = "engine_"
 GATE_KEYS = ("max_ece", "max_acc_drop", "min_agreement", "max_ece_drift")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -207,6 +212,9 @@ def _check_files(files: dict, where: str) -> dict[str, str]:
         precision = e.get("precision")
         _require(precision in PRECISIONS,
                  f"{where}: {name} has precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
+        _require(kind == "onnx" or precision in ENGINE_PRECISIONS,
+                 f"{where}: {name} is a TensorRT engine with precision {precision!r}; engines are "
+                 f"{', '.join(ENGINE_PRECISIONS)} ({precision} is an ONNX Runtime CPU format, TensorRT cannot build it)")
         fmt = precision if kind == "onnx" else ENGINE_PREFIX + precision
         _require(fmt not in formats, f"{where}: {formats.get(fmt)} and {name} are both {fmt}")
         formats[fmt] = name
@@ -257,7 +265,8 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
 
     Default: every ONNX file for --runtime onnxruntime; every engine for --runtime
     tensorrt, plus the FP32 ONNX file (run in ONNX Runtime, when installed) so the
-    engines' agreement with it can be measured.
+    engines' agreement with it can be measured. --runtime tensorrt refuses the
+    CPU-only formats (int8_cpu) by name: it is not a TensorRT file.
     """
     have = list(bundle.formats)
     listing = f"this bundle has: {', '.join(have)}"
@@ -279,9 +288,25 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
                 if not engines:
                     raise BundleError(f"--formats engine: the bundle has no TensorRT engines; {listing}")
                 chosen += engines
+            elif name in CPU_ONLY_FORMATS and runtime == "tensorrt":
+                raise BundleError(f"--runtime tensorrt: {name} is for ONNX Runtime on CPUs (asymmetric uint8 "
+                                  "activations, which TensorRT rejects); validate it with --runtime onnxruntime, "
+                                  "and TensorRT with engine_int8")
             elif name in have:
                 chosen.append(name)
             else:
                 what = "unknown format" if name not in FORMAT_ORDER else "format not in the bundle:"
                 raise BundleError(f"{what} {name!r}; {listing} (engine = every TensorRT engine)")
     return [f for f in FORMAT_ORDER if f in chosen]
+
+
+def onnx_providers_for(fmt: str, providers: list[str]) -> list[str]:
+    """The ONNX Runtime providers a format's session gets: CPU-only formats never go to the
+    TensorRT provider (it would have to parse uint8 zero points it rejects)."""
+    if fmt not in CPU_ONLY_FORMATS or "TensorrtExecutionProvider" not in providers:
+        return providers
+    left = [p for p in providers if p != "TensorrtExecutionProvider"]
+    if not left:
+        raise BundleError(f"{fmt} is for ONNX Runtime on CPUs and cannot run on TensorrtExecutionProvider alone; "
+                          "add cpu to --providers or leave it out")
+    return left
