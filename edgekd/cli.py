@@ -132,12 +132,18 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     (split, schedule, augmentation, seeds), then write comparison.json,
     comparison.md (mean ± std: accuracy, ECE, adaptive ECE, NLL, Brier, and ECE
     after the NLL-optimal temperature as a diagnostic) and overlaid reliability
-    diagrams. Finished runs are reused, so an interrupted comparison resumes.
+    diagrams. Finished runs are reused (only if trained with exactly the same
+    recipe), so an interrupted comparison resumes.
 
     \b
     Ablations of BD-KD use the same flag:
       --methods bdkd,bdkd:weighting=soft,bdkd:weighting=forward,bdkd:weighting=reverse
-      --methods bdkd,bdkd:switch=flipped,bdkd:teacher_divergence=none,bdkd:temperature=2
+      --methods bdkd,bdkd:switch=flipped,bdkd:teacher_divergence=none,bdkd:gap_temperature=1
+
+    \b
+    Choose hyper-parameters on the tune split, report on val:
+      edgekd compare R --methods dml:temperature=4,dml:temperature=8 --set train.eval_split=tune --out runs/tune
+      edgekd compare R --methods ce,dml:temperature=8 --seeds 0,1
     """
     from edgekd.compare import parse_variants, plan, run_all
     from edgekd.recipe import load_recipe
