@@ -103,7 +103,7 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
                           f"remove it or choose another --out")
 
 
-def aggregate(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, tuple[float, float]]]]:
+def aggregate(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict[str, tuple[float, float | None]]]]:
     """variant -> role -> metric -> (mean, std over seeds)."""
     table: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
     for v in variants:
@@ -114,9 +114,10 @@ def aggregate(runs: list[dict], variants: list[str]) -> dict[str, dict[str, dict
             for k in (*REPORTED, "train_accuracy"):
                 vals = np.array([r[role][k] for r in rows if r[role].get(k) is not None], dtype=float)
                 if vals.size:
-                    stats[k] = (float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else 0.0)
+                    # One seed has no spread: std is None (shown as the mean alone), not 0.
+                    stats[k] = (float(vals.mean()), float(vals.std(ddof=1)) if vals.size > 1 else None)
             ts = np.array([r[role]["ts_headroom"]["ece"] for r in rows], dtype=float)
-            stats["ece_after_ts"] = (float(ts.mean()), float(ts.std(ddof=1)) if ts.size > 1 else 0.0)
+            stats["ece_after_ts"] = (float(ts.mean()), float(ts.std(ddof=1)) if ts.size > 1 else None)
             table[v][role] = stats
     return table
 
@@ -125,6 +126,8 @@ def _fmt(stat: tuple[float, float] | None, pct: bool) -> str:
     if stat is None:
         return "—"
     m, s = stat
+    if s is None:
+        return f"{100 * m:.2f}" if pct else f"{m:.4f}"
     return f"{100 * m:.2f} ± {100 * s:.2f}" if pct else f"{m:.4f} ± {s:.4f}"
 
 
@@ -136,7 +139,8 @@ def markdown(report: dict, table: dict) -> str:
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
     split = report.get("recipe", {}).get("train", {}).get("eval_split", "val")
-    lines += [f"Seeds: {', '.join(map(str, report['seeds']))}; mean ± std over seeds. "
+    spread = "mean ± std over seeds" if len(report["seeds"]) > 1 else "one seed, so no spread"
+    lines += [f"Seeds: {', '.join(map(str, report['seeds']))}; {spread}. "
               f"Metrics on the {split} split, raw softmax (no temperature scaling); "
               "'ECE after TS' is the diagnostic ECE at the NLL-optimal temperature.", ""]
     for role in ("student", "teacher"):

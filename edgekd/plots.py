@@ -83,7 +83,7 @@ def _draw_histogram(ax, bins: dict) -> None:
 def _save(fig: Figure, path: str | Path) -> None:
     FigureCanvasAgg(fig)  # attaches itself to fig
     buf = _io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -104,7 +104,9 @@ def reliability_overlay(curves: dict[str, dict], path: str | Path, title: str) -
     """One reliability curve per name (mean confidence vs accuracy over non-empty bins)
     on a shared axis with the diagonal; the legend carries each ECE."""
     curves = _check_many(curves, "reliability_overlay")
-    fig = Figure(figsize=(6, 6))
+    # The legend goes below the axes: variant labels (bdkd:temperature=4:kl_weight=2...)
+    # are long, and inside the axes they would cover the curves.
+    fig = Figure(figsize=(7, 7))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1, label="perfect calibration")
     for name, bins in curves.items():
@@ -117,7 +119,7 @@ def reliability_overlay(curves: dict[str, dict], path: str | Path, title: str) -
     ax.set_xlabel("confidence")
     ax.set_ylabel("accuracy")
     ax.set_aspect("equal")
-    ax.legend(loc="upper left", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     _save(fig, path)
