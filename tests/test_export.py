@@ -123,12 +123,18 @@ def test_each_file_runs_any_batch_in_onnxruntime(bundle, name, batch):
     assert logits.shape == (batch, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
 
 
-def test_int8_file_is_symmetric_qdq_with_per_channel_weights(bundle):
-    model = onnx.load(str(bundle / "model_int8.onnx"))
+def _qdq_nodes(path):
+    """(initializers by name, QuantizeLinear nodes, DequantizeLinear nodes) of a quantized file."""
+    model = onnx.load(str(path))
     consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
     dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
     assert q and dq
+    return consts, q, dq
+
+
+def test_int8_file_is_symmetric_qdq_with_per_channel_weights(bundle):
+    consts, q, dq = _qdq_nodes(bundle / "model_int8.onnx")
     # What TensorRT's explicit quantization parses: INT8 with zero point 0, no INT32 (bias) DequantizeLinear.
     zero_points = [consts[n.input[2]] for n in q + dq]
     assert all(z.dtype == np.int8 and not z.any() for z in zero_points)
@@ -157,11 +163,7 @@ def test_calibration_ranges_match_the_int8_model(bundle, manifest):
 
 def test_int8_cpu_file_is_uint8_qdq_with_per_channel_weights(bundle):
     """ONNX Runtime's CPU flavour: uint8 activations with a zero point, int8 symmetric per-channel weights."""
-    model = onnx.load(str(bundle / "model_int8_cpu.onnx"))
-    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    q = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
-    assert q and dq
+    consts, q, dq = _qdq_nodes(bundle / "model_int8_cpu.onnx")
     # Activations: every QuantizeLinear quantizes a computed tensor to uint8, per tensor.
     assert all(n.input[0] not in consts for n in q)
     activation_zero_points = [consts[n.input[2]] for n in q]
@@ -176,7 +178,8 @@ def test_int8_cpu_file_is_uint8_qdq_with_per_channel_weights(bundle):
         assert w.dtype == np.int8 and scale.size == w.shape[0] > 1
         assert zero.dtype == np.int8 and not zero.any()
     # The ReLUs are folded into the quantization ranges; what is left fuses into integer kernels.
-    assert not [n.op_type for n in model.graph.node if n.op_type in ("Relu", "Clip")]
+    graph = onnx.load(str(bundle / "model_int8_cpu.onnx")).graph
+    assert not [n.op_type for n in graph.node if n.op_type in ("Relu", "Clip")]
 
 
 def test_int8_cpu_runs_every_conv_as_an_integer_kernel(bundle, tmp_path):
