@@ -261,9 +261,8 @@ class Trainer:
         clip = self.r.optim.grad_clip
         if self.scaler:
             # fp16: the scaler already skips steps with overflowing gradients (that is how
-            # it finds its scale), so only the loss itself is checked.
-            if not torch.isfinite(loss):
-                return "loss"
+            # it finds its scale); a NaN loss gives NaN gradients, so it skips that step too.
+            # The backward runs even then, so every DDP rank joins the gradient all-reduce.
             self.scaler.scale(loss).backward()
             for o in opts:
                 if clip:
@@ -271,7 +270,7 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self._params[o], clip)
                 self.scaler.step(o)
             self.scaler.update()
-            return None
+            return None if bool(torch.isfinite(loss)) else "loss"
         loss.backward()
         # The gradient norm of each net (clipping to grad_clip, or a no-op with inf) and
         # the loss are checked with one host sync per step: the guard must know before
