@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import yaml
 
 from edgekd import calibration, io
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, describe_keys, load_recipe, recipe_diff, with_defaults
+from edgekd.recipe import Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff, with_defaults
 
 REPORTED = ("accuracy", "ece", "adaptive_ece", "nll", "brier")
 
@@ -93,11 +92,7 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return
-    try:
-        old = yaml.safe_load(saved.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise RecipeError(f"{saved} cannot be read ({e}); remove {run_dir} to retrain it") from e
-    diffs = recipe_diff(with_defaults(old) if isinstance(old, dict) else old, r.to_dict())
+    diffs = recipe_diff(with_defaults(read_yaml_mapping(saved)), r.to_dict())
     if diffs:
         raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
                           f"remove it or choose another --out")

@@ -32,7 +32,7 @@ from edgekd.distill.methods import Distiller, get_method
 from edgekd.distill.schedule import lr_factor
 from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError
 from edgekd.models import build_model, count_parameters, load_weights
-from edgekd.recipe import OptimConfig, Recipe, describe_keys, recipe_diff, with_defaults
+from edgekd.recipe import OptimConfig, Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults
 
 SUMMARY_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
 
@@ -479,18 +479,6 @@ def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bo
 _RUN_FILES = {"recipe.yaml", "split.json", "metrics.jsonl"}
 
 
-def _read_saved_recipe(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        saved = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise CheckpointError(f"--resume: {path} cannot be read: {e}") from e
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"--resume: {path} is not a recipe mapping")
-    return saved
-
-
 def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
                 allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
                 dist: Dist = SINGLE) -> dict[str, Any]:
@@ -514,7 +502,7 @@ def _run(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_re
     if fresh_again:
         # Killed before its first checkpoint: nothing to continue, so start the same run
         # again from scratch in the same place (the recipe must still match).
-        check_resume_recipe(_read_saved_recipe(run_dir / "recipe.yaml"), recipe, allow_recipe_change)
+        check_resume_recipe(read_yaml_mapping(run_dir / "recipe.yaml"), recipe, allow_recipe_change)
         resume = False
     state, changed = None, []
     if resume:
