@@ -218,6 +218,28 @@ def test_int8_and_int8_cpu_share_one_calibration(bundle, manifest):
     assert "input" in cal and checked >= 1
 
 
+def test_per_tensor_weights_setting_gives_one_scale_per_weight(bundle, tmp_path):
+    """Int8Settings(per_channel=False), the alternative benchmarks/bench_export.py measures: one weight scale
+    per layer, recorded as such; the activations are calibrated exactly as with per-channel weights."""
+    calib = np.random.default_rng(0).normal(size=(64, 1, 32, 32)).astype(np.float32)
+    s = Int8Settings(per_channel=False)
+    result = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "t.onnx", calib, s)
+    consts, _, dq = _qdq_nodes(tmp_path / "t.onnx")
+    weight_scales = [consts[n.input[1]] for n in dq if n.input[0] in consts and consts[n.input[0]].ndim == 4]
+    assert weight_scales and all(scale.size == 1 for scale in weight_scales)
+    assert result.cpu_quantization_entry(s, 64)["weights"] == "per-tensor symmetric int8"
+    per_channel = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings())
+    assert per_channel.cpu_quantization_entry(Int8Settings(), 64)["weights"] == "per-channel symmetric int8"
+    assert result.ranges == per_channel.ranges
+
+
+def test_per_channel_setting_must_be_a_bool(bundle, tmp_path):
+    calib = np.zeros((8, 1, 32, 32), np.float32)
+    with pytest.raises(ExportError, match="per_channel must be true or false"):
+        quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(per_channel="no"))
+    assert not (tmp_path / "q.onnx").exists()
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, method):
     """100 images do not split into batches of 64; the histogram calibrators need equal batches."""

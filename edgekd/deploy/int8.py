@@ -55,6 +55,7 @@ WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # biases itself). ONNX Runtime still fuses such a Conv into QLinearConv.
 QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 WEIGHTS_SCHEME = "per-channel symmetric int8"
+PER_TENSOR_WEIGHTS_SCHEME = "per-tensor symmetric int8"
 ACTIVATIONS_SCHEME = "per-tensor symmetric int8"
 # What ONNX Runtime's CPU provider runs fastest (x86 with or without VNNI, ARM): uint8
 # activations with a zero point, so a ReLU/ReLU6 (Clip) is dropped into the range of the
@@ -76,6 +77,14 @@ class Int8Settings:
     # quantizing every layer already stays within 0.5 point of FP32 (docs/performance.md).
     keep_first_last_fp32: bool = False
     seed: int = 0  # which training images calibrate
+    # One weight scale per output channel. Per tensor makes ONNX Runtime's CPU kernels a few
+    # percent faster, but one scale for a whole depthwise layer is what makes MobileNetV2
+    # fragile under INT8 (docs/performance.md), so export keeps per channel.
+    per_channel: bool = True
+
+    @property
+    def weights_scheme(self) -> str:
+        return WEIGHTS_SCHEME if self.per_channel else PER_TENSOR_WEIGHTS_SCHEME
 
 
 @dataclass
@@ -86,7 +95,7 @@ class Int8Result:
     def quantization_entry(self, s: Int8Settings, samples: int, ranges_file: str) -> dict:
         """The manifest's files.model_int8.onnx.quantization object."""
         return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
-                "weights": WEIGHTS_SCHEME, "activations": ACTIVATIONS_SCHEME, "biases": "float",
+                "weights": s.weights_scheme, "activations": ACTIVATIONS_SCHEME, "biases": "float",
                 "quant_format": "QDQ", "tensorrt": True,
                 "excluded_nodes": self.excluded_nodes, "ranges_file": ranges_file}
 
@@ -98,7 +107,7 @@ class Int8Result:
         in the file's own QuantizeLinear nodes.
         """
         return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
-                "weights": WEIGHTS_SCHEME, "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
+                "weights": s.weights_scheme, "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
                 "quant_format": CPU_QUANT_FORMAT.name, "tensorrt": False,
                 "runtime": "ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): "
                            "use model_int8.onnx there",
@@ -110,6 +119,8 @@ def check_settings(s: Int8Settings) -> None:
         raise ExportError(f"unknown calibration method {s.method!r}; allowed: {', '.join(CALIB_METHODS)}")
     if isinstance(s.samples, bool) or not isinstance(s.samples, int) or s.samples < 1:
         raise ExportError(f"--calib-samples must be an integer >= 1, got {s.samples!r}")
+    if not isinstance(s.per_channel, bool):
+        raise ExportError(f"per_channel must be true or false, got {s.per_channel!r}")
 
 
 def pick_calibration(n_train: int, s: Int8Settings) -> np.ndarray:
@@ -206,7 +217,7 @@ def _quantize(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, c
             try:
                 quantize_static(
                     str(prepared), str(dst), BatchReader(calib_images),
-                    quant_format=quant_format, per_channel=True,
+                    quant_format=quant_format, per_channel=s.per_channel,
                     activation_type=activation_type, weight_type=QuantType.QInt8,
                     calibrate_method=CALIB_METHODS[s.method], nodes_to_exclude=excluded,
                     extra_options=options,
@@ -255,7 +266,7 @@ def calibration_file(result: Int8Result, s: Int8Settings, samples: Sequence[int]
         "source": "scale/zero_point: the QuantizeLinear nodes of model_int8.onnx, the range it uses is "
                   "[-127 * scale, 127 * scale]; min/max: what ONNX Runtime's calibrator measured on the "
                   "calibration images (a Conv output shares the range of the ReLU after it)",
-        "weights": WEIGHTS_SCHEME,
+        "weights": s.weights_scheme,
         "activations": ACTIVATIONS_SCHEME,
         "excluded_nodes": result.excluded_nodes,
         "tensors": result.ranges,
