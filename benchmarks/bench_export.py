@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import threading
@@ -63,6 +62,7 @@ from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, qu
 from edgekd.deploy.onnx_export import INPUT_NAME, export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import Student, load_run_student, split_images
+from edgekd.validate.report import cpu_name
 
 BATCHES = (1, 64)
 MODES = ("latency", "throughput")
@@ -223,9 +223,7 @@ def bench_run(run: Path, args, work: Path) -> dict:
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "streams_in_throughput_mode": cores(),
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "streams_in_throughput_mode": cores(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "onnxruntime": ort.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_average": list(os.getloadavg())}
