@@ -94,8 +94,7 @@ class Int8Result:
 
     def quantization_entry(self, s: Int8Settings, samples: int, ranges_file: str) -> dict:
         """The manifest's files.model_int8.onnx.quantization object."""
-        return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
-                "weights": s.weights_scheme, "activations": ACTIVATIONS_SCHEME, "biases": "float",
+        return {**_calibration_keys(s, samples), "activations": ACTIVATIONS_SCHEME, "biases": "float",
                 "quant_format": "QDQ", "tensorrt": True,
                 "excluded_nodes": self.excluded_nodes, "ranges_file": ranges_file}
 
@@ -106,12 +105,16 @@ class Int8Result:
         (int8_calibration.json), and the scale and zero point of every activation are
         in the file's own QuantizeLinear nodes.
         """
-        return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
-                "weights": s.weights_scheme, "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
+        return {**_calibration_keys(s, samples), "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
                 "quant_format": CPU_QUANT_FORMAT.name, "tensorrt": False,
                 "runtime": "ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): "
                            "use model_int8.onnx there",
                 "excluded_nodes": self.excluded_nodes, "ranges_file": None}
+
+
+def _calibration_keys(s: Int8Settings, samples: int) -> dict:
+    """What both INT8 files share: one calibration (images, method) and the same weights."""
+    return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed, "weights": s.weights_scheme}
 
 
 def check_settings(s: Int8Settings) -> None:
