@@ -253,14 +253,28 @@ def print_report(result: dict) -> None:
               f"fp32 best in {best_mode['fp32']} mode, int8_cpu in {best_mode['int8_cpu']} mode); per mode: {per_mode}")
 
 
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= low (a bad value is argparse's one-line usage error, exit 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="finished edgekd distill run directories")
-    p.add_argument("--repeats", type=int, default=15, help="timed rounds per batch size (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls per engine before timing")
-    p.add_argument("--calls-b1", type=int, default=100, help="calls per stream per timed round at batch 1")
-    p.add_argument("--calls-b64", type=int, default=2, help="calls per stream per timed round at batch 64")
-    p.add_argument("--rewarm", type=int, default=3, help="untimed calls per stream after each pause")
+    p.add_argument("--repeats", type=_at_least(1), default=15, help="timed rounds per batch size (median reported)")
+    p.add_argument("--warmup", type=_at_least(0), default=3, help="untimed calls per engine before timing")
+    p.add_argument("--calls-b1", type=_at_least(1), default=100, help="calls per stream per timed round at batch 1")
+    p.add_argument("--calls-b64", type=_at_least(1), default=2, help="calls per stream per timed round at batch 64")
+    p.add_argument("--rewarm", type=_at_least(0), default=3, help="untimed calls per stream after each pause")
     p.add_argument("--variants", action="store_true", help="also try other INT8 settings (see the docstring)")
     p.add_argument("--json", type=Path, default=None, help="write all figures here")
     args = p.parse_args()
