@@ -40,6 +40,10 @@ class DataConfig(_Strict):
     val_size: Optional[int] = Field(None, ge=1, description="takes precedence over val_fraction")
     tune_fraction: float = Field(0.0, ge=0, lt=1)
     tune_size: Optional[int] = Field(None, ge=0, description="takes precedence over tune_fraction")
+    # Carved after val and tune with the same seed; never trained on, never used to choose
+    # anything: `edgekd compare --eval-split test` reports on it.
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    test_size: Optional[int] = Field(None, ge=0, description="takes precedence over test_fraction")
     subset: Optional[int] = Field(None, ge=1, description="cap on the number of training images")
     split_seed: int = Field(0, ge=0)
     batch_size: int = Field(128, ge=1)
@@ -59,12 +63,14 @@ class DataConfig(_Strict):
         return self
 
     def split_args(self) -> dict[str, Any]:
-        """val_size/tune_size, when given, take precedence over the fractions."""
+        """val_size/tune_size/test_size, when given, take precedence over the fractions."""
         return {
             "val_fraction": None if self.val_size is not None else (self.val_fraction or 0.1),
             "val_size": self.val_size,
             "tune_fraction": 0.0 if self.tune_size is not None else self.tune_fraction,
             "tune_size": self.tune_size,
+            "test_fraction": 0.0 if self.test_size is not None else self.test_fraction,
+            "test_size": self.test_size,
         }
 
 

@@ -494,3 +494,18 @@ def test_sources_split_preprocess_work_without_torch():
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0 and "torch-free ok" in proc.stdout, proc.stderr
+
+
+def test_test_split_is_carved_after_val_and_tune_and_leaves_them_in_place():
+    before = make_split(1000, val_fraction=0.1, tune_size=50, subset=300, seed=3)
+    after = make_split(1000, val_fraction=0.1, tune_size=50, test_size=400, subset=300, seed=3)
+    assert np.array_equal(before["val"], after["val"]) and np.array_equal(before["tune"], after["tune"])
+    assert len(after["test"]) == 400 and len(after["train"]) == 300
+    parts = [set(after[k].tolist()) for k in ("train", "val", "tune", "test")]
+    assert sum(map(len, parts)) == len(set().union(*parts))  # disjoint
+    # No test split: the fingerprint of a split made before test existed is unchanged.
+    assert split_fingerprint(before) == split_fingerprint({k: before[k] for k in ("train", "val", "tune")})
+    assert split_fingerprint(before) != split_fingerprint(after)
+    assert len(make_split(1000, val_size=100, test_fraction=0.25)["test"]) == 250
+    with pytest.raises(DataError, match="test"):
+        make_split(100, val_size=50, test_size=50)

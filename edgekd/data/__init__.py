@@ -69,6 +69,8 @@ class DataModule:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     split_info: dict  # everything load_split_images needs to rebuild the split, plus sizes and fingerprint
+    # Held out from everything but the final report (never trained on, never used to choose).
+    test: ImageSet | None = None
 
     def preprocessing(self) -> dict:
         return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels)
@@ -97,12 +99,12 @@ class DataModule:
     def eval_loader(self, split: str, batch_size, device) -> "DeviceLoader":
         from edgekd.data.loader import DeviceLoader
 
-        sets = {"val": self.val, "tune": self.tune, "train": self.train}
+        sets = {"val": self.val, "tune": self.tune, "test": self.test, "train": self.train}
         if split not in sets:
-            raise DataError(f"unknown split {split!r}; allowed: val, tune, train")
+            raise DataError(f"unknown split {split!r}; allowed: {', '.join(sets)}")
         data = sets[split]
         if data is None:
-            raise DataError("there is no tune split; set data.tune_fraction or data.tune_size")
+            raise DataError(f"there is no {split} split; set data.{split}_fraction or data.{split}_size")
         return DeviceLoader(
             data.images, data.labels, batch_size=batch_size, mean=self.mean, std=self.std,
             device=device, shuffle=False, augment=False,
@@ -118,6 +120,8 @@ def build_data(
     val_size: int | None,
     tune_fraction: float = 0.0,
     tune_size: int | None = None,
+    test_fraction: float = 0.0,
+    test_size: int | None = None,
     subset: int | None = None,
     split_seed: int = 0,
     download: bool = False,
@@ -130,10 +134,11 @@ def build_data(
     full = load_source(name, abs_root, image_size, download, cache_dir)
     split = make_split(
         len(full), val_fraction=val_fraction, val_size=val_size, tune_fraction=tune_fraction,
-        tune_size=tune_size, subset=subset, seed=split_seed,
+        tune_size=tune_size, test_fraction=test_fraction, test_size=test_size, subset=subset, seed=split_seed,
     )  # fmt: skip
     train, val = full.take(split["train"]), full.take(split["val"])
     tune = full.take(split["tune"]) if len(split["tune"]) else None
+    test = full.take(split["test"]) if len(split["test"]) else None
     n, h, w, c = full.images.shape
     if h != w:
         raise DataError(f"images are {w}x{h}, not square; set data.image_size")
@@ -150,13 +155,15 @@ def build_data(
         "val_size": val_size,
         "tune_fraction": tune_fraction,
         "tune_size": tune_size,
+        "test_fraction": test_fraction,
+        "test_size": test_size,
         "subset": subset,
         "seed": split_seed,
         "num_images": n,
-        "sizes": {k: int(len(v)) for k, v in split.items()},
+        "sizes": {k: int(len(v)) for k, v in split.items() if k != "test" or len(v)},
         "fingerprint": split_fingerprint(split),
     }
     return DataModule(
-        train=train, val=val, tune=tune, class_names=list(full.class_names), num_classes=len(full.class_names),
+        train=train, val=val, tune=tune, test=test, class_names=list(full.class_names), num_classes=len(full.class_names),
         in_channels=c, image_size=h, mean=tuple(mean), std=tuple(std), split_info=split_info,
     )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Deterministic train/val/tune splits. Torch-free.
+"""Deterministic train/val/tune/test splits. Torch-free.
 
 The split is a pure function of (n, arguments, seed), so a validator on a device
 can rebuild exactly the validation images a run used, and check it did so via
@@ -15,7 +15,7 @@ import numpy as np
 
 from edgekd.errors import DataError
 
-SPLIT_KEYS = ("train", "val", "tune")
+SPLIT_KEYS = ("train", "val", "tune", "test")
 
 
 def _is_int(v) -> bool:
@@ -49,13 +49,16 @@ def make_split(
     val_size: int | None = None,
     tune_fraction: float = 0.0,
     tune_size: int | None = None,
+    test_fraction: float = 0.0,
+    test_size: int | None = None,
     subset: int | None = None,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Sorted, disjoint int64 indices {'train', 'val', 'tune'} into n images.
+    """Sorted, disjoint int64 indices {'train', 'val', 'tune', 'test'} into n images.
 
-    One permutation of all n: val is carved first, then tune, then train from the
-    rest, so val (and tune) do not move when `subset` (a cap on train) changes.
+    One permutation of all n: val is carved first, then tune, then test, then train
+    from the rest, so val, tune and test do not move when `subset` (a cap on train)
+    changes, and adding a test split leaves val and tune where they were.
     """
     if not _is_int(n) or n < 2:
         raise DataError(f"need at least 2 images to split into train and val, got {n!r}")
@@ -63,25 +66,32 @@ def make_split(
         raise DataError(f"data.split_seed must be an integer >= 0, got {seed!r}")
     n_val = _count(val_fraction, val_size, n, "val", allow_zero=False)
     n_tune = _count(tune_fraction, tune_size, n, "tune", allow_zero=True)
-    if n_val + n_tune > n - 1:
-        raise DataError(f"val ({n_val}) + tune ({n_tune}) images leave no train image out of {n}; lower them")
+    n_test = _count(test_fraction, test_size, n, "test", allow_zero=True)
+    if n_val + n_tune + n_test > n - 1:
+        raise DataError(f"val ({n_val}) + tune ({n_tune}) + test ({n_test}) images leave no train image "
+                        f"out of {n}; lower them")
     if subset is not None and (not _is_int(subset) or subset < 1):
         raise DataError(f"data.subset must be an integer >= 1 or null, got {subset!r}")
     perm = np.random.Generator(np.random.PCG64(int(seed))).permutation(n)
-    rest = perm[n_val + n_tune :]
+    held = n_val + n_tune + n_test
+    rest = perm[held:]
     parts = {
         "train": rest if subset is None else rest[:subset],
         "val": perm[:n_val],
         "tune": perm[n_val : n_val + n_tune],
+        "test": perm[n_val + n_tune : held],
     }
     return {k: np.sort(v).astype(np.int64) for k, v in parts.items()}
 
 
 def split_fingerprint(split: dict[str, np.ndarray]) -> str:
-    """Short sha256 of the index arrays; equal fingerprints mean the same split."""
+    """Short sha256 of the index arrays; equal fingerprints mean the same split.
+    An empty test split is left out, so splits made before test existed keep their fingerprint."""
     h = hashlib.sha256()
     for key in SPLIT_KEYS:
         idx = np.asarray(split.get(key, np.empty(0)), dtype="<i8")
+        if key == "test" and len(idx) == 0:
+            continue
         h.update(f"{key}:{len(idx)}:".encode())
         h.update(idx.tobytes())
     return h.hexdigest()[:16]
@@ -104,6 +114,8 @@ def load_split_images(split_info: dict, which: str = "val", cache_dir: str | Pat
             val_size=split_info.get("val_size"),
             tune_fraction=split_info.get("tune_fraction", 0.0),
             tune_size=split_info.get("tune_size"),
+            test_fraction=split_info.get("test_fraction", 0.0),
+            test_size=split_info.get("test_size"),
             subset=split_info.get("subset"),
             seed=split_info.get("seed", 0),
         )
