@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekd import calibration, io
+from edgekd import calibration, files
 from edgekd.errors import RecipeError
 from edgekd.recipe import Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff, with_defaults
 
@@ -155,8 +155,8 @@ def write_outputs(report: dict, out: Path) -> None:
     table = aggregate(report["runs"], report["variants"])
     report = {**report, "summary": {v: {role: {k: {"mean": m, "std": s} for k, (m, s) in st.items()}
                                         for role, st in roles.items()} for v, roles in table.items()}}
-    io.write_json(out / "comparison.json", report)
-    io.atomic_write_text(out / "comparison.md", markdown(report, table))
+    files.write_json(out / "comparison.json", report)
+    files.atomic_write_text(out / "comparison.md", markdown(report, table))
     # Overlaid reliability curves: each variant's students pooled over seeds.
     curves = {}
     for v in report["variants"]:

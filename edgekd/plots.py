@@ -10,7 +10,7 @@ Every `bins` argument is the dict returned by `edgekd.calibration.reliability_bi
 
 from __future__ import annotations
 
-import io as _io
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from edgekd.errors import EdgeKDError
-from edgekd.io import atomic_write_bytes
+from edgekd.files import atomic_write_bytes
 
 _KEYS = ("edges", "count", "accuracy", "confidence", "ece")
 _DPI = 110
@@ -82,7 +82,7 @@ def _draw_histogram(ax, bins: dict) -> None:
 
 def _save(fig: Figure, path: str | Path) -> None:
     FigureCanvasAgg(fig)  # attaches itself to fig
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
     atomic_write_bytes(path, buf.getvalue())
 

@@ -25,7 +25,7 @@ from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, qu
 from edgekd.deploy.parity import require_fp32_parity
 from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
 from edgekd.errors import ExportError, MissingDependencyError, ParityError
-from edgekd.io import sha256_file
+from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 from edgekd.validate.runtimes import TRT_MISSING
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from edgekd.data.preprocess import resize_array
 from edgekd.errors import DataError
-from edgekd.io import atomic_write_bytes
+from edgekd.files import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -25,7 +25,7 @@ from edgekd.deploy.int8 import (Int8Settings, calibration_file, check_settings, 
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
-from edgekd.io import atomic_dir, sha256_file, write_json
+from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 
 SCHEMA_VERSION = 1

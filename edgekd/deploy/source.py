@@ -18,7 +18,7 @@ from edgekd.data.preprocess import normalize
 from edgekd.distill.checkpoint import load_student
 from edgekd.distill.runs import newest_complete_run
 from edgekd.errors import CheckpointError, EdgeKDError
-from edgekd.io import sha256_file
+from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 
 STUDENT_FILE = "student.pt"

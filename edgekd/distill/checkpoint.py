@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgekd import io
+from edgekd import files
 from edgekd.errors import CheckpointError
 
 STUDENT_FORMAT = "edgekd.student/1"
@@ -65,7 +65,7 @@ def safe_load(path: str | Path, what: str) -> dict[str, Any]:
 
 
 def save_student(path: str | Path, payload: dict[str, Any]) -> None:
-    io.torch_save({"format": STUDENT_FORMAT, **payload}, path)
+    files.torch_save({"format": STUDENT_FORMAT, **payload}, path)
 
 
 def _load_format(path: str | Path, what: str, fmt: str) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def load_student(path: str | Path) -> dict[str, Any]:
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
-    io.torch_save({"format": TRAINING_FORMAT, **state}, path, crash_point="checkpoint")
+    files.torch_save({"format": TRAINING_FORMAT, **state}, path, crash_point="checkpoint")
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

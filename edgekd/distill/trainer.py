@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import edgekd
-from edgekd import calibration, faults, io
+from edgekd import calibration, faults, files
 from edgekd.data import DataModule, build_data, choose_loader
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
@@ -386,7 +386,7 @@ class Trainer:
                 ckpt.save_training_state(last, state)
                 # metrics.jsonl is rewritten from the checkpoint's history, so after a
                 # crash and --resume it never holds an epoch twice or a lost one.
-                io.atomic_write_text(metrics_path, "".join(_jsonl(r) for r in self.history))
+                files.atomic_write_text(metrics_path, "".join(_jsonl(r) for r in self.history))
                 self.on_epoch(rec)
         if not self.dist.is_main:
             return {}
@@ -447,7 +447,7 @@ class Trainer:
             "metrics": {k: summary["student"][k] for k in SUMMARY_METRICS},
             "edgekd_version": edgekd.__version__,
         })
-        io.write_json(self.run_dir / "summary.json", summary)
+        files.write_json(self.run_dir / "summary.json", summary)
         return summary
 
 
@@ -458,11 +458,11 @@ def _jsonl(rec: dict) -> str:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    import io as _io
+    import io
 
-    b = _io.BytesIO()
+    b = io.BytesIO()
     np.savez_compressed(b, **arrays)
-    io.atomic_write_bytes(path, b.getvalue())
+    files.atomic_write_bytes(path, b.getvalue())
 
 
 def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False) -> list[str]:
@@ -516,7 +516,7 @@ def _run(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_re
     created = False
     if main:
         if run_dir.is_dir():
-            io.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
+            files.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
         if fresh_again:
             for leftover in run_dir.iterdir():
                 if leftover.is_file() and leftover.name in _RUN_FILES:
@@ -534,9 +534,9 @@ def _run(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_re
         if state is not None:
             trainer.load_state(state)
         if main and (state is None or changed):  # a changed recipe is what the run follows now: on disk too
-            io.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
+            files.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
         if main and state is None:
-            io.write_json(run_dir / "split.json", setup.data.split_info)
+            files.write_json(run_dir / "split.json", setup.data.split_info)
         return trainer.fit()
     except BaseException:
         if created and not (run_dir / "last.pt").exists():

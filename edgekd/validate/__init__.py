@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekd.io import write_json
+from edgekd.files import write_json
 from edgekd.validate import gate, report
 from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
                                     select_formats)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd.errors import BundleError
-from edgekd.io import sha256_file
+from edgekd.files import sha256_file
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io as _io
+import io
 import os
 import platform
 from pathlib import Path
@@ -11,7 +11,7 @@ import numpy as np
 
 from edgekd import calibration, plots
 from edgekd.errors import EdgeKDError
-from edgekd.io import atomic_write_bytes, atomic_write_text
+from edgekd.files import atomic_write_bytes, atomic_write_text
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
@@ -136,6 +136,6 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
 
 def save_predictions(path: Path, labels: np.ndarray, logits: dict[str, np.ndarray]) -> None:
     """labels and <format>_logits arrays, enough to recompute every metric."""
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     np.savez(buf, labels=labels, **{f"{fmt}_logits": z for fmt, z in logits.items()})
     atomic_write_bytes(path, buf.getvalue())

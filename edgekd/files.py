@@ -1,7 +1,9 @@
 """Atomic file and folder writes, hashing. Torch-free (torch is imported lazily for torch_save).
 
-Every file edgekd writes goes through here: write to a temp file in the same
-folder, fsync, rename. A reader sees either the old file or the complete new one,
+Every run file, checkpoint, manifest, report and cache edgekd writes goes through
+here (ONNX files and TensorRT engines are written by their exporters and builders,
+inside a folder that atomic_dir renames into place when complete): write to a temp
+file in the same folder, fsync, rename. A reader sees either the old file or the complete new one,
 never half of it. Folders are built under a temp name and renamed when complete.
 """
 
@@ -90,21 +92,13 @@ def write_yaml(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
-def append_line(path: str | Path, line: str) -> None:
-    """Append one line and fsync: a crash loses at most the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def torch_save(obj: Any, path: str | Path, crash_point: str | None = None) -> None:
     """torch.save through a temp file + fsync + rename."""
-    import io as _io
+    import io
 
     import torch
 
-    buf = _io.BytesIO()
+    buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue(), crash_point=crash_point)
 

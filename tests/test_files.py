@@ -6,14 +6,14 @@ import os
 
 import pytest
 
-from edgekd import io
+from edgekd import files
 from edgekd.errors import EdgeKDError
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     p = tmp_path / "a.json"
-    io.write_json(p, {"v": 1})
-    io.write_json(p, {"v": 2})
+    files.write_json(p, {"v": 1})
+    files.write_json(p, {"v": 2})
     assert json.loads(p.read_text()) == {"v": 2}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["a.json"]
     assert oct(p.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -27,7 +27,7 @@ def _umask():
 
 def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
     p = tmp_path / "summary.json"
-    io.write_json(p, {"good": True})
+    files.write_json(p, {"good": True})
     real_fsync = os.fsync
 
     def full(fd):  # the write "succeeds" into the page cache; flushing to disk fails
@@ -35,7 +35,7 @@ def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(EdgeKDError, match="No space left on device"):
-        io.write_json(p, {"good": False})
+        files.write_json(p, {"good": False})
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert json.loads(p.read_text()) == {"good": True}
     assert sorted(x.name for x in tmp_path.iterdir()) == ["summary.json"]
@@ -43,23 +43,23 @@ def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
 
 def test_unwritable_folder_is_a_clean_error(tmp_path):
     with pytest.raises(EdgeKDError, match="cannot write"):
-        io.write_json(tmp_path / "missing" / "x.json", {})
+        files.write_json(tmp_path / "missing" / "x.json", {})
 
 
 def test_atomic_dir_commits_only_on_success(tmp_path):
     final = tmp_path / "bundle"
-    with io.atomic_dir(final) as d:
+    with files.atomic_dir(final) as d:
         (d / "f.txt").write_text("ok")
     assert (final / "f.txt").read_text() == "ok"
     with pytest.raises(RuntimeError):
-        with io.atomic_dir(tmp_path / "broken") as d:
+        with files.atomic_dir(tmp_path / "broken") as d:
             (d / "half.txt").write_text("x")
             raise RuntimeError("export failed half way")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["bundle"], "no partial folder may remain"
     with pytest.raises(EdgeKDError, match="already exists"):
-        with io.atomic_dir(final):
+        with files.atomic_dir(final):
             pass
-    with io.atomic_dir(final, overwrite=True) as d:
+    with files.atomic_dir(final, overwrite=True) as d:
         (d / "g.txt").write_text("new")
     assert sorted(x.name for x in final.iterdir()) == ["g.txt"]
 
@@ -67,4 +67,4 @@ def test_atomic_dir_commits_only_on_success(tmp_path):
 def test_sha256(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(b"abc")
-    assert io.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert files.sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
