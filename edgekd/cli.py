@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError, PeerLostError
+from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError, PeerLostError, first_line
+from edgekd.text import pct
 
 
 def _need_torch(verb: str) -> None:
@@ -27,9 +28,6 @@ def _need_torch(verb: str) -> None:
             f"edgekd {verb} needs PyTorch, which is not installed: pip install 'edgekd[train]'"
         ) from e
 
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,11 +106,11 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
         return 0
     s, t = summary["student"], summary["teacher"]
     click.echo(
-        f"teacher {t['arch']}: acc {_pct(t['accuracy'])} ECE {_pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
+        f"teacher {t['arch']}: acc {pct(t['accuracy'])} ECE {pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
     )
     click.echo(
-        f"run {out} | student {s['arch']} ({summary['method']}): acc {_pct(s['accuracy'])} "
-        f"ECE {_pct(s['ece'])} NLL {s['nll']:.4f} Brier {s['brier']:.4f} on {summary['eval_images']} {summary['eval_split']} images"
+        f"run {out} | student {s['arch']} ({summary['method']}): acc {pct(s['accuracy'])} "
+        f"ECE {pct(s['ece'])} NLL {s['nll']:.4f} Brier {s['brier']:.4f} on {summary['eval_images']} {summary['eval_split']} images"
     )
     return 0
 
@@ -158,7 +156,7 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     base = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"compare-{base.name}"
     on_epoch = None if quiet else (lambda rec: "student_accuracy" in rec and click.echo(
-        f"  epoch {rec['epoch']}: student acc {_pct(rec['student_accuracy'])} ECE {_pct(rec['student_ece'])}"))
+        f"  epoch {rec['epoch']}: student acc {pct(rec['student_accuracy'])} ECE {pct(rec['student_ece'])}"))
     command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = run_all(recipe, variants, seed_list, list(overrides), out, log=click.echo, on_epoch=on_epoch,
                      command=command)
@@ -271,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     except (EdgeKDError, ParityError, PeerLostError) as e:
         if debug:
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = first_line(e)
         click.echo(f"edgekd: error: {msg}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

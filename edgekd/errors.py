@@ -6,6 +6,16 @@ and what is allowed. The CLI turns it into that line on stderr and exit code 2,
 never a traceback (unless --debug).
 """
 
+from __future__ import annotations
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an exception's message (its class name if it has none),
+    cut to `limit` characters: how a library's multi-line error becomes one line of ours."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line if limit is None else line[:limit]
+
 
 class EdgeKDError(Exception):
     """A problem with the user's input. Exit code 2."""

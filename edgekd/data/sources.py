@@ -21,7 +21,7 @@ import PIL
 from PIL import Image
 
 from edgekd.data.preprocess import resize_array
-from edgekd.errors import DataError
+from edgekd.errors import DataError, first_line
 from edgekd.files import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -284,7 +284,7 @@ def _download_cifar(root: Path, name: str, train: bool) -> None:
     try:
         cls(str(root), train=train, download=True)
     except Exception as e:  # URLError, timeouts, bad checksum, disk full...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e)
         raise DataError(f"downloading {title} to {root} failed ({msg}); {manual}") from None
 
 

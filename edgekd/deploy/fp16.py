@@ -16,7 +16,7 @@ from pathlib import Path
 import onnx
 from onnxconverter_common import float16
 
-from edgekd.errors import ExportError
+from edgekd.errors import ExportError, first_line
 
 
 def convert_fp16(src: Path, dst: Path) -> list[str]:
@@ -28,7 +28,7 @@ def convert_fp16(src: Path, dst: Path) -> list[str]:
             warnings.simplefilter("ignore", UserWarning)
             fp16 = float16.convert_float_to_float16(model, keep_io_types=True)
     except Exception as e:  # noqa: BLE001 - the converter raises bare Exceptions
-        raise ExportError(f"FP16 conversion failed: {str(e).strip().splitlines()[0][:200]}") from e
+        raise ExportError(f"FP16 conversion failed: {first_line(e, 200)}") from e
     onnx.save(fp16, str(dst))
     onnx.checker.check_model(str(dst), full_check=True)
     blocked = set(float16.DEFAULT_OP_BLOCK_LIST)

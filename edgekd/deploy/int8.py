@@ -40,7 +40,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgekd.deploy.onnx_export import INPUT_NAME
-from edgekd.errors import ExportError
+from edgekd.errors import ExportError, first_line
 
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -227,7 +227,7 @@ def _quantize(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, c
                     calibration_cache_path=str(cache),
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - the quantizer raises many unrelated types
-                raise ExportError(f"{what} quantization failed: {str(e).strip().splitlines()[0][:200]}") from e
+                raise ExportError(f"{what} quantization failed: {first_line(e, 200)}") from e
         onnx.checker.check_model(str(dst), full_check=True)
         ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(cache))
     return Int8Result(excluded_nodes=excluded, ranges=ranges)

@@ -16,7 +16,7 @@ import onnx
 import torch
 from torch import nn
 
-from edgekd.errors import ExportError
+from edgekd.errors import ExportError, first_line
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -44,7 +44,7 @@ def export_fp32(model: nn.Module, path: Path, in_channels: int, image_size: int)
             program.save(path, external_data=False)
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001 - torch.export/onnx raise many unrelated types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         arch = getattr(model, "edgekd_arch", type(model).__name__)
         raise ExportError(f"ONNX export of {arch} failed: {first[:200]}") from e
 

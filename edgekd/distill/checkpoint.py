@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from edgekd import files
-from edgekd.errors import CheckpointError
+from edgekd.errors import CheckpointError, first_line
 
 STUDENT_FORMAT = "edgekd.student/1"
 TRAINING_FORMAT = "edgekd.training/1"
@@ -55,7 +55,7 @@ def safe_load(path: str | Path, what: str) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses globals it does not know: a pickle that would run code.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe pickle"
+        first = first_line(e) if str(e).strip() else "unsafe pickle"
         raise CheckpointError(f"{what} {path} was refused by the safe loader (weights_only): {first[:160]}") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
         raise CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint") from e

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as tdist
 
-from edgekd.errors import EdgeKDError, PeerLostError, RecipeError
+from edgekd.errors import EdgeKDError, PeerLostError, RecipeError, first_line
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def peer_errors(d: Dist) -> Iterator[None]:
             w in msg for w in ("Connection closed", "Connection reset", "Broken pipe", "gloo", "NCCL", "timed out"))
         if not d.enabled or not lost:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise PeerLostError(f"rank {d.rank}: lost another training process ({first[:160]}); "
                             f"resume the run with --resume") from e
 

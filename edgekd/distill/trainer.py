@@ -30,7 +30,7 @@ from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.distill.schedule import lr_factor
-from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError
+from edgekd.errors import CheckpointError, EdgeKDError, MissingDependencyError, RecipeError, first_line
 from edgekd.models import build_model, count_parameters, load_weights
 from edgekd.recipe import OptimConfig, Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults
 
@@ -227,7 +227,7 @@ class Trainer:
             if self.scaler and st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
         except (KeyError, RuntimeError, ValueError) as e:
-            raise CheckpointError(f"last.pt does not match this recipe's models: {str(e).splitlines()[0][:160]}") from e
+            raise CheckpointError(f"last.pt does not match this recipe's models: {first_line(e, 160)}") from e
         rng = st["rng"]
         if isinstance(rng, list):  # saved by a torchrun job: one state per rank
             if len(rng) != self.dist.world_size:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from edgekd.errors import CheckpointError, ModelError
+from edgekd.errors import CheckpointError, ModelError, first_line
 
 _FIXED_PARAMS = ("num_classes", "in_channels", "image_size")
 
@@ -159,8 +159,7 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:  # torch's message spans many lines; keep the first
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {first_line}") from None
+        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {first_line(exc)}") from None
 
 
 # Option value checks shared by the factories, so a bad recipe value is a ModelError

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from edgekd.text import pct
+
 # threshold key (as in manifest["gate"] and the flags) -> (metric in the per-format results, comparison)
 CHECKS = {
     "max_ece": ("ece", "<="),
@@ -28,16 +30,11 @@ class Check:
     status: str  # "pass", "fail" or "skip"
 
     def line(self, width: int) -> str:
-        value = "n/a" if self.value is None else _pct(self.value)
         note = " (not measurable in this run)" if self.status == "skip" else ""
-        return f"{self.status.upper():4} {self.format:<{width}}  {self.metric} {value} {self.op} {_pct(self.threshold)}{note}"
+        return f"{self.status.upper():4} {self.format:<{width}}  {self.metric} {pct(self.value)} {self.op} {pct(self.threshold)}{note}"
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.2f}%"
 
 
 def resolve_thresholds(flags: dict, manifest_gate: dict) -> dict[str, float | None]:

@@ -12,6 +12,7 @@ import numpy as np
 from edgekd import calibration, plots
 from edgekd.errors import EdgeKDError
 from edgekd.files import atomic_write_bytes, atomic_write_text
+from edgekd.text import pct
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
@@ -57,15 +58,11 @@ def results_document(results: dict[str, dict], thresholds: dict, checks: list[Ch
 # ---------------------------------------------------------------- console and Markdown tables
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}%"
-
-
 TABLE_COLUMNS = ("format", "acc", "ECE", "NLL", "Brier", "agreement", "p50 ms", "img/s")
 
 
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    return [[fmt, _pct(r["accuracy"]), _pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", _pct(r["agreement"]),
+    return [[fmt, pct(r["accuracy"]), pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", pct(r["agreement"]),
              f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"] for fmt, r in results.items()]
 
 
@@ -99,9 +96,9 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
     detail = markdown_table(
         ["format", "MCE", "adaptive ECE", "classwise ECE", "ECE drift", "acc drop", "p90 ms", "p99 ms",
          "T*", "ECE after T*"],
-        [[fmt, _pct(r["mce"]), _pct(r["adaptive_ece"]), _pct(r["classwise_ece"]), _pct(r["ece_drift"]),
-          _pct(r["acc_drop"]), f"{r['latency_ms']['p90']:.3f}", f"{r['latency_ms']['p99']:.3f}",
-          f"{r['ts_headroom']['temperature']:.3f}", _pct(r["ts_headroom"]["ece"])] for fmt, r in results.items()],
+        [[fmt, pct(r["mce"]), pct(r["adaptive_ece"]), pct(r["classwise_ece"]), pct(r["ece_drift"]),
+          pct(r["acc_drop"]), f"{r['latency_ms']['p90']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+          f"{r['ts_headroom']['temperature']:.3f}", pct(r["ts_headroom"]["ece"])] for fmt, r in results.items()],
     )
     text = "\n".join([
         f"# edgekd validate: {Path(bundle['path']).name}",

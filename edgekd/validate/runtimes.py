@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from edgekd.errors import BundleError, EdgeKDError, MissingDependencyError
+from edgekd.errors import BundleError, EdgeKDError, MissingDependencyError, first_line
 
 # Fastest first; ONNX Runtime falls back down the list per node. Azure (remote
 # inference) and other non-local providers are never picked by default.
@@ -84,7 +84,7 @@ class OnnxRuntimeSession:
         try:
             self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's pybind errors share no base class but Exception
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            detail = first_line(e)
             raise BundleError(f"{Path(path).name} is not a loadable ONNX model ({detail[:200]})") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
