@@ -269,10 +269,15 @@ def reliability_bins(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, An
     }
 
 
+# The metrics of one set of logits, in the order every table and file (summary.json,
+# student.pt, manifest.json, validate's results) lists them.
+METRIC_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
+
+
 def calibration_metrics(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, float | int]:
     """All metrics at once from one softmax. Takes LOGITS.
 
-    Keys: accuracy, ece, mce, adaptive_ece, classwise_ece, nll, brier (floats), n (int).
+    Keys: METRIC_KEYS (floats), n (int).
     """
     n_bins = _check_bins(n_bins)
     z, y = _check(logits, labels)
