@@ -14,12 +14,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import RecipeError
-
-METHODS = ("ce", "kd", "dml", "bdkd")
-WEIGHTINGS = ("hard", "soft", "forward", "reverse")
 
 
 class _Strict(BaseModel):
@@ -81,7 +78,8 @@ class NetConfig(_Strict):
 
 
 class DistillConfig(_Strict):
-    method: Literal["ce", "kd", "dml", "bdkd"] = "bdkd"
+    # Any name in the method registry (edgekd.distill.methods): the one list of methods.
+    method: str = "bdkd"
     temperature: float = Field(4.0, gt=0, le=100)
     ce_weight: float = Field(1.0, ge=0)
     # Student's divergence weights: forward KL(p_t||p_s) gets kl_weight (a),
@@ -102,6 +100,20 @@ class DistillConfig(_Strict):
     # regulariser, reverse KL(p_t||p_s) from the teacher's side by default).
     teacher_kl_weight: float = Field(1.0, ge=0)
     teacher_divergence: Literal["reverse", "forward", "none"] = "reverse"
+
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        # The registry's classes need torch; without it nothing can train, and
+        # `edgekd distill` says so before it reads a recipe.
+        try:
+            from edgekd.distill.methods import available_methods
+        except ImportError:
+            return name
+        names = available_methods()
+        if name not in names:
+            raise ValueError(f"{name!r} is not a method; available: {', '.join(names)}")
+        return name
 
 
 class OptimConfig(_Strict):
