@@ -27,7 +27,7 @@ from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
 from edgekd.errors import ExportError, MissingDependencyError, ParityError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
-from edgekd.validate.runtimes import TRT_MISSING
+from edgekd.runtime import TRT_MISSING
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")

@@ -22,7 +22,7 @@ from edgekd.validate import gate
 from edgekd.errors import BundleError
 from edgekd.validate.bundle import Bundle, onnx_providers_for
 from edgekd.validate.data import load_eval_data
-from edgekd.validate.runtimes import TRT_MISSING, engine_mismatch
+from edgekd.runtime import TRT_MISSING, engine_mismatch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
@@ -81,9 +81,9 @@ def _tensorrt_and_gpu() -> bool:
     try:
         import tensorrt  # noqa: F401
 
-        from edgekd.validate.gpu_memory import open_gpu
+        from edgekd.runtime.gpu_memory import open_gpu
 
-        open_gpu()
+        open_gpu().close()
     except Exception:  # noqa: BLE001 - any failure means: cannot run engines here
         return False
     return True
@@ -465,7 +465,7 @@ def test_without_onnxruntime(bundle, tmp_path):
 def test_no_gpu_is_a_missing_dependency():
     """cuda-python (or pycuda) without a GPU, or neither installed: one MissingDependencyError."""
     from edgekd.errors import MissingDependencyError
-    from edgekd.validate.gpu_memory import open_gpu
+    from edgekd.runtime.gpu_memory import open_gpu
 
     with pytest.raises(MissingDependencyError, match=TRT_MISSING):
         open_gpu()

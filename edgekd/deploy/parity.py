@@ -14,6 +14,7 @@ import numpy as np
 
 from edgekd.calibration import calibration_metrics
 from edgekd.errors import ParityError
+from edgekd.runtime import OnnxRuntimeSession
 
 # FP32 ONNX vs PyTorch, per image: |onnx - torch| <= ATOL + RTOL * max |torch logit| of that image.
 # Rounding error scales with the magnitude of the terms summed, not with the (possibly
@@ -33,10 +34,8 @@ def batched(run, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
 
 def onnxruntime_logits(path: Path, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """Logits of an ONNX file in ONNX Runtime on the CPU: the same session validate uses on devices."""
-    from edgekd.validate.runtimes import OnnxRuntimeSession
-
-    session = OnnxRuntimeSession(path, ["CPUExecutionProvider"])
-    return batched(session.run, images, batch).astype(np.float32)
+    with OnnxRuntimeSession(path, ["CPUExecutionProvider"]) as session:
+        return batched(session.run, images, batch).astype(np.float32)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, ref_metrics: dict) -> dict:
