@@ -59,6 +59,7 @@ from edgekd.calibration import calibration_metrics
 from onnxruntime.quantization import QuantFormat
 
 from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, quantize_int8_cpu
+from edgekd.drift import reference_gap
 from edgekd.deploy.onnx_export import INPUT_NAME, export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import Student, load_run_student, split_images
@@ -95,9 +96,10 @@ def variants(with_extras: bool) -> list[Variant]:
 
 def accuracy_row(label: str, logits: np.ndarray, labels: np.ndarray, fp32: dict, fp32_logits: np.ndarray) -> dict:
     m = calibration_metrics(logits, labels)
+    gap = reference_gap(logits, m, reference_logits=fp32_logits, reference_metrics=fp32)
     return {"file": label, "accuracy": m["accuracy"], "ece": m["ece"], "nll": m["nll"],
-            "top1_drop_vs_fp32": fp32["accuracy"] - m["accuracy"], "ece_drift_vs_fp32": abs(m["ece"] - fp32["ece"]),
-            "agreement_with_fp32": float(np.mean(logits.argmax(1) == fp32_logits.argmax(1)))}
+            "top1_drop_vs_fp32": gap.accuracy_drop, "ece_drift_vs_fp32": gap.ece_drift,
+            "agreement_with_fp32": gap.top1_agreement}
 
 
 def cores() -> int:

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import edgekd
-from edgekd.calibration import calibration_metrics
+from edgekd.bundle_schema import BUNDLE_KIND, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
+from edgekd.calibration import METRIC_KEYS, calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
 from edgekd.deploy.int8 import (Int8Settings, calibration_file, check_settings, pick_calibration, quantize_int8,
@@ -28,15 +29,13 @@ from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, 
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 
-SCHEMA_VERSION = 1
-# int8_cpu: asymmetric uint8 activations, fast in ONNX Runtime on CPUs; TensorRT cannot read it,
-# so no engine is ever built from it (ENGINE_FILES has fp16 and int8 only).
-ONNX_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
-              "int8_cpu": "model_int8_cpu.onnx"}
+# model_fp32.onnx ... model_int8_cpu.onnx, in bundle order. int8_cpu: asymmetric uint8 activations,
+# fast in ONNX Runtime on CPUs; TensorRT cannot read it, so no engine is ever built from it
+# (ENGINE_FILES has fp16 and int8 only).
+ONNX_FILES = {p: f"model_{p}.onnx" for p in PRECISIONS}
 ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
-MANIFEST_FILE = "manifest.json"
-REFERENCE_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
+REFERENCE_METRICS = METRIC_KEYS  # manifest["reference"]: PyTorch's every calibration metric
 
 
 def parse_formats(formats: Sequence[str] | None) -> list[str]:
@@ -211,7 +210,7 @@ def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict
     c, k, size = int(ck["in_channels"]), int(ck["num_classes"]), int(ck["image_size"])
     return {
         "schema_version": SCHEMA_VERSION,
-        "kind": "edgekd.bundle",
+        "kind": BUNDLE_KIND,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"arch": ck["arch"], "num_classes": k, "params": count_parameters(student.model),
                   "options": dict(ck.get("options") or {})},

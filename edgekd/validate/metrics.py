@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd import calibration
+from edgekd.calibration import METRIC_KEYS
+from edgekd.drift import reference_gap
 from edgekd.runtime import Runner
-
-METRIC_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
 
 
 @dataclass
@@ -102,15 +102,11 @@ def format_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
-    """Fraction of images whose top-1 class equals the reference's."""
-    return float(np.mean(logits.argmax(axis=1) == reference_logits.argmax(axis=1)))
-
-
 def comparisons(metrics: dict, logits: np.ndarray, reference: dict | None, fp32_logits: np.ndarray | None) -> dict:
-    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); None if unknown."""
-    return {
-        "agreement": None if fp32_logits is None else agreement(logits, fp32_logits),
-        "ece_drift": None if reference is None else abs(metrics["ece"] - reference["ece"]),
-        "acc_drop": None if reference is None else reference["accuracy"] - metrics["accuracy"],
-    }
+    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); None if unknown.
+
+    The --json names of edgekd.drift's figures (manifest.json calls the same numbers
+    top1_agreement and accuracy_drop; both names stay, for the readers of each file).
+    """
+    gap = reference_gap(logits, metrics, reference_logits=fp32_logits, reference_metrics=reference)
+    return {"agreement": gap.top1_agreement, "ece_drift": gap.ece_drift, "acc_drop": gap.accuracy_drop}

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from edgekd import calibration, plots
+from edgekd.calibration import METRIC_KEYS
 from edgekd.errors import EdgeKDError
 from edgekd.files import atomic_write_bytes, atomic_write_text
 from edgekd.text import pct
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
-FORMAT_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
-               "acc_drop", "latency_ms", "throughput", "ts_headroom")
+FORMAT_KEYS = (*METRIC_KEYS, "agreement", "ece_drift", "acc_drop", "latency_ms", "throughput", "ts_headroom")
 
 
 def cpu_name() -> str:
