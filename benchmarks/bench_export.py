@@ -58,7 +58,7 @@ import torch
 from edgekd.calibration import calibration_metrics
 from onnxruntime.quantization import QuantFormat
 
-from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, quantize_int8_cpu
+from edgekd.deploy.int8 import CPU_INT8, TENSORRT_INT8, Int8Settings, pick_calibration, quantize_int8
 from edgekd.drift import reference_gap
 from edgekd.deploy.onnx_export import INPUT_NAME, export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
@@ -75,7 +75,7 @@ TARGET_SPEEDUP = 1.8  # the INT8 CPU target: int8_cpu images/s >= 1.8 x the FP32
 class Variant:
     label: str
     settings: Int8Settings
-    cpu: bool = False  # int8_cpu (quantize_int8_cpu) rather than int8 (quantize_int8)
+    cpu: bool = False  # int8_cpu (CPU_INT8) rather than int8 (TENSORRT_INT8)
     quant_format: QuantFormat = QuantFormat.QDQ  # int8_cpu only
 
 
@@ -200,10 +200,8 @@ def bench_run(run: Path, args, work: Path) -> dict:
         calib = student.preprocess(train.take(pick_calibration(len(train.labels), s)))
         # One calibration per settings, shared by int8 and int8_cpu as in edgekd export.
         cache = work / f"{run.name}-calibration-{s.method}-{s.samples}-{s.seed}.json"
-        if v.cpu:
-            quantize_int8_cpu(fp32_path, path, calib, s, calibration_cache=cache, quant_format=v.quant_format)
-        else:
-            quantize_int8(fp32_path, path, calib, s, calibration_cache=cache)
+        flavour = replace(CPU_INT8, quant_format=v.quant_format) if v.cpu else TENSORRT_INT8
+        quantize_int8(fp32_path, path, calib, s, flavour, calibration_cache=cache)
         files[v.label] = path
         rows.append(accuracy_row(v.label, onnxruntime_logits(path, x_val), val.labels, fp32, fp32_logits))
         print(f"  {run.name}: {v.label} quantized", flush=True)

@@ -21,8 +21,8 @@ from edgekd.bundle_schema import BUNDLE_KIND, MANIFEST_FILE, PRECISIONS, SCHEMA_
 from edgekd.calibration import METRIC_KEYS, calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
-from edgekd.deploy.int8 import (Int8Settings, calibration_file, check_settings, pick_calibration, quantize_int8,
-                                quantize_int8_cpu)
+from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, calibration_file, check_settings,
+                                pick_calibration, quantization_entry, quantize_int8)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
@@ -164,10 +164,10 @@ class _Context:
             if "int8" in chosen:
                 name = ONNX_FILES["int8"]
                 self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
-                result = quantize_int8(fp32, self.folder / name, calib, s, calibration_cache=cache)
+                result = quantize_int8(fp32, self.folder / name, calib, s, TENSORRT_INT8, calibration_cache=cache)
                 write_json(self.folder / RANGES_FILE,
                            calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
-                quantization = result.quantization_entry(s, len(picked), RANGES_FILE)
+                quantization = quantization_entry(result, s, len(picked), RANGES_FILE)
                 files[name] = self._entry(name, "onnx", "int8", **self._measure(name)[1], quantization=quantization)
                 files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
             if "int8_cpu" in chosen:
@@ -175,8 +175,8 @@ class _Context:
                 how = "the same calibration" if cache.is_file() else \
                     f"{s.method} calibration on {len(picked)} training images"
                 self.log(f"writing {name} (uint8 activations for ONNX Runtime on CPUs, not TensorRT; {how})")
-                result = quantize_int8_cpu(fp32, self.folder / name, calib, s, calibration_cache=cache)
-                quantization = result.cpu_quantization_entry(s, len(picked))
+                result = quantize_int8(fp32, self.folder / name, calib, s, CPU_INT8, calibration_cache=cache)
+                quantization = quantization_entry(result, s, len(picked))
                 files[name] = self._entry(name, "onnx", "int8_cpu", **self._measure(name)[1],
                                           quantization=quantization)
         return files
