@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -59,7 +60,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     chosen = parse_formats(formats)
     int8 = Int8Settings(method=calib_method, samples=calib_samples)
     if keep_first_last_fp32 is not None:
-        int8.keep_first_last_fp32 = keep_first_last_fp32
+        int8 = replace(int8, keep_first_last_fp32=keep_first_last_fp32)
     check_settings(int8)
     engines = [p for p in ENGINE_FILES if p in chosen] if trt else []
     if trt and not engines:
@@ -85,10 +86,10 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        ctx = _Context(tmp, student, x_val, val.labels, reference, ref_metrics, log)
-        files = ctx.write_onnx(chosen, int8)
+        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log)
+        files = writer.write_onnx(chosen, int8)
         if trt_target is not None:
-            files.update(ctx.write_engines(trt_target, engines, max_batch))
+            files.update(writer.write_engines(trt_target, engines, max_batch))
         manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target)
         write_json(tmp / MANIFEST_FILE, manifest)
     _print_table(log, ref_metrics, manifest["files"])
@@ -107,8 +108,9 @@ def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray) 
     return logits, calibration_metrics(logits, labels)
 
 
-class _Context:
-    """The state shared by the steps that write files into the temp bundle folder."""
+class BundleWriter:
+    """Writes the model files into the (temporary) bundle folder, each checked on the val split
+    against PyTorch's logits, and returns their manifest entries."""
 
     def __init__(self, folder: Path, student: Student, x_val: np.ndarray, labels: np.ndarray,
                  reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any]):
