@@ -58,7 +58,8 @@ import torch
 from edgekd.calibration import calibration_metrics
 from onnxruntime.quantization import QuantFormat
 
-from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, quantize_int8_cpu
+from edgekd.deploy.int8 import CPU_INT8, TENSORRT_INT8, Int8Settings, pick_calibration, quantize_int8
+from edgekd.drift import reference_gap
 from edgekd.deploy.onnx_export import INPUT_NAME, export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import Student, load_run_student, split_images
@@ -74,7 +75,7 @@ TARGET_SPEEDUP = 1.8  # the INT8 CPU target: int8_cpu images/s >= 1.8 x the FP32
 class Variant:
     label: str
     settings: Int8Settings
-    cpu: bool = False  # int8_cpu (quantize_int8_cpu) rather than int8 (quantize_int8)
+    cpu: bool = False  # int8_cpu (CPU_INT8) rather than int8 (TENSORRT_INT8)
     quant_format: QuantFormat = QuantFormat.QDQ  # int8_cpu only
 
 
@@ -95,9 +96,10 @@ def variants(with_extras: bool) -> list[Variant]:
 
 def accuracy_row(label: str, logits: np.ndarray, labels: np.ndarray, fp32: dict, fp32_logits: np.ndarray) -> dict:
     m = calibration_metrics(logits, labels)
+    gap = reference_gap(logits, m, reference_logits=fp32_logits, reference_metrics=fp32)
     return {"file": label, "accuracy": m["accuracy"], "ece": m["ece"], "nll": m["nll"],
-            "top1_drop_vs_fp32": fp32["accuracy"] - m["accuracy"], "ece_drift_vs_fp32": abs(m["ece"] - fp32["ece"]),
-            "agreement_with_fp32": float(np.mean(logits.argmax(1) == fp32_logits.argmax(1)))}
+            "top1_drop_vs_fp32": gap.accuracy_drop, "ece_drift_vs_fp32": gap.ece_drift,
+            "agreement_with_fp32": gap.top1_agreement}
 
 
 def cores() -> int:
@@ -198,10 +200,8 @@ def bench_run(run: Path, args, work: Path) -> dict:
         calib = student.preprocess(train.take(pick_calibration(len(train.labels), s)))
         # One calibration per settings, shared by int8 and int8_cpu as in edgekd export.
         cache = work / f"{run.name}-calibration-{s.method}-{s.samples}-{s.seed}.json"
-        if v.cpu:
-            quantize_int8_cpu(fp32_path, path, calib, s, calibration_cache=cache, quant_format=v.quant_format)
-        else:
-            quantize_int8(fp32_path, path, calib, s, calibration_cache=cache)
+        flavour = replace(CPU_INT8, quant_format=v.quant_format) if v.cpu else TENSORRT_INT8
+        quantize_int8(fp32_path, path, calib, s, flavour, calibration_cache=cache)
         files[v.label] = path
         rows.append(accuracy_row(v.label, onnxruntime_logits(path, x_val), val.labels, fp32, fp32_logits))
         print(f"  {run.name}: {v.label} quantized", flush=True)

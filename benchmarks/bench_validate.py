@@ -57,27 +57,27 @@ def main() -> int:
     bundle = load_bundle(args.bundle)
     formats = [f for f in select_formats(bundle, args.formats.split(",") if args.formats else None, "onnxruntime", True)
                if not is_engine(f)]
-    runtimes = open_runtimes(bundle, formats, None)
-    data = load_eval_data(args.data, bundle)
-    batches = make_batches(data.inputs, args.batch)
-    budget = TimingBudget(throughput_seconds=args.seconds)
-    print(f"{data.n} images ({data.spec}), batch {args.batch}, {args.rounds} rounds of {args.seconds:.1f} s each; "
-          f"onnxruntime {ort.__version__} {runtimes[formats[0]].providers}")
-    print(f"{'format':<8} {'validator img/s':>16} {'bare run img/s':>16} {'ratio':>7}")
-    worst = float("inf")
-    for fmt in formats:
-        bare = ort.InferenceSession(str(bundle.file(fmt)), providers=runtimes[fmt].providers)
-        ours, theirs = [], []
-        for i in range(args.rounds):
-            # Alternate who goes first, so a trend in machine load does not favour either side.
-            for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
-                if side == "ours":
-                    ours.append(run_format(runtimes[fmt], data.inputs, args.batch, budget).throughput)
-                else:
-                    theirs.append(bare_throughput(bare, batches, args.seconds))
-        v, b = statistics.median(ours), statistics.median(theirs)
-        worst = min(worst, v / b)
-        print(f"{fmt:<8} {v:>16.0f} {b:>16.0f} {v / b:>7.3f}")
+    with open_runtimes(bundle, formats, None) as runtimes:
+        data = load_eval_data(args.data, bundle)
+        batches = make_batches(data.inputs, args.batch)
+        budget = TimingBudget(throughput_seconds=args.seconds)
+        print(f"{data.n} images ({data.spec}), batch {args.batch}, {args.rounds} rounds of {args.seconds:.1f} s each; "
+              f"onnxruntime {ort.__version__} {runtimes[formats[0]].providers}")
+        print(f"{'format':<8} {'validator img/s':>16} {'bare run img/s':>16} {'ratio':>7}")
+        worst = float("inf")
+        for fmt in formats:
+            bare = ort.InferenceSession(str(bundle.file(fmt)), providers=runtimes[fmt].providers)
+            ours, theirs = [], []
+            for i in range(args.rounds):
+                # Alternate who goes first, so a trend in machine load does not favour either side.
+                for side in ("ours", "bare") if i % 2 == 0 else ("bare", "ours"):
+                    if side == "ours":
+                        ours.append(run_format(runtimes[fmt], data.inputs, args.batch, budget).throughput)
+                    else:
+                        theirs.append(bare_throughput(bare, batches, args.seconds))
+            v, b = statistics.median(ours), statistics.median(theirs)
+            worst = min(worst, v / b)
+            print(f"{fmt:<8} {v:>16.0f} {b:>16.0f} {v / b:>7.3f}")
     print(f"lowest ratio {worst:.3f} (required >= {args.min_ratio})")
     return 0 if worst >= args.min_ratio else 1
 

@@ -21,13 +21,14 @@ from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy import export_bundle
 from edgekd.deploy.bundle import parse_formats
-from edgekd.deploy.int8 import Int8Settings, pick_calibration, quantize_int8, quantize_int8_cpu
+from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, pick_calibration, quantization_entry,
+                                quantize_int8)
 from edgekd.deploy.parity import require_fp32_parity
 from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
 from edgekd.errors import ExportError, MissingDependencyError, ParityError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
-from edgekd.validate.runtimes import TRT_MISSING
+from edgekd.runtime import TRT_MISSING
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")
@@ -223,20 +224,42 @@ def test_per_tensor_weights_setting_gives_one_scale_per_weight(bundle, tmp_path)
     per layer, recorded as such; the activations are calibrated exactly as with per-channel weights."""
     calib = np.random.default_rng(0).normal(size=(64, 1, 32, 32)).astype(np.float32)
     s = Int8Settings(per_channel=False)
-    result = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "t.onnx", calib, s)
+    result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "t.onnx", calib, s, CPU_INT8)
     consts, _, dq = _qdq_nodes(tmp_path / "t.onnx")
     weight_scales = [consts[n.input[1]] for n in dq if n.input[0] in consts and consts[n.input[0]].ndim == 4]
     assert weight_scales and all(scale.size == 1 for scale in weight_scales)
-    assert result.cpu_quantization_entry(s, 64)["weights"] == "per-tensor symmetric int8"
-    per_channel = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings())
-    assert per_channel.cpu_quantization_entry(Int8Settings(), 64)["weights"] == "per-channel symmetric int8"
+    assert quantization_entry(result, s, 64)["weights"] == "per-tensor symmetric int8"
+    per_channel = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings(), CPU_INT8)
+    assert quantization_entry(per_channel, Int8Settings(), 64)["weights"] == "per-channel symmetric int8"
     assert result.ranges == per_channel.ranges
+
+
+def test_int8_manifest_entries_are_what_bundles_have_always_recorded():
+    """One function over the two flavours writes exactly the keys, values and order of schema_version 1
+    (export/README.md), and each flavour hands the quantizer the options its file was always made with."""
+    from edgekd.deploy.int8 import Int8Result
+
+    s = Int8Settings(samples=7, seed=3)
+    int8 = quantization_entry(Int8Result(TENSORRT_INT8, ["n0"], {}), s, 5, "int8_calibration.json")
+    assert list(int8.items()) == [
+        ("method", "minmax"), ("samples", 5), ("split", "train"), ("seed", 3), ("weights", "per-channel symmetric int8"),
+        ("activations", "per-tensor symmetric int8"), ("biases", "float"), ("quant_format", "QDQ"), ("tensorrt", True),
+        ("excluded_nodes", ["n0"]), ("ranges_file", "int8_calibration.json")]
+    cpu = quantization_entry(Int8Result(CPU_INT8, [], {}), s, 5)
+    assert list(cpu.items()) == [
+        ("method", "minmax"), ("samples", 5), ("split", "train"), ("seed", 3), ("weights", "per-channel symmetric int8"),
+        ("activations", "per-tensor asymmetric uint8"), ("biases", "int32"), ("quant_format", "QDQ"), ("tensorrt", False),
+        ("runtime", "ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): use model_int8.onnx there"),
+        ("excluded_nodes", []), ("ranges_file", None)]
+    assert TENSORRT_INT8.extra_options == {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    assert CPU_INT8.extra_options == {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
 
 
 def test_per_channel_setting_must_be_a_bool(bundle, tmp_path):
     calib = np.zeros((8, 1, 32, 32), np.float32)
     with pytest.raises(ExportError, match="per_channel must be true or false"):
-        quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(per_channel="no"))
+        quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(per_channel="no"),
+                      TENSORRT_INT8)
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -244,9 +267,11 @@ def test_per_channel_setting_must_be_a_bool(bundle, tmp_path):
 def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, method):
     """100 images do not split into batches of 64; the histogram calibrators need equal batches."""
     calib = np.random.default_rng(0).normal(size=(100, 1, 32, 32)).astype(np.float32)
-    result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(method=method))
+    result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(method=method),
+                           TENSORRT_INT8)
     assert result.ranges and (tmp_path / "q.onnx").is_file()
-    result = quantize_int8_cpu(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings(method=method))
+    result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "c.onnx", calib, Int8Settings(method=method),
+                           CPU_INT8)
     assert result.ranges and (tmp_path / "c.onnx").is_file()
 
 

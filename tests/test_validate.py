@@ -22,7 +22,7 @@ from edgekd.validate import gate
 from edgekd.errors import BundleError
 from edgekd.validate.bundle import Bundle, onnx_providers_for
 from edgekd.validate.data import load_eval_data
-from edgekd.validate.runtimes import TRT_MISSING, engine_mismatch
+from edgekd.runtime import TRT_MISSING, engine_mismatch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
@@ -35,7 +35,7 @@ LOOSE = ["--max-ece", "1", "--max-acc-drop", "1", "--min-agreement", "0", "--max
 # it were not installed. (Putting None into sys.modules['torch'] instead breaks scipy,
 # which inspects sys.modules['torch'].) At exit it records which torch modules got
 # loaded anyway: must be none.
-DEVICE = """
+BLOCKER = """
 import atexit, json, os, sys
 
 BLOCKED = set(os.environ['BLOCKED'].split(','))
@@ -53,9 +53,8 @@ def record():
         json.dump([m for m in sys.modules if m.split('.')[0] == 'torch'], f)
 
 atexit.register(record)
-from edgekd.cli import main
-main()
 """
+DEVICE = BLOCKER + "from edgekd.cli import main\nmain()\n"
 
 
 def edgekd(*args, cwd=REPO, timeout=600):
@@ -81,9 +80,9 @@ def _tensorrt_and_gpu() -> bool:
     try:
         import tensorrt  # noqa: F401
 
-        from edgekd.validate.gpu_memory import open_gpu
+        from edgekd.runtime.gpu_memory import open_gpu
 
-        open_gpu()
+        open_gpu().close()
     except Exception:  # noqa: BLE001 - any failure means: cannot run engines here
         return False
     return True
@@ -191,6 +190,28 @@ def test_validates_without_torch(full_run, bundle):
     for fmt in manifest(bundle)["files"]:
         if fmt.endswith(".onnx"):
             assert fmt in out
+
+
+# What a device imports: the validate side, the runtime layer both sides share, and the contract modules.
+DEVICE_MODULES = ["edgekd.validate", "edgekd.runtime", "edgekd.runtime.base", "edgekd.runtime.onnxruntime_session",
+                  "edgekd.runtime.tensorrt_engine", "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
+                  "edgekd.drift", "edgekd.calibration"]
+
+
+@pytest.mark.parametrize("module", DEVICE_MODULES)
+def test_device_modules_import_alone_without_torch_or_matplotlib(module, tmp_path):
+    """Each imported FIRST in a fresh interpreter without torch (an import cycle between them would
+    surface here as a partly initialised module); none loads torch, and none loads matplotlib,
+    which only --report needs."""
+    report = tmp_path / "torch_modules.json"
+    env = {**os.environ, "TORCH_REPORT": str(report), "PYTHONPATH": str(REPO), "BLOCKED": "torch"}
+    code = BLOCKER + "import importlib\nimportlib.import_module(sys.argv[1])\n" \
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'matplotlib'))\n"
+    proc = subprocess.run([sys.executable, "-c", code, module], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(report.read_text()) == [], "torch was imported"
+    assert proc.stdout.strip() == "[]", f"matplotlib was imported: {proc.stdout[:300]}"
 
 
 def test_torch_blocker_blocks(tmp_path):
@@ -465,7 +486,7 @@ def test_without_onnxruntime(bundle, tmp_path):
 def test_no_gpu_is_a_missing_dependency():
     """cuda-python (or pycuda) without a GPU, or neither installed: one MissingDependencyError."""
     from edgekd.errors import MissingDependencyError
-    from edgekd.validate.gpu_memory import open_gpu
+    from edgekd.runtime.gpu_memory import open_gpu
 
     with pytest.raises(MissingDependencyError, match=TRT_MISSING):
         open_gpu()

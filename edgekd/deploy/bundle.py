@@ -11,32 +11,32 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 import edgekd
-from edgekd.calibration import calibration_metrics
+from edgekd.bundle_schema import BUNDLE_KIND, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
+from edgekd.calibration import METRIC_KEYS, calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
-from edgekd.deploy.int8 import (Int8Settings, calibration_file, check_settings, pick_calibration, quantize_int8,
-                                quantize_int8_cpu)
+from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, calibration_file, check_settings,
+                                pick_calibration, quantization_entry, quantize_int8)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 
-SCHEMA_VERSION = 1
-# int8_cpu: asymmetric uint8 activations, fast in ONNX Runtime on CPUs; TensorRT cannot read it,
-# so no engine is ever built from it (ENGINE_FILES has fp16 and int8 only).
-ONNX_FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
-              "int8_cpu": "model_int8_cpu.onnx"}
+# model_fp32.onnx ... model_int8_cpu.onnx, in bundle order. int8_cpu: asymmetric uint8 activations,
+# fast in ONNX Runtime on CPUs; TensorRT cannot read it, so no engine is ever built from it
+# (ENGINE_FILES has fp16 and int8 only).
+ONNX_FILES = {p: f"model_{p}.onnx" for p in PRECISIONS}
 ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
-MANIFEST_FILE = "manifest.json"
-REFERENCE_METRICS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
+REFERENCE_METRICS = METRIC_KEYS  # manifest["reference"]: PyTorch's every calibration metric
 
 
 def parse_formats(formats: Sequence[str] | None) -> list[str]:
@@ -60,7 +60,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     chosen = parse_formats(formats)
     int8 = Int8Settings(method=calib_method, samples=calib_samples)
     if keep_first_last_fp32 is not None:
-        int8.keep_first_last_fp32 = keep_first_last_fp32
+        int8 = replace(int8, keep_first_last_fp32=keep_first_last_fp32)
     check_settings(int8)
     engines = [p for p in ENGINE_FILES if p in chosen] if trt else []
     if trt and not engines:
@@ -86,10 +86,10 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        ctx = _Context(tmp, student, x_val, val.labels, reference, ref_metrics, log)
-        files = ctx.write_onnx(chosen, int8)
+        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log)
+        files = writer.write_onnx(chosen, int8)
         if trt_target is not None:
-            files.update(ctx.write_engines(trt_target, engines, max_batch))
+            files.update(writer.write_engines(trt_target, engines, max_batch))
         manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target)
         write_json(tmp / MANIFEST_FILE, manifest)
     _print_table(log, ref_metrics, manifest["files"])
@@ -108,8 +108,9 @@ def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray) 
     return logits, calibration_metrics(logits, labels)
 
 
-class _Context:
-    """The state shared by the steps that write files into the temp bundle folder."""
+class BundleWriter:
+    """Writes the model files into the (temporary) bundle folder, each checked on the val split
+    against PyTorch's logits, and returns their manifest entries."""
 
     def __init__(self, folder: Path, student: Student, x_val: np.ndarray, labels: np.ndarray,
                  reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any]):
@@ -165,10 +166,10 @@ class _Context:
             if "int8" in chosen:
                 name = ONNX_FILES["int8"]
                 self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
-                result = quantize_int8(fp32, self.folder / name, calib, s, calibration_cache=cache)
+                result = quantize_int8(fp32, self.folder / name, calib, s, TENSORRT_INT8, calibration_cache=cache)
                 write_json(self.folder / RANGES_FILE,
                            calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
-                quantization = result.quantization_entry(s, len(picked), RANGES_FILE)
+                quantization = quantization_entry(result, s, len(picked), RANGES_FILE)
                 files[name] = self._entry(name, "onnx", "int8", **self._measure(name)[1], quantization=quantization)
                 files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
             if "int8_cpu" in chosen:
@@ -176,8 +177,8 @@ class _Context:
                 how = "the same calibration" if cache.is_file() else \
                     f"{s.method} calibration on {len(picked)} training images"
                 self.log(f"writing {name} (uint8 activations for ONNX Runtime on CPUs, not TensorRT; {how})")
-                result = quantize_int8_cpu(fp32, self.folder / name, calib, s, calibration_cache=cache)
-                quantization = result.cpu_quantization_entry(s, len(picked))
+                result = quantize_int8(fp32, self.folder / name, calib, s, CPU_INT8, calibration_cache=cache)
+                quantization = quantization_entry(result, s, len(picked))
                 files[name] = self._entry(name, "onnx", "int8_cpu", **self._measure(name)[1],
                                           quantization=quantization)
         return files
@@ -211,7 +212,7 @@ def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict
     c, k, size = int(ck["in_channels"]), int(ck["num_classes"]), int(ck["image_size"])
     return {
         "schema_version": SCHEMA_VERSION,
-        "kind": "edgekd.bundle",
+        "kind": BUNDLE_KIND,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model": {"arch": ck["arch"], "num_classes": k, "params": count_parameters(student.model),
                   "options": dict(ck.get("options") or {})},

@@ -1,13 +1,14 @@
 """FP32 ONNX -> INT8 QDQ ONNX files, calibrated on training images, plus the ranges used.
 
-Two flavours, calibrated identically (same training images, method and measured ranges):
+Two flavours (Int8Flavour), calibrated identically (same training images, method and
+measured ranges), both written by `quantize_int8`:
 
-- `quantize_int8` (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
+- TENSORRT_INT8 (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
   each quantized op) with symmetric INT8 activations (zero point 0) and per-channel
   symmetric INT8 weights: what TensorRT's explicit-quantization mode reads, so the
   file serves TensorRT on a GPU (and runs, slowly, in ONNX Runtime on a CPU).
-- `quantize_int8_cpu` (model_int8_cpu.onnx): QDQ with asymmetric UINT8 activations
-  (per tensor, with a zero point) and the same per-channel symmetric INT8 weights:
+- CPU_INT8 (model_int8_cpu.onnx): QDQ with asymmetric UINT8 activations (per
+  tensor, with a zero point) and the same per-channel symmetric INT8 weights:
   what ONNX Runtime's CPU kernels are fast with (ReLU6 folds into the activation
   range, every Conv becomes a QLinearConv). TensorRT rejects non-zero zero points,
   so this file is for ONNX Runtime on CPUs only.
@@ -50,27 +51,73 @@ CALIB_METHODS = {
 CALIB_BATCH = 64
 # Ops whose weights make a "layer" for the keep-first/last-layer-in-FP32 option.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# What TensorRT's explicit quantization accepts: INT8 with zero point 0 everywhere, and
-# biases left in float (TensorRT's parser rejects an INT32 DequantizeLinear; it quantizes
-# biases itself). ONNX Runtime still fuses such a Conv into QLinearConv.
-QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
-WEIGHTS_SCHEME = "per-channel symmetric int8"
-PER_TENSOR_WEIGHTS_SCHEME = "per-tensor symmetric int8"
-ACTIVATIONS_SCHEME = "per-tensor symmetric int8"
-# What ONNX Runtime's CPU provider runs fastest (x86 with or without VNNI, ARM): uint8
-# activations with a zero point, so a ReLU/ReLU6 (Clip) is dropped into the range of the
-# QuantizeLinear after it; int8 weights per channel, symmetric; int32 biases. QDQ rather
+_TYPE_NAMES = {QuantType.QInt8: "int8", QuantType.QUInt8: "uint8"}
+
+
+@dataclass(frozen=True)
+class Int8Flavour:
+    """What one INT8 file is: its quantizer settings and the manifest's description of them, in one place
+    (as ONNX Runtime's StaticQuantConfig groups a quantization's settings).
+
+    The manifest's scheme strings are derived from the settings, so they cannot disagree.
+    What both files share (calibration images and method, per-channel weights or not) is Int8Settings.
+    """
+
+    precision: str  # the bundle's name for the file's precision: "int8" or "int8_cpu"
+    what: str  # for error messages
+    activation_type: QuantType
+    activation_symmetric: bool  # zero point 0 (what TensorRT needs) or a zero point per tensor
+    quantize_bias: bool  # int32 biases, or biases left in float
+    tensorrt: bool  # TensorRT can read the file (explicit quantization)
+    runtime: str | None = None  # the manifest's note on where the file runs; None: no note
+    quant_format: QuantFormat = QuantFormat.QDQ
+    weight_type: QuantType = QuantType.QInt8
+    weight_symmetric: bool = True
+
+    @property
+    def extra_options(self) -> dict:
+        """quantize_static's extra_options."""
+        return {"ActivationSymmetric": self.activation_symmetric, "WeightSymmetric": self.weight_symmetric,
+                "QuantizeBias": self.quantize_bias}
+
+    @property
+    def activations(self) -> str:
+        return f"per-tensor {_symmetry(self.activation_symmetric)} {_TYPE_NAMES[self.activation_type]}"
+
+    @property
+    def biases(self) -> str:
+        return "int32" if self.quantize_bias else "float"
+
+    def weights(self, per_channel: bool) -> str:
+        scope = "per-channel" if per_channel else "per-tensor"
+        return f"{scope} {_symmetry(self.weight_symmetric)} {_TYPE_NAMES[self.weight_type]}"
+
+
+def _symmetry(symmetric: bool) -> str:
+    return "symmetric" if symmetric else "asymmetric"
+
+
+# model_int8.onnx, what TensorRT's explicit quantization accepts: INT8 with zero point 0
+# everywhere, and biases left in float (TensorRT's parser rejects an INT32 DequantizeLinear;
+# it quantizes biases itself). ONNX Runtime still fuses such a Conv into QLinearConv.
+TENSORRT_INT8 = Int8Flavour(precision="int8", what="INT8", activation_type=QuantType.QInt8,
+                            activation_symmetric=True, quantize_bias=False, tensorrt=True)
+# model_int8_cpu.onnx, what ONNX Runtime's CPU provider runs fastest (x86 with or without VNNI,
+# ARM): uint8 activations with a zero point, so a ReLU/ReLU6 (Clip) is dropped into the range of
+# the QuantizeLinear after it; int8 weights per channel, symmetric; int32 biases. QDQ rather
 # than QOperator (QLinearConv written out): ONNX Runtime fuses both into the same kernels
 # (on MobileNetV2: 52 QLinearConv, 10 QLinearAdd, 1 QGemm) and ran them at the same speed
 # (docs/performance.md), and QDQ is the format ONNX Runtime recommends.
-CPU_QDQ_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True}
-CPU_QUANT_FORMAT = QuantFormat.QDQ
-CPU_ACTIVATIONS_SCHEME = "per-tensor asymmetric uint8"
-CPU_BIASES = "int32"
+CPU_INT8 = Int8Flavour(precision="int8_cpu", what="INT8 (CPU)", activation_type=QuantType.QUInt8,
+                       activation_symmetric=False, quantize_bias=True, tensorrt=False,
+                       runtime="ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): "
+                               "use model_int8.onnx there")
 
 
 @dataclass
 class Int8Settings:
+    """What both INT8 files share: one calibration (images, method) and the same kind of weights."""
+
     method: str = "minmax"
     samples: int = 512
     # Stem conv and classifier left in FP32 (nodes_to_exclude). Off: on MobileNetV2/CIFAR-10
@@ -82,39 +129,28 @@ class Int8Settings:
     # fragile under INT8 (docs/performance.md), so export keeps per channel.
     per_channel: bool = True
 
-    @property
-    def weights_scheme(self) -> str:
-        return WEIGHTS_SCHEME if self.per_channel else PER_TENSOR_WEIGHTS_SCHEME
-
 
 @dataclass
 class Int8Result:
+    flavour: Int8Flavour
     excluded_nodes: list[str]
     ranges: dict = field(repr=False)  # tensor name -> {min, max, scale, zero_point}
 
-    def quantization_entry(self, s: Int8Settings, samples: int, ranges_file: str) -> dict:
-        """The manifest's files.model_int8.onnx.quantization object."""
-        return {**_calibration_keys(s, samples), "activations": ACTIVATIONS_SCHEME, "biases": "float",
-                "quant_format": "QDQ", "tensorrt": True,
-                "excluded_nodes": self.excluded_nodes, "ranges_file": ranges_file}
 
-    def cpu_quantization_entry(self, s: Int8Settings, samples: int) -> dict:
-        """The manifest's files.model_int8_cpu.onnx.quantization object.
+def quantization_entry(result: Int8Result, s: Int8Settings, samples: int, ranges_file: str | None = None) -> dict:
+    """The manifest's files.<INT8 file>.quantization object.
 
-        No ranges file: the min/max are the same measurements as model_int8.onnx's
-        (int8_calibration.json), and the scale and zero point of every activation are
-        in the file's own QuantizeLinear nodes.
-        """
-        return {**_calibration_keys(s, samples), "activations": CPU_ACTIVATIONS_SCHEME, "biases": CPU_BIASES,
-                "quant_format": CPU_QUANT_FORMAT.name, "tensorrt": False,
-                "runtime": "ONNX Runtime on CPUs; not for TensorRT (it rejects non-zero zero points): "
-                           "use model_int8.onnx there",
-                "excluded_nodes": self.excluded_nodes, "ranges_file": None}
-
-
-def _calibration_keys(s: Int8Settings, samples: int) -> dict:
-    """What both INT8 files share: one calibration (images, method) and the same weights."""
-    return {"method": s.method, "samples": samples, "split": "train", "seed": s.seed, "weights": s.weights_scheme}
+    model_int8_cpu.onnx has no ranges file: its min/max are the same measurements as
+    model_int8.onnx's (int8_calibration.json), and the scale and zero point of every
+    activation are in the file's own QuantizeLinear nodes.
+    """
+    f = result.flavour
+    entry = {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
+             "weights": f.weights(s.per_channel), "activations": f.activations, "biases": f.biases,
+             "quant_format": f.quant_format.name, "tensorrt": f.tensorrt}
+    if f.runtime is not None:
+        entry["runtime"] = f.runtime
+    return {**entry, "excluded_nodes": result.excluded_nodes, "ranges_file": ranges_file}
 
 
 def check_settings(s: Int8Settings) -> None:
@@ -180,33 +216,16 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
-def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings,
+def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, flavour: Int8Flavour,
                   calibration_cache: Path | None = None) -> Int8Result:
     """Calibrate `src` on `calib_images` (float32 NCHW, preprocessed as for eval) and write `dst`
-    (model_int8.onnx: symmetric INT8 activations, for TensorRT and ONNX Runtime).
+    as the INT8 `flavour` (TENSORRT_INT8: model_int8.onnx; CPU_INT8: model_int8_cpu.onnx).
 
-    `calibration_cache`: a file for the calibrator's measured ranges, shared with
-    `quantize_int8_cpu` for the same `src`, images and settings: the first call writes
-    it, the next one reads it instead of running the images again (the measurements are
-    the same either way; symmetric or not is decided after calibration).
+    `calibration_cache`: a file for the calibrator's measured ranges, shared by both flavours
+    for the same `src`, images and settings: the first call writes it, the next one reads it
+    instead of running the images again (the measurements are the same either way; symmetric
+    or not is decided after calibration).
     """
-    return _quantize(src, dst, calib_images, s, calibration_cache, QuantFormat.QDQ, QuantType.QInt8, QDQ_OPTIONS,
-                     "INT8")
-
-
-def quantize_int8_cpu(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings,
-                      calibration_cache: Path | None = None, quant_format: QuantFormat = CPU_QUANT_FORMAT) -> Int8Result:
-    """Like `quantize_int8` (same images, method, excluded layers), but for ONNX Runtime's CPU
-    kernels: asymmetric uint8 activations, int32 biases (model_int8_cpu.onnx; not for TensorRT).
-
-    `quant_format` is there for benchmarks/bench_export.py's QOperator comparison; export uses QDQ.
-    """
-    return _quantize(src, dst, calib_images, s, calibration_cache, quant_format, QuantType.QUInt8, CPU_QDQ_OPTIONS,
-                     "INT8 (CPU)")
-
-
-def _quantize(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, calibration_cache: Path | None,
-              quant_format: QuantFormat, activation_type: QuantType, options: dict, what: str) -> Int8Result:
     check_settings(s)
     with tempfile.TemporaryDirectory(prefix="edgekd-int8-") as tmp:
         # Shape inference + ONNX Runtime's basic graph optimizations first, as ONNX
@@ -220,17 +239,17 @@ def _quantize(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, c
             try:
                 quantize_static(
                     str(prepared), str(dst), BatchReader(calib_images),
-                    quant_format=quant_format, per_channel=s.per_channel,
-                    activation_type=activation_type, weight_type=QuantType.QInt8,
+                    quant_format=flavour.quant_format, per_channel=s.per_channel,
+                    activation_type=flavour.activation_type, weight_type=flavour.weight_type,
                     calibrate_method=CALIB_METHODS[s.method], nodes_to_exclude=excluded,
-                    extra_options=options,
+                    extra_options=flavour.extra_options,
                     calibration_cache_path=str(cache),
                 )  # fmt: skip
             except Exception as e:  # noqa: BLE001 - the quantizer raises many unrelated types
-                raise ExportError(f"{what} quantization failed: {first_line(e, 200)}") from e
+                raise ExportError(f"{flavour.what} quantization failed: {first_line(e, 200)}") from e
         onnx.checker.check_model(str(dst), full_check=True)
         ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(cache))
-    return Int8Result(excluded_nodes=excluded, ranges=ranges)
+    return Int8Result(flavour=flavour, excluded_nodes=excluded, ranges=ranges)
 
 
 def activation_ranges(quantized: onnx.ModelProto, calibrated) -> dict[str, dict]:
@@ -269,8 +288,8 @@ def calibration_file(result: Int8Result, s: Int8Settings, samples: Sequence[int]
         "source": "scale/zero_point: the QuantizeLinear nodes of model_int8.onnx, the range it uses is "
                   "[-127 * scale, 127 * scale]; min/max: what ONNX Runtime's calibrator measured on the "
                   "calibration images (a Conv output shares the range of the ReLU after it)",
-        "weights": s.weights_scheme,
-        "activations": ACTIVATIONS_SCHEME,
+        "weights": result.flavour.weights(s.per_channel),
+        "activations": result.flavour.activations,
         "excluded_nodes": result.excluded_nodes,
         "tensors": result.ranges,
     }

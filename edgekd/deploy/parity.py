@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.calibration import calibration_metrics
+from edgekd.drift import reference_gap, top1_agreement
 from edgekd.errors import ParityError
+from edgekd.runtime import OnnxRuntimeSession
 
 # FP32 ONNX vs PyTorch, per image: |onnx - torch| <= ATOL + RTOL * max |torch logit| of that image.
 # Rounding error scales with the magnitude of the terms summed, not with the (possibly
@@ -33,26 +35,23 @@ def batched(run, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
 
 def onnxruntime_logits(path: Path, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     """Logits of an ONNX file in ONNX Runtime on the CPU: the same session validate uses on devices."""
-    from edgekd.validate.runtimes import OnnxRuntimeSession
-
-    session = OnnxRuntimeSession(path, ["CPUExecutionProvider"])
-    return batched(session.run, images, batch).astype(np.float32)
+    with OnnxRuntimeSession(path, ["CPUExecutionProvider"]) as session:
+        return batched(session.run, images, batch).astype(np.float32)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray, ref_metrics: dict) -> dict:
-    """A file's manifest figures: parity with PyTorch, its own metrics, and drift from PyTorch's."""
+    """A file's manifest figures: parity with PyTorch, its own metrics, and drift from PyTorch's
+    (edgekd.drift's figures, under the manifest's names; validate's --json calls them agreement and acc_drop)."""
     metrics = calibration_metrics(logits, labels)
+    gap = reference_gap(logits, metrics, reference_logits=reference, reference_metrics=ref_metrics)
     return {
         "parity": {
             "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
-            "top1_agreement": float(np.mean(logits.argmax(1) == reference.argmax(1))),
+            "top1_agreement": gap.top1_agreement,
             "n": int(len(labels)),
         },
         "metrics": {k: metrics[k] for k in FILE_METRICS},
-        "drift": {
-            "accuracy_drop": ref_metrics["accuracy"] - metrics["accuracy"],  # > 0: worse than PyTorch
-            "ece_drift": abs(metrics["ece"] - ref_metrics["ece"]),  # as edgekd validate gates it
-        },
+        "drift": {"accuracy_drop": gap.accuracy_drop, "ece_drift": gap.ece_drift},
     }
 
 
@@ -65,7 +64,7 @@ def require_fp32_parity(name: str, reference: np.ndarray, logits: np.ndarray) ->
     # images would already be 99.7%).
     if not np.all(np.abs(logits - reference) <= limit):
         worst = float(np.max(np.abs(logits - reference)))
-        agreement = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+        agreement = top1_agreement(logits, reference)
         raise ParityError(
             f"{name} disagrees with PyTorch on the val split: max |logit diff| {worst:.2e} (limit {FP32_ATOL:.0e} "
             f"+ {FP32_RTOL:.0e} x the image's largest |logit|), top-1 agreement {agreement:.4f}; "

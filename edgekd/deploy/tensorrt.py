@@ -19,6 +19,7 @@ from typing import Any
 
 from edgekd.deploy.onnx_export import INPUT_NAME
 from edgekd.errors import ExportError, MissingDependencyError
+from edgekd.runtime.gpu_memory import open_gpu
 
 MIN_MAJOR = 10
 WORKSPACE_BYTES = 1 << 30
@@ -69,14 +70,14 @@ def find_target() -> TrtTarget:
         import tensorrt as trt
     except ImportError:
         raise MissingDependencyError(f"--trt: TensorRT is not installed ({INSTALL_HINT})") from None
-    from edgekd.validate.gpu_memory import open_gpu
-
     try:
         gpu = open_gpu()
     except MissingDependencyError as e:
         raise MissingDependencyError(f"--trt: {e}") from None
+    with gpu:  # only its name and compute capability are needed; the builder makes its own stream
+        name, compute_capability = gpu.device_name, gpu.compute_capability
     builder_flags(trt.__version__, "fp16")  # refuses TensorRT older than 10
-    return TrtTarget(trt, trt.__version__, gpu.device_name, gpu.compute_capability)
+    return TrtTarget(trt, trt.__version__, name, compute_capability)
 
 
 def _one_line(text: str) -> str:

@@ -22,37 +22,41 @@ Definitions (also in the --report text):
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from edgekd.files import write_json
+from edgekd.runtime import OnnxRuntimeSession, Runner, TensorRTEngine, choose_providers, onnxruntime_version
 from edgekd.validate import gate, report
 from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
                                     select_formats)
 from edgekd.validate.data import EvalData, load_eval_data
 from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
-from edgekd.validate.runtimes import (OnnxRuntimeSession, Runtime, TensorRTEngine, choose_providers,
-                                      onnxruntime_version)
 
 __all__ = ["run_validation", "open_runtimes", "validate_formats"]
 
 
-def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | None) -> dict[str, Runtime]:
-    """Load every selected file (fast) before running any, so a bad file fails in seconds."""
+@contextmanager
+def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | None) -> Iterator[dict[str, Runner]]:
+    """Load every selected file (fast) before running any, so a bad file fails in seconds;
+    every one loaded is released on leaving the `with` block, also when a later one fails."""
     onnx_providers = choose_providers(providers) if any(not is_engine(f) for f in formats) else []
-    runtimes: dict[str, Runtime] = {}
-    for fmt in formats:
-        path = bundle.file(fmt)
-        rt = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else \
-            OnnxRuntimeSession(path, onnx_providers_for(fmt, onnx_providers))
-        check_model_io(bundle, fmt, rt.input_name, rt.input_shape, rt.output_name, rt.output_shape)
-        runtimes[fmt] = rt
-    return runtimes
+    with ExitStack() as loaded:
+        runtimes: dict[str, Runner] = {}
+        for fmt in formats:
+            path = bundle.file(fmt)
+            runner = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else \
+                OnnxRuntimeSession(path, onnx_providers_for(fmt, onnx_providers))
+            rt = loaded.enter_context(runner)
+            check_model_io(bundle, fmt, rt.input_name, rt.input_shape, rt.output_name, rt.output_shape)
+            runtimes[fmt] = rt
+        yield runtimes
 
 
-def validate_formats(runtimes: dict[str, Runtime], data: EvalData, reference: dict, batch: int,
+def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dict, batch: int,
                      budget: TimingBudget) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Per-format results (the --json keys) and logits; `reference` is the manifest's PyTorch figures."""
     results, logits = {}, {}
@@ -78,13 +82,13 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
     """
     b = load_bundle(bundle, log)
     selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
-    runtimes = open_runtimes(b, selected, providers)
-    data = load_eval_data(data_spec, b)
-    log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
-    for fmt, rt in runtimes.items():
-        log(f"{fmt}: {b.formats[fmt]} on {rt.name} ({', '.join(rt.providers)})")
-
-    results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget())
+    with open_runtimes(b, selected, providers) as runtimes:
+        data = load_eval_data(data_spec, b)
+        log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
+        for fmt, rt in runtimes.items():
+            log(f"{fmt}: {b.formats[fmt]} on {rt.name} ({', '.join(rt.providers)})")
+        results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget())
+        used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
     limits = gate.resolve_thresholds(thresholds, b.gate)
     checks = gate.evaluate(results, limits)
     passed = gate.passed(checks)
@@ -94,7 +98,6 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
         log(line)
 
     if json_path or report_dir:
-        used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
         document = report.results_document(
             results, limits, checks, passed,
             data={"spec": data.spec, "n": data.n, "classes": data.classes},

@@ -15,18 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgekd.bundle_schema import BUNDLE_KIND, CPU_ONLY_PRECISIONS, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
 
-SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",
                  "data", "reference", "gate", "files")
-PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")
-# int8_cpu (model_int8_cpu.onnx) has asymmetric uint8 activations: for ONNX Runtime on CPUs.
-# TensorRT rejects non-zero zero points, so there is no int8_cpu engine and the TensorRT
-# runtime (and ONNX Runtime's TensorRT provider) never gets that file.
-CPU_ONLY_FORMATS = ("int8_cpu",)
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+# Any precision but the CPU-only ones may be an engine (export builds fp16 and int8 only).
+ENGINE_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_ONLY_PRECISIONS)
 # Command-line names, in the order results are shown: the FP32 ONNX file comes first
 # because every other format is compared against it.
 FORMAT_ORDER = ("fp32", "fp16", "int8", "int8_cpu", "engine_fp16", "engine_int8", "engine_fp32")
@@ -86,11 +82,11 @@ def is_engine(fmt: str) -> bool:
 def find_bundle(root: Path = Path("export")) -> Path:
     """The bundle under `root` whose manifest.json was written last."""
     # Hidden folders are half-written bundles (atomic_dir's temp names) or backups.
-    found = [d for d in root.iterdir() if not d.name.startswith(".") and (d / "manifest.json").is_file()] \
+    found = [d for d in root.iterdir() if not d.name.startswith(".") and (d / MANIFEST_FILE).is_file()] \
         if root.is_dir() else []
     if not found:
         raise BundleError(f"no bundle under {root}/ (a folder with manifest.json); run edgekd export first or pass BUNDLE")
-    return max(found, key=lambda d: (d / "manifest.json").stat().st_mtime_ns)
+    return max(found, key=lambda d: (d / MANIFEST_FILE).stat().st_mtime_ns)
 
 
 def load_bundle(path: Path | None, log: Callable[[str], Any] = print) -> Bundle:
@@ -101,7 +97,7 @@ def load_bundle(path: Path | None, log: Callable[[str], Any] = print) -> Bundle:
     log(f"validating bundle {path}")
     if not path.is_dir():
         raise BundleError(f"bundle folder {path} does not exist" if not path.exists() else f"{path} is not a folder")
-    manifest = read_manifest(path / "manifest.json")
+    manifest = read_manifest(path / MANIFEST_FILE)
     formats = check_manifest(manifest)
     verify_files(path, manifest["files"])
     return Bundle(path, manifest, formats)
@@ -116,8 +112,8 @@ def read_manifest(path: Path) -> dict:
         raise BundleError(f"{path} is not valid JSON (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
         raise BundleError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    _require(isinstance(manifest, dict) and manifest.get("kind") == "edgekd.bundle",
-             f"{path} is not an edgekd bundle manifest (kind must be 'edgekd.bundle')")
+    _require(isinstance(manifest, dict) and manifest.get("kind") == BUNDLE_KIND,
+             f"{path} is not an edgekd bundle manifest (kind must be {BUNDLE_KIND!r})")
     version = manifest.get("schema_version")
     _require(version == SCHEMA_VERSION,
              f"{path} has schema_version {version!r}; this edgekd reads schema_version {SCHEMA_VERSION}"
@@ -145,7 +141,7 @@ def _is_fraction(v: Any) -> bool:
 
 def check_manifest(m: dict) -> dict[str, str]:
     """Check that the manifest's entries agree with each other; return format -> file name."""
-    where = "manifest.json"
+    where = MANIFEST_FILE
     model, inp, out, pre = m["model"], m["input"], m["output"], m["preprocessing"]
     for key in ("model", "input", "output", "preprocessing", "data", "reference", "gate", "files"):
         _require(isinstance(m[key], dict), f"{where}: {key} must be an object")
@@ -288,7 +284,7 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
                 if not engines:
                     raise BundleError(f"--formats engine: the bundle has no TensorRT engines; {listing}")
                 chosen += engines
-            elif name in CPU_ONLY_FORMATS and runtime == "tensorrt":
+            elif name in CPU_ONLY_PRECISIONS and runtime == "tensorrt":
                 raise BundleError(f"--runtime tensorrt: {name} is for ONNX Runtime on CPUs (asymmetric uint8 "
                                   "activations, which TensorRT rejects); validate it with --runtime onnxruntime, "
                                   "and TensorRT with engine_int8")
@@ -303,7 +299,7 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
 def onnx_providers_for(fmt: str, providers: list[str]) -> list[str]:
     """The ONNX Runtime providers a format's session gets: CPU-only formats never go to the
     TensorRT provider (it would have to parse uint8 zero points it rejects)."""
-    if fmt not in CPU_ONLY_FORMATS or "TensorrtExecutionProvider" not in providers:
+    if fmt not in CPU_ONLY_PRECISIONS or "TensorrtExecutionProvider" not in providers:
         return providers
     left = [p for p in providers if p != "TensorrtExecutionProvider"]
     if not left:

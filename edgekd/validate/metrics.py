@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgekd import calibration
-from edgekd.validate.runtimes import Runtime
-
-METRIC_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier")
+from edgekd.calibration import METRIC_KEYS
+from edgekd.drift import reference_gap
+from edgekd.runtime import Runner
 
 
 @dataclass
@@ -45,7 +45,7 @@ def make_batches(inputs: np.ndarray, batch: int) -> list[np.ndarray]:
     return [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
 
 
-def predict(runtime: Runtime, batches: list[np.ndarray]) -> tuple[np.ndarray, float]:
+def predict(runtime: Runner, batches: list[np.ndarray]) -> tuple[np.ndarray, float]:
     """Logits for every batch and the loop's wall time in seconds."""
     run = runtime.run
     start = time.perf_counter()
@@ -54,7 +54,7 @@ def predict(runtime: Runtime, batches: list[np.ndarray]) -> tuple[np.ndarray, fl
     return np.concatenate(outputs), seconds
 
 
-def measure_throughput(runtime: Runtime, batches: list[np.ndarray], budget: TimingBudget,
+def measure_throughput(runtime: Runner, batches: list[np.ndarray], budget: TimingBudget,
                        first_pass_seconds: float = 0.0, passes_done: int = 0) -> float:
     """Images/s over whole passes, repeated until budget.throughput_seconds of loop time."""
     n = sum(len(b) for b in batches)
@@ -65,7 +65,7 @@ def measure_throughput(runtime: Runtime, batches: list[np.ndarray], budget: Timi
     return n * passes / seconds
 
 
-def measure_latency(runtime: Runtime, sample: np.ndarray, budget: TimingBudget) -> dict[str, float]:
+def measure_latency(runtime: Runner, sample: np.ndarray, budget: TimingBudget) -> dict[str, float]:
     """p50/p90/p99 milliseconds of one batch-1 call, after warm-up."""
     run = runtime.run
     for _ in range(budget.warmup_runs):
@@ -81,7 +81,7 @@ def measure_latency(runtime: Runtime, sample: np.ndarray, budget: TimingBudget) 
     return {"p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
-def run_format(runtime: Runtime, inputs: np.ndarray, batch: int, budget: TimingBudget) -> FormatRun:
+def run_format(runtime: Runner, inputs: np.ndarray, batch: int, budget: TimingBudget) -> FormatRun:
     """Warm up (every batch shape once), one timed pass for the logits, then latency."""
     if runtime.max_batch is not None:
         batch = min(batch, runtime.max_batch)  # a TensorRT profile caps the batch
@@ -102,15 +102,11 @@ def format_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def agreement(logits: np.ndarray, reference_logits: np.ndarray) -> float:
-    """Fraction of images whose top-1 class equals the reference's."""
-    return float(np.mean(logits.argmax(axis=1) == reference_logits.argmax(axis=1)))
-
-
 def comparisons(metrics: dict, logits: np.ndarray, reference: dict | None, fp32_logits: np.ndarray | None) -> dict:
-    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); None if unknown."""
-    return {
-        "agreement": None if fp32_logits is None else agreement(logits, fp32_logits),
-        "ece_drift": None if reference is None else abs(metrics["ece"] - reference["ece"]),
-        "acc_drop": None if reference is None else reference["accuracy"] - metrics["accuracy"],
-    }
+    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); None if unknown.
+
+    The --json names of edgekd.drift's figures (manifest.json calls the same numbers
+    top1_agreement and accuracy_drop; both names stay, for the readers of each file).
+    """
+    gap = reference_gap(logits, metrics, reference_logits=fp32_logits, reference_metrics=reference)
+    return {"agreement": gap.top1_agreement, "ece_drift": gap.ece_drift, "acc_drop": gap.accuracy_drop}

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd import calibration, plots
+from edgekd import calibration
+from edgekd.calibration import METRIC_KEYS
 from edgekd.errors import EdgeKDError
 from edgekd.files import atomic_write_bytes, atomic_write_text
 from edgekd.text import pct
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
-FORMAT_KEYS = ("accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
-               "acc_drop", "latency_ms", "throughput", "ts_headroom")
+FORMAT_KEYS = (*METRIC_KEYS, "agreement", "ece_drift", "acc_drop", "latency_ms", "throughput", "ts_headroom")
 
 
 def cpu_name() -> str:
@@ -85,6 +85,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray], labels: np.ndarray,
                  gate_lines: list[str]) -> Path:
     """report.md (tables, gate, where the numbers come from) and reliability.png (one column per format)."""
+    # Here, not at the top: plots imports matplotlib (a third of a second), which a run without --report never needs.
+    from edgekd import plots
+
     try:
         report_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -2,7 +2,9 @@
 
 Only what TensorRTEngine needs: alloc/free, host<->device copies on the stream,
 synchronize, and the GPU's name and compute capability (an engine runs only on
-the compute capability that built it).
+the compute capability that built it). `open_gpu()` returns a device that must be
+closed: `with open_gpu() as gpu:` (or `gpu.close()`) destroys its stream and, with
+pycuda, the context it created.
 """
 
 from __future__ import annotations
@@ -10,10 +12,25 @@ from __future__ import annotations
 import numpy as np
 
 from edgekd.errors import MissingDependencyError
-from edgekd.validate.runtimes import TRT_MISSING
+from edgekd.runtime.base import TRT_MISSING
 
 
-class _CudaPython:
+class _Gpu:
+    device_name: str
+    compute_capability: str  # "8.7"
+    stream_handle: int  # the CUDA stream, as TensorRT's execute_async_v3 takes it
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _CudaPython(_Gpu):
     """NVIDIA's cuda-python (`cuda.bindings.runtime`, or `cuda.cudart` before 12.8)."""
 
     def __init__(self):
@@ -22,6 +39,7 @@ class _CudaPython:
         except ImportError:
             from cuda import cudart  # raises ImportError too when cuda-python is absent
         self._rt = cudart
+        self._stream = None
         count = self._call(cudart.cudaGetDeviceCount(), missing_ok=True)
         if not count:
             raise MissingDependencyError(f"{TRT_MISSING}: CUDA sees no GPU")
@@ -30,7 +48,7 @@ class _CudaPython:
         name = props.name
         self.device_name = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).rstrip("\x00")
         self.compute_capability = f"{props.major}.{props.minor}"
-        self._stream = self._call(cudart.cudaStreamCreate())
+        self._stream = self._call(cudart.cudaStreamCreate())  # created last: nothing can fail after it
         self.stream_handle = int(self._stream)
 
     def _call(self, result, missing_ok: bool = False):
@@ -60,8 +78,14 @@ class _CudaPython:
     def synchronize(self) -> None:
         self._call(self._rt.cudaStreamSynchronize(self._stream))
 
+    def close(self) -> None:
+        """Destroy the stream (work queued on it finishes first); a second call does nothing."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self._call(self._rt.cudaStreamDestroy(stream))
 
-class _PyCuda:
+
+class _PyCuda(_Gpu):
     """pycuda, which some JetPack images ship instead of cuda-python."""
 
     def __init__(self):
@@ -75,12 +99,17 @@ class _PyCuda:
         if count == 0:
             raise MissingDependencyError(f"{TRT_MISSING}: CUDA sees no GPU")
         device = drv.Device(0)
-        self._context = device.make_context()  # popped in __del__; TensorRT uses the current context
         self._drv = drv
         self._allocations: dict[int, object] = {}  # keep DeviceAllocation objects alive
         self.device_name = device.name()
         self.compute_capability = "{}.{}".format(*device.compute_capability())
-        self._stream = drv.Stream()
+        # TensorRT runs in the current context: this one, made current here, destroyed by close().
+        self._context = device.make_context()
+        try:
+            self._stream = drv.Stream()
+        except BaseException:
+            self._context.detach()
+            raise
         self.stream_handle = self._stream.handle
 
     def alloc(self, nbytes: int) -> int:
@@ -100,15 +129,21 @@ class _PyCuda:
     def synchronize(self) -> None:
         self._stream.synchronize()
 
-    def __del__(self):
-        try:
-            self._context.pop()
-        except Exception:  # noqa: BLE001 - already gone at interpreter shutdown
-            pass
+    def close(self) -> None:
+        """Free what is left, drop the stream, then destroy the context (pycuda's detach() pops it
+        from this thread's stack); a second call does nothing."""
+        context, self._context = self._context, None
+        if context is None:
+            return
+        for allocation in self._allocations.values():
+            allocation.free()
+        self._allocations.clear()
+        self._stream = None  # pycuda destroys a stream when its last reference goes, in its context
+        context.detach()
 
 
-def open_gpu():
-    """The first CUDA device through whichever CUDA binding is installed."""
+def open_gpu() -> _Gpu:
+    """The first CUDA device through whichever CUDA binding is installed; close it when done."""
     for backend in (_CudaPython, _PyCuda):
         try:
             return backend()
