@@ -34,8 +34,8 @@ _F16_MIN = float(np.finfo(np.float16).min)
 
 
 def paths(out: Path, slug: str, seed: int) -> tuple[Path, Path]:
-    base = out / FOLDER / f"{slug}-s{seed}"
-    return base.with_suffix(".npz"), base.with_suffix(".json")
+    folder, name = out / FOLDER, f"{slug}-s{seed}"  # not with_suffix: a slug may hold dots (optim.lr=0.1)
+    return folder / f"{name}.npz", folder / f"{name}.json"
 
 
 def compact_logits(logits: np.ndarray) -> np.ndarray:

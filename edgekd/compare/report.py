@@ -102,14 +102,17 @@ def _versus(cmp, preds: dict, rows: dict, replicates: int) -> dict:
                 == preds[(ref.slug, s)].meta.get("eval_images_digest")
                 and np.array_equal(rows[v.label][s][1], rows[ref.label][s][1])]
         entry: dict[str, Any] = {"seeds": same}
+        notes = []
         if len(same) < len(seeds):
-            entry["note"] = (f"seeds {', '.join(map(str, sorted(set(seeds) - set(same))))} left out: evaluated on "
-                             f"other images than {ref.label}")
+            notes.append(f"seeds {', '.join(map(str, sorted(set(seeds) - set(same))))} left out: evaluated on "
+                         f"other images than {ref.label}")
         if same:
             entry["metrics"] = stats.paired_bootstrap([rows[ref.label][s] for s in same],
                                                       [rows[v.label][s] for s in same], replicates, BOOTSTRAP_SEED)
-            if len(same) == 1:
-                entry["note"] = "one paired seed: seed-to-seed variation cannot be estimated, so no interval"
+        if len(same) == 1:
+            notes.append("one paired seed: seed-to-seed variation cannot be estimated, so no interval")
+        if notes:
+            entry["note"] = "; ".join(notes)
         out[v.label] = entry
     return out
 
