@@ -118,20 +118,48 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
 @cli.command()
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--methods", default="ce,dml,bdkd", show_default=True,
-              help="Comma-separated variants: a method (ce, kd, dml, bdkd), optionally with distill overrides "
-                   "joined by ':', e.g. bdkd:weighting=soft:temperature=2 or dml:optim.lr=0.1.")
+              help="Comma-separated variants: a method (ce, kd, dml, bdkd), optionally with recipe overrides "
+                   "joined by ':'. A key without a dot is a distill key (bdkd:weighting=soft:temperature=2); a "
+                   "dotted key of any section is used as is (ce:optim.label_smoothing=0.1, bdkd:train.epochs=3, "
+                   "dml:data.batch_size=64, ce:student.options.width=16, kd:teacher.checkpoint=t.pt). Values may "
+                   "be lists in brackets (optim.milestones=[0.5,0.75]). The seed comes from --seeds. A label "
+                   "ending in +ts (ce+ts) is a post-hoc row: that variant's runs with a temperature fitted on "
+                   "each run's tune split.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated train.seed values; each variant runs once per seed.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key for every run. Repeatable.")
+@click.option("--eval-split", type=click.Choice(["val", "tune", "test"]), default=None,
+              help="Split the comparison reports on. Default: the recipe's train.eval_split. tune and test "
+                   "evaluate each finished run's final nets on that split (the recipe needs data.test_fraction "
+                   "or data.test_size for test).")
+@click.option("--reference", default=None, metavar="LABEL",
+              help="Variant the others are compared with (paired differences and verdicts). Default: the first.")
+@click.option("--bootstrap", "replicates", type=click.IntRange(min=1), default=1000, show_default=True, metavar="B",
+              help="Replicates of the paired hierarchical bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Comparison folder. Default: runs/compare-<recipe-name>/.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a comparison in --out made with another recipe or evaluation split (its prediction "
+                   "files too). Without it such a comparison is left as it is.")
 @click.option("--quiet", is_flag=True, help="Only one line per run, not per epoch.")
-def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], out: Path | None, quiet: bool) -> int:
+def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], eval_split: str | None,
+            reference: str | None, replicates: int, out: Path | None, overwrite: bool, quiet: bool) -> int:
     """Run RECIPE under several methods and seeds with everything else identical
     (split, schedule, augmentation, seeds), then write comparison.json,
-    comparison.md (mean ± std: accuracy, ECE, adaptive ECE, NLL, Brier, and ECE
-    after the NLL-optimal temperature as a diagnostic) and overlaid reliability
-    diagrams. Finished runs are reused (only if trained with exactly the same
-    recipe), so an interrupted comparison resumes.
+    comparison.md and overlaid reliability diagrams.
+
+    \b
+    Per variant: mean and 95% t interval over seeds of accuracy, ECE,
+    adaptive ECE, classwise ECE, NLL and Brier (students and teachers), and
+    the ECE noise floor (what a perfectly calibrated model would show on this
+    many images). Against --reference: seed- and image-paired differences with
+    a 95% CI from a hierarchical bootstrap, and a verdict (lower, higher, no
+    detectable difference).
+
+    \b
+    Each run trains into OUT/runs/<variant>-s<seed>/ (finished runs are reused
+    if trained with exactly the same recipe, interrupted ones resumed), and
+    its student's predictions go to OUT/predictions/ (small: commit them). A
+    run whose prediction files match is reused without its run folder.
 
     \b
     Ablations of BD-KD use the same flag:
@@ -139,36 +167,36 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
       --methods bdkd,bdkd:switch=flipped,bdkd:teacher_divergence=none,bdkd:gap_temperature=1
 
     \b
-    Choose hyper-parameters on the tune split, report on val:
+    Choose hyper-parameters on the tune split, report on a held-out test split:
       edgekd compare R --methods dml:temperature=4,dml:temperature=8 --set train.eval_split=tune --out runs/tune
-      edgekd compare R --methods ce,dml:temperature=8 --seeds 0,1
+      edgekd compare R --methods ce,ce+ts,dml:temperature=8,bdkd --seeds 0,1,2,3,4 --reference bdkd \\
+        --set data.tune_fraction=0.1 --set data.test_fraction=0.2 --eval-split test
     """
-    from edgekd.compare import parse_variants, plan, run_all
+    from edgekd.compare import parse_seeds, parse_variants, prepare_comparison, run_comparison
+    from edgekd.compare.variants import split_top_level
     from edgekd.recipe import load_recipe
 
-    variants = parse_variants(_csv(methods))
-    try:
-        seed_list = [int(s) for s in _csv(seeds)]
-    except ValueError as e:
-        raise click.BadParameter(f"--seeds takes integers, got {seeds!r}") from e
-    plan(recipe, variants, seed_list, list(overrides))  # every run's recipe checked before any training
-    _need_torch("compare")
+    variants = parse_variants(_csv(methods, split_top_level))
+    seed_list = parse_seeds(_csv(seeds))
     base = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"compare-{base.name}"
+    cmp = prepare_comparison(recipe, variants, seed_list, list(overrides), out, eval_split=eval_split,
+                             reference=reference, replicates=replicates, overwrite=overwrite)
+    if cmp.needs_work:
+        _need_torch("compare")
     on_epoch = None if quiet else (lambda rec: "student_accuracy" in rec and click.echo(
         f"  epoch {rec['epoch']}: student acc {pct(rec['student_accuracy'])} ECE {pct(rec['student_ece'])}"))
     command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    report = run_all(recipe, variants, seed_list, list(overrides), out, log=click.echo, on_epoch=on_epoch,
-                     command=command)
+    run_comparison(cmp, log=click.echo, on_epoch=on_epoch, command=command)
     click.echo((out / "comparison.md").read_text())
-    click.echo(f"comparison of {len(report['runs'])} runs in {out}")
+    click.echo(f"comparison of {len(cmp.runs)} runs ({len(variants)} rows) in {out}")
     return 0
 
 
-def _csv(value: str | None) -> list[str] | None:
+def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str] | None:
     if value is None:
         return None
-    items = [v.strip() for v in value.split(",") if v.strip()]
+    items = [v.strip() for v in split(value, ",") if v.strip()]
     if not items:
         raise click.BadParameter("expected a comma-separated list")
     return items

@@ -1,0 +1,50 @@
+"""Training a run and evaluating its final nets on any split, for `edgekd compare`. Needs torch.
+
+The one module of edgekd.compare that imports edgekd.distill.trainer (prepare, predict,
+run_distill): when those functions move, this import is the only line to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekd.distill import checkpoint
+from edgekd.distill.trainer import predict, prepare, run_distill
+from edgekd.errors import CheckpointError, first_line
+from edgekd.recipe import Recipe
+
+
+def train(recipe: Recipe, run_dir: Path, resume: bool, on_epoch: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    return run_distill(recipe, run_dir, resume=resume, on_epoch=on_epoch)
+
+
+def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """Teacher and student of a finished run (its last.pt) on each split, built the way training
+    builds them (same data, split, preprocessing, device and autocast).
+
+    Returns {split: {"labels", "teacher", "student"}} (logits float32).
+    """
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise CheckpointError(f"{last} is missing, so the final nets of {run_dir} cannot be evaluated on "
+                              f"{' and '.join(splits)}; train the run again (remove {run_dir})")
+    state = checkpoint.load_training_state(last)
+    if int(state.get("epoch", -1)) != recipe.train.epochs:
+        raise CheckpointError(f"{last} holds epoch {state.get('epoch')} of {recipe.train.epochs}: the run is not finished")
+    setup = prepare(recipe)
+    try:
+        setup.teacher.load_state_dict(state["teacher"])
+        setup.student.load_state_dict(state["student"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{last} does not match this recipe's models: {first_line(e, 160)}") from e
+    out = {}
+    for split in splits:
+        loader = setup.data.eval_loader(split, recipe.data.eval_batch_size, setup.device)
+        t_logits, labels = predict(setup.teacher, loader, setup.amp_dtype, recipe.train.channels_last)
+        s_logits, s_labels = predict(setup.student, loader, setup.amp_dtype, recipe.train.channels_last)
+        assert np.array_equal(labels, s_labels)  # one unshuffled loader: same order twice
+        out[split] = {"labels": labels, "teacher": t_logits, "student": s_logits}
+    return out

@@ -1,0 +1,215 @@
+"""comparison.json, comparison.md and the pooled reliability diagram, all from the prediction
+files (so a comparison whose run folders are gone reports the same numbers). Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekd import calibration, files
+from edgekd.compare import predictions, stats
+from edgekd.compare.stats import METRICS
+
+BOOTSTRAP_SEED = 0
+NOISE_REPLICATES = 200
+NOISE_SEED = 0
+_PCT = {"accuracy", "ece", "adaptive_ece", "classwise_ece"}
+_NAMES = {"accuracy": "acc", "ece": "ECE", "adaptive_ece": "adaptive ECE", "classwise_ece": "classwise ECE",
+          "nll": "NLL", "brier": "Brier"}
+
+
+def _student_logits(variant, pred: predictions.Prediction) -> tuple[np.ndarray, float | None]:
+    """The row's student logits on the evaluation split; a +ts row divides them by the
+    temperature fitted on the run's TUNE split (never on the split it is evaluated on)."""
+    if variant.trained:
+        return pred.logits, None
+    t = calibration.fit_temperature(pred.tune_logits, pred.tune_labels)
+    return pred.logits / t, t
+
+
+def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
+    """-> (the comparison.json content, {label: {seed: (student logits, labels)}})."""
+    rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    runs = []
+    for v in cmp.variants:
+        rows[v.label] = {}
+        for seed in cmp.seeds:
+            p = preds[(v.slug, seed)]
+            logits, temperature = _student_logits(v, p)
+            rows[v.label][seed] = (logits, p.labels)
+            summary = p.meta["summary"]
+            run_dir = cmp.out / "runs" / f"{v.slug}-s{seed}"
+            entry = {
+                "method": v.label, "seed": seed, "run": str(run_dir) if run_dir.is_dir() else None,
+                "predictions": str(predictions.paths(cmp.out, v.slug, seed)[0]), "eval_images": int(len(p.labels)),
+                "student": {**calibration.calibration_metrics(logits, p.labels),
+                            "train_accuracy": summary["student"].get("train_accuracy")},
+                "teacher": {**p.meta["teacher"], "train_accuracy": summary["teacher"].get("train_accuracy")},
+            }
+            if temperature is not None:
+                entry["temperature"] = temperature
+            runs.append(entry)
+    result = {
+        "command": command, "recipe": cmp.base.to_dict(), "recipe_digest": cmp.base.digest(),
+        "eval_split": cmp.eval_split, "variants": [v.label for v in cmp.variants], "reference": cmp.reference,
+        "seeds": cmp.seeds, "eval_images": sorted({r["eval_images"] for r in runs}),
+        "method": {
+            "interval_over_seeds": "mean with a 95% t interval (std ddof=1)",
+            "paired_difference": "variant minus reference, paired by seed and image; 95% percentile CI of a "
+                                 "hierarchical bootstrap (seeds with replacement, then images within each seed)",
+            "bootstrap_replicates": cmp.replicates, "bootstrap_rng_seed": BOOTSTRAP_SEED,
+            "noise_floor": "mean 15-bin ECE of Bernoulli(confidence) correctness, mean over seeds",
+            "noise_floor_replicates": NOISE_REPLICATES, "noise_floor_rng_seed": NOISE_SEED,
+            "posthoc_ts": "+ts rows: temperature fitted by NLL on each run's tune split",
+        },
+        "runs": runs,
+        "summary": _summaries(cmp, runs, rows),
+        "vs_reference": _versus(cmp, preds, rows, cmp.replicates),
+    }
+    return result, rows
+
+
+def _summaries(cmp, runs: list[dict], rows: dict) -> dict:
+    out = {}
+    keys = (*METRICS, "train_accuracy")
+    for v in cmp.variants:
+        mine = [r for r in runs if r["method"] == v.label]
+        floor = [stats.ece_noise_floor(z, NOISE_REPLICATES, NOISE_SEED) for z, _ in rows[v.label].values()]
+        s: dict[str, Any] = {
+            "seeds": len(mine),
+            "student": {k: stats.summarize([r["student"][k] for r in mine]) for k in keys},
+            "ece_noise_floor": float(np.mean(floor)),
+        }
+        if v.trained:
+            s["teacher"] = {k: stats.summarize([r["teacher"][k] for r in mine]) for k in keys}
+        else:
+            s["temperature"] = stats.summarize([r["temperature"] for r in mine])
+        out[v.label] = s
+    return out
+
+
+def _versus(cmp, preds: dict, rows: dict, replicates: int) -> dict:
+    """Each variant minus the reference, on the seeds both have and whose evaluation images are the same."""
+    ref = next(v for v in cmp.variants if v.label == cmp.reference)
+    out = {}
+    for v in cmp.variants:
+        if v.label == ref.label:
+            continue
+        seeds = [s for s in cmp.seeds if s in rows[v.label] and s in rows[ref.label]]
+        same = [s for s in seeds if preds[(v.slug, s)].meta.get("eval_images_digest")
+                == preds[(ref.slug, s)].meta.get("eval_images_digest")
+                and np.array_equal(rows[v.label][s][1], rows[ref.label][s][1])]
+        entry: dict[str, Any] = {"seeds": same}
+        notes = []
+        if len(same) < len(seeds):
+            notes.append(f"seeds {', '.join(map(str, sorted(set(seeds) - set(same))))} left out: evaluated on "
+                         f"other images than {ref.label}")
+        if same:
+            entry["metrics"] = stats.paired_bootstrap([rows[ref.label][s] for s in same],
+                                                      [rows[v.label][s] for s in same], replicates, BOOTSTRAP_SEED)
+        if len(same) == 1:
+            notes.append("one paired seed: seed-to-seed variation cannot be estimated, so no interval")
+        if notes:
+            entry["note"] = "; ".join(notes)
+        out[v.label] = entry
+    return out
+
+
+# ---------------------------------------------------------------- markdown
+
+def _num(k: str, x: float | None, signed: bool = False) -> str:
+    if x is None:
+        return "—"
+    sign = "+" if signed else ""
+    return f"{100 * x:{sign}.2f}" if k in _PCT else f"{x:{sign}.4f}"
+
+
+def _cell(k: str, st: dict) -> str:
+    if st["mean"] is None:
+        return "—"
+    if st["ci"] is None:
+        return _num(k, st["mean"])
+    return f"{_num(k, st['mean'])} [{_num(k, st['ci'][0])}, {_num(k, st['ci'][1])}]"
+
+
+def markdown(report: dict) -> str:
+    lines = []
+    if report.get("command"):
+        lines += [f"Command: `{report['command']}`", ""]
+    split, seeds = report["eval_split"], report["seeds"]
+    n = report["eval_images"]
+    images = f"{n[0]:,}" if len(n) == 1 else f"{n[0]:,} to {n[-1]:,}"
+    m = report["method"]
+    lines += [
+        f"Evaluated on the {split} split: {images} images per run, {len(seeds)} seed{'s' * (len(seeds) != 1)} "
+        f"({', '.join(map(str, seeds))}) per variant. Student metrics use the raw softmax, except rows ending in "
+        f"+ts: their logits are divided by a temperature fitted (NLL) on each run's tune split, never on the "
+        f"{split} split.", "",
+        "Each cell is the mean over seeds with its 95% confidence interval in brackets (t interval over seeds; "
+        "one seed gives no interval). ECE floor: the mean 15-bin ECE a perfectly calibrated model with the same "
+        f"confidences would show on this many images ({m['noise_floor_replicates']} simulations); an ECE near "
+        "it cannot be told apart from perfect calibration.", "",
+    ]
+    cols = [(k, _NAMES[k] + (" %" if k in _PCT else "")) for k in METRICS]
+    head = ["variant", *[c for _, c in cols]]
+    head.insert(3, "ECE floor %")
+    lines += ["### student", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for label in report["variants"]:
+        s = report["summary"][label]
+        cells = [_cell(k, s["student"][k]) for k in METRICS]
+        cells.insert(2, _num("ece", s["ece_noise_floor"]))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "### teacher", "", "| " + " | ".join(["variant", *[c for _, c in cols]]) + " |",
+              "|---" * (len(cols) + 1) + "|"]
+    for label in report["variants"]:
+        s = report["summary"][label]
+        if "teacher" in s:
+            lines.append(f"| {label} | " + " | ".join(_cell(k, s["teacher"][k]) for k in METRICS) + " |")
+    if any("teacher" not in report["summary"][v] for v in report["variants"]):
+        lines += ["", "A +ts row shares the teacher of the variant it scales."]
+    lines += _versus_markdown(report)
+    lines += ["", "![student reliability, pooled over seeds](reliability_students.png)", ""]
+    return "\n".join(lines)
+
+
+def _versus_markdown(report: dict) -> list[str]:
+    ref, vs = report["reference"], report["vs_reference"]
+    if not vs:
+        return []
+    m = report["method"]
+    lines = [
+        "", f"### vs {ref} (students)", "",
+        f"Each difference is the variant minus {ref}, paired by seed and by evaluation image and averaged over "
+        f"the seeds both have; its 95% CI comes from a paired hierarchical bootstrap ({m['bootstrap_replicates']} "
+        "replicates: seeds resampled with replacement, then images within each seed, the same images for both). "
+        "Accuracy and ECEs are in percentage points. A difference whose CI contains 0 is not a finding: "
+        "no detectable difference.", "",
+        "| variant | seeds | metric | difference | 95% CI | verdict |", "|---|---|---|---|---|---|",
+    ]
+    for label, entry in vs.items():
+        if "metrics" not in entry:
+            lines.append(f"| {label} | 0 | — | — | — | not paired: {entry.get('note', '')} |")
+            continue
+        for k in METRICS:
+            d = entry["metrics"][k]
+            ci = "—" if d["ci"] is None else f"[{_num(k, d['ci'][0], True)}, {_num(k, d['ci'][1], True)}]"
+            lines.append(f"| {label} | {len(entry['seeds'])} | {_NAMES[k]} | {_num(k, d['diff'], True)} | {ci} | "
+                         f"{d['verdict']} |")
+    notes = [f"{label}: {e['note']}" for label, e in vs.items() if e.get("note") and "metrics" in e]
+    return lines + ([""] + notes if notes else [])
+
+
+def write_outputs(report: dict, rows: dict, out: Path) -> None:
+    from edgekd import plots
+
+    files.write_json(out / "comparison.json", report)
+    files.atomic_write_text(out / "comparison.md", markdown(report))
+    curves = {}
+    for label, per_seed in rows.items():
+        logits = np.concatenate([z for z, _ in per_seed.values()])
+        labels = np.concatenate([y for _, y in per_seed.values()])
+        curves[label] = calibration.reliability_bins(logits, labels)
+    plots.reliability_overlay(curves, out / "reliability_students.png",
+                              title=f"student reliability on {report['eval_split']} (pooled over seeds)")

@@ -1,0 +1,197 @@
+"""`edgekd compare` end to end: every check first (nothing written on bad input), then
+training and evaluation of the runs that need it, then the report from the prediction files.
+
+Each (variant, seed) trains into OUT/runs/<variant-slug>-s<seed>/: a finished run
+(summary.json present) is reused, an interrupted one (last.pt) resumed. Its final nets
+are evaluated on the evaluation split (and the tune split) into OUT/predictions/; a run
+whose prediction files exist for the same recipe and split is reused from them alone,
+without its run folder. Torch is imported only when a run needs training or evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgekd import calibration
+from edgekd.compare import predictions
+from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
+from edgekd.errors import RecipeError
+from edgekd.recipe import Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff, with_defaults
+
+
+@dataclass
+class PlannedRun:
+    variant: Variant  # a trained variant
+    seed: int
+    recipe: Recipe
+    reuse: bool = False  # its prediction files are there and match
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant.slug}-s{self.seed}"
+
+
+@dataclass
+class Comparison:
+    recipe_path: Path
+    overrides: list[str]
+    base: Recipe
+    variants: list[Variant]
+    seeds: list[int]
+    eval_split: str
+    reference: str
+    out: Path
+    replicates: int = 1000
+    overwrite: bool = False
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    @property
+    def needs_work(self) -> list[PlannedRun]:
+        return [r for r in self.runs if not r.reuse]
+
+
+def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
+                       eval_split: str | None = None, reference: str | None = None, replicates: int = 1000,
+                       overwrite: bool = False) -> Comparison:
+    """Every check a comparison can fail, before anything is written: recipes, splits, the
+    reference, the comparison and prediction files already in OUT, the run folders to reuse."""
+    runs = plan(recipe_path, variants, seeds, overrides)
+    base = load_recipe(recipe_path, overrides)
+    eval_split = eval_split or base.train.eval_split
+    check_eval_split(runs, variants, eval_split)
+    labels = [v.label for v in variants]
+    reference = reference if reference is not None else labels[0]
+    if reference not in labels:
+        raise RecipeError(f"--reference {reference!r} is not one of the compared variants: {', '.join(labels)}")
+    if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
+        raise RecipeError(f"--bootstrap must be an integer >= 1, got {replicates!r}")
+    cmp = Comparison(Path(recipe_path), list(overrides), base, variants, seeds, eval_split, reference, Path(out),
+                     replicates, overwrite, [PlannedRun(v, s, r) for v, s, r in runs])
+    _check_previous_comparison(cmp)
+    for run in cmp.runs:
+        run.reuse = _prediction_matches(cmp, run)
+    for run in cmp.needs_work:
+        _check_same_recipe(cmp.out / "runs" / run.name, run.recipe)
+    if cmp.needs_work:
+        check_splits_fit([r.recipe for r in cmp.needs_work])
+    return cmp
+
+
+def _differs(saved: dict, current: Recipe) -> list[str]:
+    return recipe_diff(with_defaults(saved), current.to_dict())
+
+
+def _check_previous_comparison(cmp: Comparison) -> None:
+    """Re-running the same comparison (resume, more seeds, more variants) is fine; replacing
+    another one (other recipe, other evaluation split) needs --overwrite."""
+    path = cmp.out / "comparison.json"
+    if cmp.overwrite or not path.is_file():
+        return
+    try:
+        old = json.loads(path.read_text())
+        old_recipe = old["recipe"]
+        old_split = old.get("eval_split") or old_recipe.get("train", {}).get("eval_split", "val")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise RecipeError(f"{path} is not a comparison edgekd can read; pass --overwrite to replace it or "
+                          f"choose another --out") from None
+    diffs = _differs(old_recipe, cmp.base)
+    if diffs:
+        raise RecipeError(f"{path} compares another recipe (keys differ: {describe_keys(diffs)}); pass "
+                          f"--overwrite to replace it or choose another --out")
+    if old_split != cmp.eval_split:
+        raise RecipeError(f"{path} reports on the {old_split} split, not {cmp.eval_split}; pass --overwrite to "
+                          f"replace it or choose another --out")
+
+
+def _prediction_matches(cmp: Comparison, run: PlannedRun) -> bool:
+    meta = predictions.read_meta(cmp.out, run.variant.slug, run.seed)
+    if meta is None:
+        return False
+    path = predictions.paths(cmp.out, run.variant.slug, run.seed)[1]
+    diffs = _differs(meta.get("recipe") or {}, run.recipe)
+    problem = (f"was made with another recipe (keys differ: {describe_keys(diffs)})" if diffs else
+               f"holds the {meta.get('eval_split')} split, not {cmp.eval_split}" if meta.get("eval_split") != cmp.eval_split
+               else None)
+    if problem is None:
+        return True
+    if cmp.overwrite:
+        return False  # evaluated again and replaced
+    raise RecipeError(f"{path} {problem}; pass --overwrite to replace it or choose another --out")
+
+
+def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
+    """A run is reused or resumed only if it was trained with exactly this recipe."""
+    saved = run_dir / "recipe.yaml"
+    if not saved.is_file():
+        return
+    diffs = _differs(read_yaml_mapping(saved), r)
+    if diffs:
+        raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
+                          f"remove it or choose another --out")
+
+
+def run_comparison(cmp: Comparison, log: Callable[[str], None], on_epoch=None, command: str | None = None) -> dict[str, Any]:
+    from edgekd.compare import report
+
+    total = len(cmp.runs)
+    for i, run in enumerate(cmp.runs, 1):
+        head = f"[{i}/{total}] {run.variant.label} seed {run.seed}"
+        if run.reuse:
+            log(f"{head}: reused from {cmp.out / predictions.FOLDER}")
+        else:
+            _train_and_evaluate(cmp, run, head, log, on_epoch)
+    preds = {(r.variant.slug, r.seed): predictions.load(cmp.out, r.variant.slug, r.seed) for r in cmp.runs}
+    result, rows = report.build(cmp, preds, command)
+    report.write_outputs(result, rows, cmp.out)
+    return result
+
+
+def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epoch) -> None:
+    from edgekd.compare import evaluate  # torch only when a run needs training or evaluation
+
+    r, split = run.recipe, cmp.eval_split
+    run_dir = cmp.out / "runs" / run.name
+    if (run_dir / "summary.json").is_file():
+        log(f"{head}: finished earlier, reused")
+    else:
+        resume = (run_dir / "last.pt").is_file()
+        log(f"{head}: {'resuming' if resume else 'training'} in {run_dir}")
+        evaluate.train(r, run_dir, resume=resume, on_epoch=on_epoch)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    has_tune = int(summary["split"].get("sizes", {}).get("tune", 0)) > 0
+    wanted = [split] + (["tune"] if has_tune and split != "tune" else [])
+    logits_file = run_dir / "eval_logits.npz"
+    # The run's own final evaluation is the same nets on the same split: no need to run it again.
+    reuse_own = r.train.eval_split == split and logits_file.is_file()
+    todo = [s for s in wanted if not (reuse_own and s == split)]
+    if todo:
+        log(f"{head}: evaluating the final nets on {' and '.join(todo)}")
+    evals = evaluate.evaluate_final(r, run_dir, todo) if todo else {}
+    if reuse_own:
+        with np.load(logits_file) as z:
+            evals[split] = {"labels": z["labels"], "teacher": z["teacher_logits"], "student": z["student_logits"]}
+    main = evals[split]
+    tune = evals.get("tune") if split != "tune" else None
+    meta = {
+        "variant": run.variant.label, "seed": run.seed, "recipe_hash": r.digest(), "recipe": r.to_dict(),
+        "eval_split": split, "eval_images": int(len(main["labels"])),
+        "eval_images_digest": predictions.split_images_digest(summary["split"], split),
+        "tune_images": int(len(tune["labels"])) if tune else 0,
+        "teacher": calibration.calibration_metrics(main["teacher"], main["labels"]),
+        "summary": summary,
+    }
+    predictions.save(cmp.out, run.variant.slug, run.seed, meta, main["labels"], main["student"],
+                     tune["labels"] if tune else None, tune["student"] if tune else None)
+
+
+def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
+            log: Callable[[str], None], on_epoch=None, command: str | None = None, eval_split: str | None = None,
+            reference: str | None = None, replicates: int = 1000, overwrite: bool = False) -> dict[str, Any]:
+    cmp = prepare_comparison(recipe_path, variants, seeds, overrides, out, eval_split, reference, replicates, overwrite)
+    return run_comparison(cmp, log, on_epoch, command)
+
