@@ -135,6 +135,7 @@ def test_resume_refuses_a_different_recipe(quickstart_run):
     assert "distill.temperature" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # `python -m edgekd` processes
 def test_resume_without_checkpoint_and_nonempty_out(tmp_path):
     res = edgekd("distill", QUICKSTART, "--out", str(tmp_path / "none"), "--resume")
     assert res.returncode == 2 and "last.pt" in res.stderr and "Traceback" not in res.stderr
@@ -145,6 +146,7 @@ def test_resume_without_checkpoint_and_nonempty_out(tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 
 
+@pytest.mark.slow  # a `python -m edgekd` process
 def test_teacher_checkpoint_of_wrong_shape(tmp_path):
     wrong = build_model("cnn_small", 100, 1, 32)  # 100 classes; digits has 10
     torch.save(wrong.state_dict(), tmp_path / "t.pt")

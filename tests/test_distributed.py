@@ -77,6 +77,7 @@ def test_resume_with_another_process_count_is_refused(torchrun_ref, tmp_path):
     assert res.returncode == 2 and "--nproc-per-node 2" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a `python -m edgekd` process
 def test_global_batch_must_split_evenly(tmp_path):
     res = run("-m", "edgekd", "distill", QUICKSTART, "--out", str(tmp_path / "x"), "--nproc-per-node", "3")
     assert res.returncode == 2 and "not divisible by 3" in res.stderr and not (tmp_path / "x").exists()

@@ -193,6 +193,7 @@ def test_validates_without_torch(full_run, bundle):
             assert fmt in out
 
 
+@pytest.mark.slow  # a Python process
 def test_torch_blocker_blocks(tmp_path):
     """The harness itself: with the hook in place, a command that needs torch cannot get it."""
     proc, torch_loaded = edgekd_without_torch("distill", REPO / "recipes/quickstart.yaml", tmp_path=tmp_path)
@@ -333,6 +334,7 @@ def test_missing_manifest(bundle_copy, tmp_path):
     assert_bad_input(proc, "has no manifest.json")
 
 
+@pytest.mark.slow  # a Python process
 def test_no_bundle_under_export(tmp_path):
     proc, _ = validate(cwd=tmp_path)
     assert_bad_input(proc, "no bundle under export")
