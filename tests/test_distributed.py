@@ -87,8 +87,8 @@ def test_global_batch_must_split_evenly(tmp_path):
 # - no BatchNorm: the nets normalise with GroupNorm, per image. With BatchNorm each rank normalises
 #   its half of the global batch by that half's mean and variance, a different function from the
 #   1-process batch (not a rounding difference). train.sync_bn, which uses the global batch's
-#   statistics, cannot run here: torch's SyncBatchNorm takes only GPU inputs ("SyncBatchNorm
-#   expected input tensor to be on GPU").
+#   statistics, cannot run here: torch's DDP refuses it on the CPU ("SyncBatchNorm layers only
+#   work with GPU modules"), and one GPU cannot host two ranks.
 # - no augmentation (crop_padding 0, no flip), and 256 training images = 4 full global batches of
 #   64, so each rank's 32 images are its half of the 1-process batch and the mean of the two ranks'
 #   mean gradients is the 1-process mean gradient.
