@@ -1,10 +1,10 @@
-# Quickstart: `make demo` and `make test`. Both create .venv with pip if missing.
+# Quickstart: `make demo` and `make test` (`make test-fast` while editing). Each creates .venv with pip if missing.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,19 @@ demo: $(STAMP)
 	$(VENV)/bin/edgekd export runs/quickstart-demo --out export/quickstart-demo
 	$(VENV)/bin/edgekd validate export/quickstart-demo
 
+# The whole suite, CPU only: what CI runs.
 test: $(STAMP)
 	$(VENV)/bin/pytest -q
+
+# The edit-test loop: the in-process unit tests, meant to take under a minute on 2 quiet
+# cores. It leaves out every test marked `slow` (pytest -m "not slow"): whatever trains,
+# exports, starts processes (`python -m edgekd`, torchrun, DataLoader workers) or takes
+# more than about a second of CPU. Mark such a new test @pytest.mark.slow; tests/conftest.py
+# marks every test that uses a fixture which trains. `make test` still runs them all.
+# One OpenMP thread unless OMP_NUM_THREADS is set: the tensors here are tiny, and on a
+# busy machine the thread pool's waiting made the tests take about 5 times longer.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -m "not slow"
 
 clean:
 	rm -rf runs/quickstart-demo export/quickstart-demo

@@ -13,7 +13,10 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +27,7 @@ import torch
 from PIL import Image
 
 from edgekd.cli import main
+from edgekd.errors import RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "recipes/quickstart.yaml").read_text()
@@ -245,7 +249,32 @@ def test_bad_input(name, made, tmp_path, monkeypatch, capfd):
     assert not (w / "pwned.txt").exists()
 
 
-def test_debug_shows_the_traceback(tmp_path, monkeypatch, capfd):
+@pytest.mark.parametrize("debug", ["flag", "env"])
+def test_debug_raises_instead_of_printing_one_line(debug, tmp_path, monkeypatch, capfd):
+    """--debug (or EDGEKD_DEBUG=1) lets the real error out of main(), where Python prints its traceback."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(Exception):
-        main(["--debug", "distill", "nope.yaml"])
+    argv = ["distill", "nope.yaml"]
+    if debug == "flag":
+        argv.insert(0, "--debug")
+    else:
+        monkeypatch.setenv("EDGEKD_DEBUG", "1")
+    capfd.readouterr()
+    with pytest.raises(RecipeError, match=r"^recipe nope\.yaml does not exist$"):
+        main(argv)
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", "")  # not the one-line "edgekd: error: ..." (nor anything else)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # a `python -m edgekd` process
+def test_debug_shows_the_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "edgekd", "--debug", "distill", "nope.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    err = res.stderr
+    assert res.returncode == 1, (res.returncode, err)  # Python's code for an uncaught exception
+    assert err.startswith("Traceback (most recent call last):\n"), err
+    # The frames go down into edgekd's own code, and the last line is the error itself.
+    assert re.search(r'File ".*[/\\]edgekd[/\\]recipe\.py", line \d+, in ', err), err
+    assert err.rstrip().splitlines()[-1] == "edgekd.errors.RecipeError: recipe nope.yaml does not exist"
+    assert "edgekd: error:" not in err and res.stdout == ""
+    assert list(tmp_path.iterdir()) == []

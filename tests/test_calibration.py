@@ -313,6 +313,7 @@ def test_softmax_is_stable_and_float64():
 
 # ---------------------------------------------------------------- torch-free import
 
+@pytest.mark.slow  # a Python process without torch
 def test_imports_without_torch(tmp_path):
     code = textwrap.dedent(f"""
         import sys

@@ -239,6 +239,7 @@ def test_cifar_missing_and_bad_files(tmp_path, real_images):
         load_cifar(tmp_path, "cifar10")
 
 
+@pytest.mark.slow  # a Python process that tries the network
 def test_cifar_download_offline_is_a_clean_error(tmp_path):
     try:
         socket.getaddrinfo("www.cs.toronto.edu", 443)
@@ -466,6 +467,7 @@ def test_build_data_cifar_uses_known_stats(tmp_path, real_images):
 # ---------------------------------------------------------------- torch-free
 
 
+@pytest.mark.slow  # a Python process without torch
 def test_sources_split_preprocess_work_without_torch():
     script = textwrap.dedent(
         """

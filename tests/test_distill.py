@@ -49,8 +49,14 @@ def test_quickstart_end_to_end(quickstart_run):
     for key in ("student_ce", "student_kl_fwd", "student_kl_rev", "teacher_ce", "lr",
                 "teacher_accuracy", "student_accuracy", "student_ece", "student_nll", "seconds", "images_per_s"):
         assert key in epochs[-1], key
-    last = res.stdout.strip().splitlines()[-1]
-    assert str(out) in last and "acc" in last and "ECE" in last
+    # The last two lines show the summary's numbers (fractions as percentages with 2 decimals).
+    t, s = summary["teacher"], summary["student"]
+    assert res.stdout.strip().splitlines()[-2:] == [
+        f"teacher cnn_small: acc {100 * t['accuracy']:.2f}% ECE {100 * t['ece']:.2f}% NLL {t['nll']:.4f} "
+        f"Brier {t['brier']:.4f}",
+        f"run {out} | student cnn_tiny (bdkd): acc {100 * s['accuracy']:.2f}% ECE {100 * s['ece']:.2f}% "
+        f"NLL {s['nll']:.4f} Brier {s['brier']:.4f} on 359 val images",
+    ]
     assert not list(out.glob(".*.tmp")), "temp files left behind"
 
 
@@ -135,6 +141,7 @@ def test_resume_refuses_a_different_recipe(quickstart_run):
     assert "distill.temperature" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # `python -m edgekd` processes
 def test_resume_without_checkpoint_and_nonempty_out(tmp_path):
     res = edgekd("distill", QUICKSTART, "--out", str(tmp_path / "none"), "--resume")
     assert res.returncode == 2 and "last.pt" in res.stderr and "Traceback" not in res.stderr
@@ -145,6 +152,7 @@ def test_resume_without_checkpoint_and_nonempty_out(tmp_path):
     assert (tmp_path / "full" / "keep.txt").read_text() == "x"
 
 
+@pytest.mark.slow  # a `python -m edgekd` process
 def test_teacher_checkpoint_of_wrong_shape(tmp_path):
     wrong = build_model("cnn_small", 100, 1, 32)  # 100 classes; digits has 10
     torch.save(wrong.state_dict(), tmp_path / "t.pt")

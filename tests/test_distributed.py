@@ -1,5 +1,6 @@
-"""Data-parallel training under torch's launcher: 2 gloo processes on the CPU train,
-checkpoint, get killed, and resume exactly; the recipe keeps its meaning."""
+"""Data-parallel training under torch's launcher: 2 gloo processes on the CPU train like
+1 process on the same global batch, checkpoint, get killed, and resume exactly; the
+recipe keeps its meaning."""
 
 import json
 import os
@@ -14,6 +15,7 @@ from _runs import canonical
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
 SHORT = ("--quiet", "--set", "train.epochs=3")
+PLAIN_CNN = str(REPO / "tests/_plain_cnn.py")  # `python -m edgekd` plus a net without BatchNorm
 
 
 def run(*args, env=None, timeout=600):
@@ -75,6 +77,52 @@ def test_resume_with_another_process_count_is_refused(torchrun_ref, tmp_path):
     assert res.returncode == 2 and "--nproc-per-node 2" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.slow  # a `python -m edgekd` process
 def test_global_batch_must_split_evenly(tmp_path):
     res = run("-m", "edgekd", "distill", QUICKSTART, "--out", str(tmp_path / "x"), "--nproc-per-node", "3")
     assert res.returncode == 2 and "not divisible by 3" in res.stderr and not (tmp_path / "x").exists()
+
+
+# 1 process and 2 processes must compute the same training, up to the order of floating-point sums:
+# - no BatchNorm: the nets normalise with GroupNorm, per image. With BatchNorm each rank normalises
+#   its half of the global batch by that half's mean and variance, a different function from the
+#   1-process batch (not a rounding difference). train.sync_bn, which uses the global batch's
+#   statistics, cannot run here: torch's DDP refuses it on the CPU ("SyncBatchNorm layers only
+#   work with GPU modules"), and one GPU cannot host two ranks.
+# - no augmentation (crop_padding 0, no flip), and 256 training images = 4 full global batches of
+#   64, so each rank's 32 images are its half of the 1-process batch and the mean of the two ranks'
+#   mean gradients is the 1-process mean gradient.
+# - the soft BD-KD switch: the hard one is a step function of the entropy gap, and at initialisation
+#   both nets are near-uniform, so a gap within rounding of 0 could flip a sample's loss term.
+EQUIVALENT = ("--quiet", "--set", "train.epochs=2", "--set", "train.device=cpu", "--set", "data.subset=256",
+              "--set", "data.augment.crop_padding=0", "--set", "data.augment.hflip=false",
+              "--set", "distill.weighting=soft", "--set", "teacher.arch=plain_cnn_test",
+              "--set", "teacher.options.width=16", "--set", "student.arch=plain_cnn_test",
+              "--set", "optim.warmup_epochs=0")  # all 8 steps at the full rate: the weights move far
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
+    one, two, init_dir = tmp_path / "one", tmp_path / "two", tmp_path / "init"
+    init_dir.mkdir()
+    env = {"PYTHONPATH": str(REPO)}
+    res = run(PLAIN_CNN, "distill", QUICKSTART, "--out", str(one), *EQUIVALENT,
+              env={**env, "PLAIN_CNN_SAVE_INIT": str(init_dir)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+              PLAIN_CNN, "distill", QUICKSTART, "--out", str(two), *EQUIVALENT, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = (torch.load(run_dir / "last.pt", weights_only=True) for run_dir in (one, two))
+    assert isinstance(b["rng"], list) and len(b["rng"]) == 2  # really 2 processes
+    for net, width in (("teacher", 16), ("student", 8)):
+        init = torch.load(init_dir / f"init_w{width}.pt", weights_only=True)
+        assert a[net].keys() == b[net].keys() == init.keys()
+        for k in a[net]:
+            torch.testing.assert_close(b[net][k], a[net][k], rtol=0, atol=1e-5, msg=f"{net} {k}")
+        # Training moved every net far beyond that tolerance, so the agreement says something.
+        moved = max(float((a[net][k] - init[k]).abs().max()) for k in init)
+        assert moved > 1e-2, (net, moved)
+    # Rank 0 logs the global batch's figures: the same loss terms and learning rate as 1 process.
+    for x, y in zip(*([json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (one, two))):
+        for key in ("loss", "student_ce", "student_kl_fwd", "student_kl_rev", "teacher_ce", "lr"):
+            assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), key

@@ -63,7 +63,7 @@ def _batches(loader, epoch) -> list[tuple[torch.Tensor, torch.Tensor]]:
 # ---------------------------------------------------------------- (a) the same batches
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # 2: worker processes
 @pytest.mark.parametrize("rank, world_size", [(0, 1), (1, 2)])
 def test_host_batches_equal_device_batches(real_set, workers, rank, world_size):
     images, ids, mean, std = real_set
@@ -78,6 +78,7 @@ def test_host_batches_equal_device_batches(real_set, workers, rank, world_size):
     assert not torch.equal(_batches(host, 0)[0][0], _batches(host, 1)[0][0])  # epochs really differ
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_host_follows_set_epoch_after_an_abandoned_pass(digits):
     """Persistent workers get the epoch with each index, so a pass cut short does not leak into the next."""
     d = digits.train
@@ -136,6 +137,7 @@ def _epoch_stats(loader, epoch: int) -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow  # DataLoader worker processes
 def test_both_paths_have_the_same_augmentation_statistics(digits):
     images = _with_position_codes(digits.train.images)
     ids = np.arange(len(images))
@@ -212,6 +214,7 @@ def test_bad_arguments_are_data_errors(digits):
         digits.train_loader(32, "cpu", seed=0, loader="disk")
 
 
+@pytest.mark.slow  # trains, with worker processes
 def test_training_through_the_host_loader_equals_the_device_loader(tmp_path):
     """Two real quickstart runs, one per loader kind: identical batches give identical weights."""
     import torch

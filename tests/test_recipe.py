@@ -89,6 +89,7 @@ def _assert_clean_failure(res, needle, cwd):
     assert not (cwd / "runs").exists(), "a bad recipe must not create a run directory"
 
 
+@pytest.mark.slow  # a `python -m edgekd` process per case
 @pytest.mark.parametrize("case", ["typo_nested", "epochs_zero", "temperature_zero", "unknown_method"])
 def test_bad_recipe_cli(tmp_path, case):
     mutate, needle = BAD[case]
@@ -107,17 +108,20 @@ def test_bad_recipe_cli(tmp_path, case):
     ],
     ids=["broken", "empty", "list", "tag_top", "tag_nested"],
 )
+@pytest.mark.slow  # a `python -m edgekd` process per case
 def test_unparseable_recipes_cli(tmp_path, text, needle):
     res = run_cli("distill", str(_bad(tmp_path, text=text)), cwd=tmp_path)
     _assert_clean_failure(res, needle, tmp_path)
     assert not (tmp_path / "PWNED").exists(), "a recipe must never execute code"
 
 
+@pytest.mark.slow  # a `python -m edgekd` process that imports torch
 def test_unknown_arch_cli(tmp_path):
     res = run_cli("distill", str(_bad(tmp_path, lambda r: r["teacher"].update(arch="resnet1000"))), cwd=tmp_path)
     _assert_clean_failure(res, "resnet1000", tmp_path)
 
 
+@pytest.mark.slow  # `python -m edgekd` processes
 def test_bad_override_cli(tmp_path):
     recipe = str(REPO / "recipes/quickstart.yaml")
     res = run_cli("distill", recipe, "--set", "train.epochs", cwd=tmp_path)
@@ -126,6 +130,7 @@ def test_bad_override_cli(tmp_path):
     _assert_clean_failure(res, "unknown key 'train.epochz'", tmp_path)
 
 
+@pytest.mark.slow  # `python -m edgekd` processes
 def test_missing_recipe_and_unknown_flag_cli(tmp_path):
     res = run_cli("distill", "nope.yaml", cwd=tmp_path)
     _assert_clean_failure(res, "does not exist", tmp_path)

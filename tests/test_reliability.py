@@ -78,6 +78,7 @@ def test_resume_with_a_changed_recipe_needs_the_flag(reference, tmp_path):
     assert "max_ece: 0.04" in (run / "recipe.yaml").read_text()
 
 
+@pytest.mark.slow  # a `python -m edgekd` process
 def test_allow_recipe_change_without_resume_is_a_usage_error(tmp_path):
     res = edgekd(*_short(tmp_path / "x"), "--allow-recipe-change")
     assert res.returncode == 2 and "--resume" in res.stderr and not (tmp_path / "x").exists()
@@ -105,6 +106,7 @@ def _poison(trainer, bad_steps):
     trainer.s.method.forward_train = forward_train
 
 
+@pytest.mark.slow  # trains
 def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path):
     t = _trainer(tmp_path)
     _poison(t, {3})
@@ -118,6 +120,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)  # steps 1-2 did train
 
 
+@pytest.mark.slow  # trains
 def test_bad_steps_are_skipped_up_to_the_limit(tmp_path):
     t = _trainer(tmp_path, **{"train.max_bad_steps": 2})
     _poison(t, {3, 7})
@@ -132,6 +135,7 @@ def test_bad_steps_are_skipped_up_to_the_limit(tmp_path):
         t2.train_epoch()
 
 
+@pytest.mark.slow  # trains
 def test_non_finite_gradient_is_caught_even_with_a_finite_loss(tmp_path):
     t = _trainer(tmp_path)
     # A NaN weight that the loss never sees as NaN is impossible in a real net, so poison
@@ -164,6 +168,7 @@ def _enospc_on(monkeypatch, predicate):
     monkeypatch.setattr(os, "fsync", fsync)
 
 
+@pytest.mark.slow  # trains
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     from edgekd.errors import EdgeKDError
 
@@ -187,6 +192,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
     assert summary["epochs"] == 2
 
 
+@pytest.mark.slow  # trains and exports
 def test_disk_full_during_export_keeps_the_previous_bundle(tmp_path, monkeypatch, capfd):
     from edgekd.cli import main
 

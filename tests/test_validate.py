@@ -8,6 +8,7 @@ without PyTorch.
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,8 @@ CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/da
 FORMAT_KEYS = {"accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
                "acc_drop", "latency_ms", "throughput", "ts_headroom"}
 LOOSE = ["--max-ece", "1", "--max-acc-drop", "1", "--min-agreement", "0", "--max-ece-drift", "1"]
+# The gate checks LOOSE asks for, per format and in this order: (metric, comparison, limit).
+LOOSE_CHECKS = [("ece", "<=", 1.0), ("acc_drop", "<=", 1.0), ("agreement", ">=", 0.0), ("ece_drift", "<=", 1.0)]
 
 # Runs the CLI as on a device without PyTorch: an import hook makes every `import torch...`
 # (and of any other top-level package named in $BLOCKED) raise ModuleNotFoundError, as if
@@ -198,6 +201,7 @@ DEVICE_MODULES = ["edgekd.validate", "edgekd.runtime", "edgekd.runtime.base", "e
                   "edgekd.drift", "edgekd.calibration"]
 
 
+@pytest.mark.slow  # a Python process per module
 @pytest.mark.parametrize("module", DEVICE_MODULES)
 def test_device_modules_import_alone_without_torch_or_matplotlib(module, tmp_path):
     """Each imported FIRST in a fresh interpreter without torch (an import cycle between them would
@@ -214,6 +218,7 @@ def test_device_modules_import_alone_without_torch_or_matplotlib(module, tmp_pat
     assert proc.stdout.strip() == "[]", f"matplotlib was imported: {proc.stdout[:300]}"
 
 
+@pytest.mark.slow  # a Python process
 def test_torch_blocker_blocks(tmp_path):
     """The harness itself: with the hook in place, a command that needs torch cannot get it."""
     proc, torch_loaded = edgekd_without_torch("distill", REPO / "recipes/quickstart.yaml", tmp_path=tmp_path)
@@ -248,12 +253,61 @@ def test_json_metrics_equal_independent_computation(full_run, bundle):
     assert doc["formats"]["fp32"]["agreement"] == 1.0
     # FP32 ONNX on the same split reproduces PyTorch's reference.
     assert abs(doc["formats"]["fp32"]["acc_drop"]) <= 1 / len(labels) + 1e-12
-    checks = doc["gate"]["checks"]
-    assert doc["gate"]["passed"] and len(checks) == 4 * len(doc["formats"])
-    assert all(c["status"] == "pass" for c in checks)
+    # One check per (format, threshold), each judging that format's own measured value.
+    assert doc["gate"]["passed"]
+    assert doc["gate"]["checks"] == [
+        {"format": fmt, "metric": metric, "value": r[metric], "threshold": limit, "op": op, "status": "pass"}
+        for fmt, r in doc["formats"].items() for metric, op, limit in LOOSE_CHECKS]
     assert (out / "report" / "reliability.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- what the tables show
+
+
+def _pct(x):
+    """A fraction as the tables write it (written out here, not taken from edgekd.text)."""
+    return f"{100 * x:.2f}%"
+
+
+def _markdown_tables(text):
+    """Each Markdown table in text as a list of rows of stripped cells, without the |---| line."""
+    tables, rows = [], []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            if not set(line) <= set("|-"):
+                rows.append([cell.strip() for cell in line.strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def test_printed_and_report_tables_show_the_measured_numbers(full_run):
+    proc, _, out = full_run
+    results = json.loads((out / "v.json").read_text())["formats"]  # equal to independent figures (test above)
+    main = [["format", "acc", "ECE", "NLL", "Brier", "agreement", "p50 ms", "img/s"]] + [
+        [fmt, _pct(r["accuracy"]), _pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", _pct(r["agreement"]),
+         f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"] for fmt, r in results.items()]
+    # The console table: columns separated by at least two spaces.
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["format", "acc"])
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines[start:start + len(main)]] == main
+    # Then one line per gate check with its value and limit, and the verdict.
+    width = max(map(len, results))
+    gate_lines = [f"PASS {fmt:<{width}}  {metric} {_pct(r[metric])} {op} {_pct(limit)}"
+                  for fmt, r in results.items() for metric, op, limit in LOOSE_CHECKS]
+    gate_lines.append(f"VERDICT: PASS ({len(gate_lines)} checks)")
+    assert lines[start + len(main):start + len(main) + len(gate_lines)] == gate_lines
+    # report.md: the same table, the detail table, the diagram and the same gate lines.
     text = (out / "report" / "report.md").read_text()
-    assert "reliability.png" in text and "| fp32 |" in text and "VERDICT: PASS" in text
+    detail = [["format", "MCE", "adaptive ECE", "classwise ECE", "ECE drift", "acc drop", "p90 ms", "p99 ms", "T*",
+               "ECE after T*"]] + [
+        [fmt, _pct(r["mce"]), _pct(r["adaptive_ece"]), _pct(r["classwise_ece"]), _pct(r["ece_drift"]),
+         _pct(r["acc_drop"]), f"{r['latency_ms']['p90']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+         f"{r['ts_headroom']['temperature']:.3f}", _pct(r["ts_headroom"]["ece"])] for fmt, r in results.items()]
+    assert _markdown_tables(text) == [main, detail]
+    assert "![reliability diagrams](reliability.png)" in text
+    assert text.split("## Gate\n\n```\n")[1].split("\n```")[0].splitlines() == gate_lines
 
 
 # ---------------------------------------------------------------- gate
@@ -354,6 +408,7 @@ def test_missing_manifest(bundle_copy, tmp_path):
     assert_bad_input(proc, "has no manifest.json")
 
 
+@pytest.mark.slow  # a Python process
 def test_no_bundle_under_export(tmp_path):
     proc, _ = validate(cwd=tmp_path)
     assert_bad_input(proc, "no bundle under export")
