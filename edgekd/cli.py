@@ -76,8 +76,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     r = load_recipe(recipe, overrides)
     _need_torch("distill")
     from edgekd.distill import distributed
-    from edgekd.distill.runs import find_resumable
-    from edgekd.distill.trainer import default_run_dir, join_process_group, run_distill
+    from edgekd.distill.run_dir import default_run_dir, find_resumable, run_distill
+    from edgekd.distill.setup import join_process_group
     from edgekd.progress import EpochReporter
 
     dist = distributed.from_env()

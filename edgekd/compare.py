@@ -64,7 +64,7 @@ def plan(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides
 
 def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
             log: Callable[[str], None], on_epoch=None, command: str | None = None) -> dict[str, Any]:
-    from edgekd.distill.trainer import run_distill  # torch only when training
+    from edgekd.distill.run_dir import run_distill  # torch only when training
 
     runs = plan(recipe_path, variants, seeds, overrides)
     (out / "runs").mkdir(parents=True, exist_ok=True)
