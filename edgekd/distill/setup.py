@@ -1,10 +1,11 @@
 """Everything a run needs before its first step: device, mixed precision,
-seeds, data, models, the method and the optimizers. Nothing here
+determinism, seeds, data, models, the method and the optimizers. Nothing here
 writes a file, so a bad recipe fails before a run directory exists."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from dataclasses import dataclass
 
@@ -63,6 +64,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def apply_determinism(deterministic: bool, device: torch.device) -> None:
+    """Make training on `device` bit-reproducible (train.deterministic: true) or fast.
+
+    CPU: nothing to set. PyTorch's CPU kernels already give the same result run after
+    run for a fixed seed and a fixed thread count (OMP_NUM_THREADS), either way.
+    CUDA: true picks deterministic cuDNN and cuBLAS kernels (slower) and warns about
+    any op that has none; false lets cuDNN time its kernels per input shape and keep
+    the fastest, which is quicker but may round differently from run to run.
+    These are process-wide settings, so both values set every flag.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        # cuBLAS reads this when it creates its handle (at the first matmul): it must
+        # be set before any CUDA work. A value the user chose is kept.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -88,6 +112,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     )
     if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):
         raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
+    apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)
 
     def net(cfg) -> nn.Module:
