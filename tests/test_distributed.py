@@ -78,3 +78,18 @@ def test_resume_with_another_process_count_is_refused(torchrun_ref, tmp_path):
 def test_global_batch_must_split_evenly(tmp_path):
     res = run("-m", "edgekd", "distill", QUICKSTART, "--out", str(tmp_path / "x"), "--nproc-per-node", "3")
     assert res.returncode == 2 and "not divisible by 3" in res.stderr and not (tmp_path / "x").exists()
+
+
+def test_launched_processes_get_this_command_line_minus_nproc_per_node():
+    """What `edgekd --debug distill ... --nproc-per-node 2` hands each training process
+    (the launcher itself runs in the slow tests above)."""
+    from edgekd.cli import rank_argv
+
+    argv = ["--debug", "distill", QUICKSTART, "--set", "train.epochs=3", "--nproc-per-node", "2", "--quiet",
+            "--resume"]
+    assert rank_argv(argv, Path("runs/qs-1")) == [
+        "--debug", "distill", "--out", "runs/qs-1", QUICKSTART, "--set", "train.epochs=3", "--quiet", "--resume"]
+    # An --out of the user's own is kept as given; the option's "=N" spelling goes too.
+    argv = ["distill", QUICKSTART, "--nproc-per-node=2", "--out", "mine", "--allow-recipe-change", "--resume"]
+    assert rank_argv(argv, Path("mine")) == ["distill", QUICKSTART, "--out", "mine", "--allow-recipe-change",
+                                             "--resume"]
