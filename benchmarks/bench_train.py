@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgekd.distill.trainer import Trainer, make_optimizer, prepare
+from edgekd.distill.setup import make_optimizer, prepare
+from edgekd.distill.trainer import Trainer
 from edgekd.recipe import load_recipe
 
 
@@ -44,13 +45,13 @@ def trainer_for(recipe_path: Path, method: str, steps: int, extra: list[str]) ->
 def time_trainer_epoch(t: Trainer) -> float:
     """Images/s of one Trainer.train_epoch (the trainer's own loop, guard and metrics included)."""
     t.epoch = 0  # same epoch (same batches) every round; the learning-rate schedule restarts too
-    if t.s.device.type == "cuda":
+    if t.setup.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     rec = t.train_epoch()
-    if t.s.device.type == "cuda":
+    if t.setup.device.type == "cuda":
         torch.cuda.synchronize()
-    return rec["images_per_s"] if t.s.device.type == "cpu" else len(t.train_loader.labels) / (time.perf_counter() - start)
+    return rec["images_per_s"] if t.setup.device.type == "cpu" else len(t.train_loader.labels) / (time.perf_counter() - start)
 
 
 class HandLoop:
@@ -58,10 +59,10 @@ class HandLoop:
 
     def __init__(self, t: Trainer):
         self.t = t
-        r = t.r
-        self.teacher, self.student = t.s.teacher, t.s.student
-        self.opt_s = make_optimizer(self.student.parameters(), r.optim, t.s.device)
-        self.opt_t = make_optimizer(self.teacher.parameters(), r.optim, t.s.device)
+        r = t.recipe
+        self.teacher, self.student = t.setup.teacher, t.setup.student
+        self.opt_s = make_optimizer(self.student.parameters(), r.optim, t.setup.device)
+        self.opt_t = make_optimizer(self.teacher.parameters(), r.optim, t.setup.device)
 
     def epoch(self) -> float:
         loader = self.t.train_loader
@@ -69,7 +70,7 @@ class HandLoop:
         self.teacher.train()
         self.student.train()
         n = 0
-        if self.t.s.device.type == "cuda":
+        if self.t.setup.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
         for x, y in loader:
@@ -80,7 +81,7 @@ class HandLoop:
             self.opt_s.step()
             self.opt_t.step()
             n += y.shape[0]
-        if self.t.s.device.type == "cuda":
+        if self.t.setup.device.type == "cuda":
             torch.cuda.synchronize()
         return n / (time.perf_counter() - start)
 

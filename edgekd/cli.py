@@ -76,8 +76,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     r = load_recipe(recipe, overrides)
     _need_torch("distill")
     from edgekd.distill import distributed
-    from edgekd.distill.runs import find_resumable
-    from edgekd.distill.trainer import default_run_dir, join_process_group, run_distill
+    from edgekd.distill.run_dir import default_run_dir, find_resumable, run_distill
+    from edgekd.distill.setup import join_process_group
     from edgekd.progress import EpochReporter
 
     dist = distributed.from_env()
@@ -86,10 +86,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
             raise click.UsageError("--nproc-per-node launches processes; under torchrun leave it out")
         distributed.per_rank_batch(r.data.batch_size, distributed.Dist(0, nproc_per_node, 0))
         out = out or (find_resumable(r) if resume else default_run_dir(r))  # one name for every rank
-        child = ["distill", str(recipe), "--out", str(out), *[a for o in overrides for a in ("--set", o)],
-                 *(["--resume"] if resume else []), *(["--allow-recipe-change"] if allow_recipe_change else []),
-                 *(["--quiet"] if quiet else [])]
-        code = distributed.launch(nproc_per_node, child)
+        argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
+        code = distributed.launch(nproc_per_node, rank_argv(argv, out))
         if code:
             click.echo(f"edgekd: error: the training processes failed (exit {code}); their message is above", err=True)
         return code
@@ -113,6 +111,37 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
         f"ECE {pct(s['ece'])} NLL {s['nll']:.4f} Brier {s['brier']:.4f} on {summary['eval_images']} {summary['eval_split']} images"
     )
     return 0
+
+
+def rank_argv(argv: list[str], out: Path) -> list[str]:
+    """The command line each training process of `edgekd distill --nproc-per-node N`
+    runs: this command's own arguments (--debug, --set, --resume, --quiet, ...) minus
+    --nproc-per-node and its value, plus --out naming the run directory chosen here
+    when none was given, so that every rank trains into the same one."""
+    child: list[str] = []
+    given_out = False
+    command_at = None  # where the verb (distill) is: group options such as --debug come before it
+    args = iter(argv)
+    for a in args:
+        if a == "--":  # the rest is positional
+            child += [a, *args]
+            break
+        if a == "--nproc-per-node":
+            next(args, None)
+        elif a.startswith("--nproc-per-node="):
+            pass
+        elif a in ("--set", "--out"):  # options that take a value (click checked it is there): copy it unread
+            given_out |= a == "--out"
+            child += [a, next(args, "")]
+        else:
+            given_out |= a.startswith("--out=")
+            if command_at is None and not a.startswith("-"):
+                command_at = len(child)
+            child.append(a)
+    if not given_out:
+        at = len(child) if command_at is None else command_at + 1
+        child[at:at] = ["--out", str(out)]
+    return child
 
 
 @cli.command()
@@ -277,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("EDGEKD_DEBUG") == "1"
     try:
-        rv = cli.main(args=args, prog_name="edgekd", standalone_mode=False)
+        # obj: the raw arguments, which distill --nproc-per-node hands on to its processes.
+        rv = cli.main(args=args, prog_name="edgekd", standalone_mode=False, obj={"argv": list(args)})
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

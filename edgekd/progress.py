@@ -23,7 +23,6 @@ class EpochReporter:
         self._progress: Progress | None = None
         self._task = None
         self._last = 0.0
-        self._t0 = time.perf_counter()
 
     def __enter__(self):
         if not self.quiet and self.console.is_terminal:

@@ -144,6 +144,8 @@ class TrainConfig(_Strict):
     # Evaluate both nets every N epochs (and always after the last one): evaluation
     # of a 5,000-image split costs a third of a small CPU epoch.
     eval_every: int = Field(1, ge=1)
+    # On CUDA: deterministic kernels, or cuDNN benchmark mode when false (distill/setup.py,
+    # apply_determinism). The CPU is deterministic either way for a fixed thread count.
     deterministic: bool = True
     # Steps whose loss or gradient is NaN/Inf that may be skipped (no update) before
     # the run stops; 0 stops at the first one.

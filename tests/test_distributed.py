@@ -126,3 +126,18 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
     for x, y in zip(*([json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in (one, two))):
         for key in ("loss", "student_ce", "student_kl_fwd", "student_kl_rev", "teacher_ce", "lr"):
             assert y[key] == pytest.approx(x[key], rel=1e-5, abs=1e-7), key
+
+
+def test_launched_processes_get_this_command_line_minus_nproc_per_node():
+    """What `edgekd --debug distill ... --nproc-per-node 2` hands each training process
+    (the launcher itself runs in the slow tests above)."""
+    from edgekd.cli import rank_argv
+
+    argv = ["--debug", "distill", QUICKSTART, "--set", "train.epochs=3", "--nproc-per-node", "2", "--quiet",
+            "--resume"]
+    assert rank_argv(argv, Path("runs/qs-1")) == [
+        "--debug", "distill", "--out", "runs/qs-1", QUICKSTART, "--set", "train.epochs=3", "--quiet", "--resume"]
+    # An --out of the user's own is kept as given; the option's "=N" spelling goes too.
+    argv = ["distill", QUICKSTART, "--nproc-per-node=2", "--out", "mine", "--allow-recipe-change", "--resume"]
+    assert rank_argv(argv, Path("mine")) == ["distill", QUICKSTART, "--out", "mine", "--allow-recipe-change",
+                                             "--resume"]

@@ -13,7 +13,9 @@ import pytest
 import torch
 from _runs import canonical
 
-from edgekd.distill import trainer as trainer_mod
+from edgekd.distill.run_dir import run_distill
+from edgekd.distill.setup import prepare
+from edgekd.distill.trainer import NonFiniteLoss, Trainer
 from edgekd.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,12 +90,12 @@ def _trainer(tmp_path, **sets):
     r = load_recipe(Path(QUICKSTART), [f"{k}={v}" for k, v in {"train.epochs": 1, **sets}.items()])
     run = tmp_path / "run"
     run.mkdir()
-    return trainer_mod.Trainer(trainer_mod.prepare(r), run)
+    return Trainer(prepare(r), run)
 
 
 def _poison(trainer, bad_steps):
     """Make the real loss NaN on the given steps (1-based), as a diverging batch would."""
-    real = trainer.s.method.forward_train
+    real = trainer.setup.method.forward_train
     calls = {"n": 0}
 
     def forward_train(x, y):
@@ -103,19 +105,19 @@ def _poison(trainer, bad_steps):
             out.losses["student_ce"] = out.losses["student_ce"] * math.nan
         return out
 
-    trainer.s.method.forward_train = forward_train
+    trainer.setup.method.forward_train = forward_train
 
 
 @pytest.mark.slow  # trains
 def test_non_finite_loss_stops_with_epoch_step_and_term(tmp_path):
     t = _trainer(tmp_path)
     _poison(t, {3})
-    before = {k: v.clone() for k, v in t.s.student.state_dict().items()}
-    with pytest.raises(trainer_mod.NonFiniteLoss) as e:
+    before = {k: v.clone() for k, v in t.setup.student.state_dict().items()}
+    with pytest.raises(NonFiniteLoss) as e:
         t.train_epoch()
     msg = str(e.value)
     assert "epoch 1, step 3" in msg and "student_ce" in msg and "max_bad_steps" in msg
-    after = t.s.student.state_dict()
+    after = t.setup.student.state_dict()
     assert all(torch.isfinite(v.float()).all() for v in after.values())
     assert any(not torch.equal(before[k], after[k]) for k in before)  # steps 1-2 did train
 
@@ -126,12 +128,12 @@ def test_bad_steps_are_skipped_up_to_the_limit(tmp_path):
     _poison(t, {3, 7})
     rec = t.train_epoch()
     assert rec["skipped_steps"] == 2
-    assert all(torch.isfinite(v.float()).all() for v in t.s.student.state_dict().values())
+    assert all(torch.isfinite(v.float()).all() for v in t.setup.student.state_dict().values())
     assert math.isfinite(rec["loss"])
     (tmp_path / "b").mkdir()
     t2 = _trainer(tmp_path / "b", **{"train.max_bad_steps": 2})
     _poison(t2, {2, 4, 6})
-    with pytest.raises(trainer_mod.NonFiniteLoss, match="epoch 1, step 6.*2 bad steps allowed"):
+    with pytest.raises(NonFiniteLoss, match="epoch 1, step 6.*2 bad steps allowed"):
         t2.train_epoch()
 
 
@@ -140,9 +142,9 @@ def test_non_finite_gradient_is_caught_even_with_a_finite_loss(tmp_path):
     t = _trainer(tmp_path)
     # A NaN weight that the loss never sees as NaN is impossible in a real net, so poison
     # a gradient directly through a hook on the student's first parameter instead.
-    p = next(t.s.student.parameters())
+    p = next(t.setup.student.parameters())
     handle = p.register_hook(lambda g: g * math.nan)
-    with pytest.raises(trainer_mod.NonFiniteLoss, match="non-finite student gradient at epoch 1, step 1"):
+    with pytest.raises(NonFiniteLoss, match="non-finite student gradient at epoch 1, step 1"):
         t.train_epoch()
     handle.remove()
 
@@ -184,11 +186,11 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, m
 
     _enospc_on(monkeypatch, second_checkpoint)
     with pytest.raises(EdgeKDError, match="No space left on device"):
-        trainer_mod.run_distill(r, run, resume=False)
+        run_distill(r, run, resume=False)
     monkeypatch.undo()
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == 1  # epoch 1 intact
     assert not list(run.glob(".*.tmp")) and not (run / "summary.json").exists()
-    summary = trainer_mod.run_distill(r, run, resume=True)  # and the run can go on
+    summary = run_distill(r, run, resume=True)  # and the run can go on
     assert summary["epochs"] == 2
 
 

@@ -1,7 +1,7 @@
 """Training a run and evaluating its final nets on any split, for `edgekd compare`. Needs torch.
 
-The one module of edgekd.compare that imports edgekd.distill.trainer (prepare, predict,
-run_distill): when those functions move, this import is the only line to change.
+The one module of edgekd.compare that imports the training code (prepare, predict,
+run_distill): when those functions move, these imports are the only lines to change.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.distill import checkpoint
-from edgekd.distill.trainer import predict, prepare, run_distill
+from edgekd.distill.run_dir import run_distill
+from edgekd.distill.setup import prepare
+from edgekd.distill.trainer import predict
 from edgekd.errors import CheckpointError, first_line
 from edgekd.recipe import Recipe
 

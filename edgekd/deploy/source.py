@@ -16,7 +16,7 @@ from torch import nn
 from edgekd.data import ImageSet, load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.distill.checkpoint import load_student
-from edgekd.distill.runs import newest_complete_run
+from edgekd.distill.run_dir import newest_complete_run
 from edgekd.errors import CheckpointError, EdgeKDError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights

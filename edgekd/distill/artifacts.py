@@ -1,0 +1,88 @@
+"""What a finished run leaves next to its last.pt: summary.json, student.pt,
+eval_logits.npz and one reliability diagram per net.
+
+`evals` maps "teacher" and "student" to (logits, labels, metrics) on the
+evaluation split, as Trainer.evaluate returns them.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import edgekd
+from edgekd import calibration, files
+from edgekd.distill import checkpoint as ckpt
+from edgekd.distill.setup import Setup
+from edgekd.models import count_parameters
+
+Evals = dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]]
+
+
+def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, history: list[dict[str, Any]],
+                    loader_kind: str) -> dict[str, Any]:
+    """Write the finished run's files; summary.json last, as the mark of a complete run.
+    Returns the summary."""
+    from edgekd import plots
+
+    recipe, data = setup.recipe, setup.data
+    summary: dict[str, Any] = {
+        "run": run_dir.name,
+        "recipe": recipe.name,
+        "recipe_hash": recipe.digest(),
+        "method": recipe.distill.method,
+        "epochs": epochs,
+        "eval_split": recipe.train.eval_split,
+        "eval_images": int(len(evals["student"][1])),
+        "train_seconds": float(sum(h["seconds"] for h in history)),
+        "split": data.split_info,
+        "edgekd_version": edgekd.__version__,
+        "torch_version": torch.__version__,
+        "device": str(setup.device),
+        "loader": loader_kind,
+        "processes": setup.dist.world_size,
+    }
+    last_epoch = history[-1] if history else {}
+    for role, net in (("teacher", setup.teacher), ("student", setup.student)):
+        logits, labels, metrics = evals[role]
+        arch = getattr(recipe, role).arch
+        summary[role] = {
+            "arch": arch,
+            "params": count_parameters(net),
+            **{k: metrics[k] for k in calibration.METRIC_KEYS},
+            "train_accuracy": last_epoch.get(f"{role}_train_accuracy"),
+            "ts_headroom": calibration.temperature_headroom(logits, labels),
+        }
+        plots.reliability_diagram(
+            calibration.reliability_bins(logits, labels), run_dir / f"reliability_{role}.png",
+            title=f"{role} {arch} ({recipe.distill.method}) on {recipe.train.eval_split}",
+        )
+    _save_npz(run_dir / "eval_logits.npz", labels=evals["student"][1], student_logits=evals["student"][0],
+              teacher_logits=evals["teacher"][0])
+    ckpt.save_student(run_dir / "student.pt", {
+        "arch": recipe.student.arch,
+        "options": dict(recipe.student.options),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in setup.student.state_dict().items()},
+        "preprocessing": data.preprocessing(),
+        "class_names": list(data.class_names),
+        "split": data.split_info,
+        "recipe": recipe.to_dict(),
+        "recipe_hash": recipe.digest(),
+        "metrics": {k: summary["student"][k] for k in calibration.METRIC_KEYS},
+        "edgekd_version": edgekd.__version__,
+    })
+    files.write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    files.atomic_write_bytes(path, buf.getvalue())

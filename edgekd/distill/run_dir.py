@@ -1,0 +1,138 @@
+"""Run directories: naming a new one, finding one on disk (the newest complete run
+for export, an unfinished one for --resume), and training into one: created only
+once everything is checked, removed again if the run fails before its first
+checkpoint, continued from last.pt with --resume.
+
+A run directory holds recipe.yaml, split.json, metrics.jsonl and last.pt while it
+trains; student.pt, summary.json, eval_logits.npz and reliability_*.png when done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from edgekd import files
+from edgekd.distill import checkpoint as ckpt
+from edgekd.distill import distributed
+from edgekd.distill.distributed import SINGLE, Dist
+from edgekd.distill.setup import Setup, prepare
+from edgekd.distill.trainer import Trainer
+from edgekd.errors import CheckpointError, EdgeKDError
+from edgekd.recipe import Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults
+
+# What a run directory may hold before its first checkpoint (removed when such a run
+# is started again with --resume).
+_RUN_FILES = {"recipe.yaml", "split.json", "metrics.jsonl"}
+
+
+def default_run_dir(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
+    """runs/<recipe-name>-<time>, with -1, -2, ... if that name is taken."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / f"{recipe.name}-{stamp}"
+    path, i = base, 1
+    while path.exists():
+        path = Path(f"{base}-{i}")
+        i += 1
+    return path
+
+
+def _runs(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime)
+
+
+def newest_complete_run(root: str | Path = "runs") -> Path:
+    root = Path(root)
+    done = [p for p in _runs(root) if (p / "student.pt").is_file() and (p / "summary.json").is_file()]
+    if not done:
+        raise EdgeKDError(f"no complete run under {root}/ (one with student.pt); run edgekd distill first or name RUN_DIR")
+    return done[-1]
+
+
+def find_resumable(recipe: Recipe, root: str | Path = "runs") -> Path:
+    root = Path(root)
+    cands = [p for p in _runs(root)
+             if p.name.startswith(f"{recipe.name}-") and (p / "last.pt").is_file() and not (p / "student.pt").is_file()]
+    if not cands:
+        raise EdgeKDError(f"--resume: no unfinished run of recipe '{recipe.name}' under {root}/; name it with --out")
+    return cands[-1]
+
+
+def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False) -> list[str]:
+    """Keys that differ between last.pt's recipe and this one; refused unless allow_change."""
+    diffs = recipe_diff(with_defaults(saved), current.to_dict())
+    if diffs and not allow_change:
+        raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: "
+                              f"{describe_keys(diffs)} (pass --allow-recipe-change to resume anyway)")
+    return diffs
+
+
+def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
+                allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
+                dist: Dist = SINGLE) -> dict[str, Any]:
+    """Prepare (no files yet), then train into run_dir. A run that fails before its
+    first checkpoint leaves no directory behind. Under torchrun every rank calls this;
+    all of them check the run directory, rank 0 alone changes it. Returns the summary
+    (an empty dict on ranks other than 0)."""
+    setup = prepare(recipe, dist)
+    try:
+        return _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
+    finally:
+        distributed.shutdown(dist)
+
+
+def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_recipe_change: bool,
+                warn: Callable[[str], None] | None) -> dict[str, Any]:
+    recipe, dist = setup.recipe, setup.dist
+    main = dist.is_main
+    last = run_dir / "last.pt"
+    fresh_again = resume and not last.is_file() and (run_dir / "recipe.yaml").is_file()
+    if fresh_again:
+        # Killed before its first checkpoint: nothing to continue, so start the same run
+        # again from scratch in the same place (the recipe must still match).
+        check_resume_recipe(read_yaml_mapping(run_dir / "recipe.yaml"), recipe, allow_recipe_change)
+        resume = False
+    state, changed = None, []
+    if resume:
+        if not last.is_file():
+            raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume")
+        state = ckpt.load_training_state(last)
+        changed = check_resume_recipe(state["recipe"], recipe, allow_recipe_change)
+    elif not fresh_again and run_dir.exists() and any(run_dir.iterdir()):
+        raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
+    distributed.barrier(dist)  # every rank has checked before rank 0 changes anything
+    created = False
+    if main:
+        if run_dir.is_dir():
+            files.remove_stale_temps(run_dir)  # a kill during a checkpoint write leaves its temp file
+        if fresh_again:
+            for leftover in run_dir.iterdir():
+                if leftover.is_file() and leftover.name in _RUN_FILES:
+                    leftover.unlink()
+        if changed and warn:
+            warn(f"resuming with a changed recipe: {describe_keys(changed)}")
+        if state is None:
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise EdgeKDError(f"cannot create run directory {run_dir}: {e.strerror or e}") from e
+            created = True
+    try:
+        trainer = Trainer(setup, run_dir, on_epoch=on_epoch, progress=progress)
+        if state is not None:
+            trainer.load_state(state)
+        if main and (state is None or changed):  # a changed recipe is what the run follows now: on disk too
+            files.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
+        if main and state is None:
+            files.write_json(run_dir / "split.json", setup.data.split_info)
+        return trainer.fit()
+    except BaseException:
+        if created and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise

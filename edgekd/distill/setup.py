@@ -1,0 +1,152 @@
+"""Everything a run needs before its first step: device, mixed precision,
+determinism, seeds, data, models, the method and the optimizers. Nothing here
+writes a file, so a bad recipe fails before a run directory exists."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.data import DataModule, build_data
+from edgekd.distill import checkpoint as ckpt
+from edgekd.distill import distributed
+from edgekd.distill.distributed import SINGLE, Dist
+from edgekd.distill.methods import Distiller, get_method
+from edgekd.errors import MissingDependencyError, RecipeError
+from edgekd.models import build_model, load_weights
+from edgekd.recipe import OptimConfig, Recipe
+
+
+@dataclass
+class Setup:
+    """Everything built from a recipe before any file is written."""
+
+    recipe: Recipe
+    data: DataModule
+    teacher: nn.Module
+    student: nn.Module
+    method: Distiller
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    dist: Dist = SINGLE
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MissingDependencyError(f"train.device is {name} but no CUDA GPU is visible; use train.device: cpu or auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise MissingDependencyError(f"train.device is {name} but only {torch.cuda.device_count()} GPU(s) are visible")
+    return torch.device(name)
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            raise RecipeError(f"train.amp: {mode} needs a CUDA device; use off or auto on the CPU")
+        return None
+    return {"off": None, "auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision at dtype on device, or nothing when dtype is None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def apply_determinism(deterministic: bool, device: torch.device) -> None:
+    """Make training on `device` bit-reproducible (train.deterministic: true) or fast.
+
+    CPU: nothing to set. PyTorch's CPU kernels already give the same result run after
+    run for a fixed seed and a fixed thread count (OMP_NUM_THREADS), either way.
+    CUDA: true picks deterministic cuDNN and cuBLAS kernels (slower) and warns about
+    any op that has none; false lets cuDNN time its kernels per input shape and keep
+    the fastest, which is quicker but may round differently from run to run.
+    These are process-wide settings, so both values set every flag.
+    """
+    if device.type != "cuda":
+        return
+    if deterministic:
+        # cuBLAS reads this when it creates its handle (at the first matmul): it must
+        # be set before any CUDA work. A value the user chose is kept.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(False)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def join_process_group(recipe: Recipe, dist: Dist) -> None:
+    """Under torchrun, join the process group on this rank's device (no-op otherwise)."""
+    distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
+
+
+def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
+    """Build data, models and the method; raise a clean error for any bad input, write nothing.
+    Under torchrun (dist.enabled) this also joins the process group."""
+    d = recipe.data
+    device = distributed.local_device(dist, resolve_device(recipe.train.device))
+    amp_dtype = resolve_amp(recipe.train.amp, device)
+    distributed.per_rank_batch(d.batch_size, dist)
+    method_cls = get_method(recipe.distill.method)
+    data = build_data(
+        d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
+        download=d.download, cache_dir=d.cache_dir,
+    )
+    if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):
+        raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
+    apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
+    seed_everything(recipe.train.seed)
+
+    def net(cfg) -> nn.Module:
+        model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
+        if cfg.checkpoint:
+            load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
+        return model
+
+    teacher = net(recipe.teacher)
+    student = net(recipe.student)
+    if recipe.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    teacher.to(device)
+    student.to(device)
+    distributed.init(dist, device)
+    # The method calls the wrapped nets (DDP, compiled); state, evaluation and
+    # checkpoints use the raw modules, so checkpoint keys never carry "module." or
+    # "_orig_mod.". A frozen teacher (kd) has no gradients to all-reduce.
+    sync_bn = recipe.train.sync_bn
+    t_run = distributed.wrap(teacher, dist, device, sync_bn) if method_cls.trains_teacher else teacher
+    s_run = distributed.wrap(student, dist, device, sync_bn)
+    if recipe.train.compile:
+        t_run, s_run = torch.compile(t_run), torch.compile(s_run)
+    method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
+    if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
+        seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
+    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist)
+
+
+def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    # Fused kernels where the device supports them; foreach elsewhere.
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay, **fast)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **fast)
