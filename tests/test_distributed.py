@@ -83,6 +83,14 @@ def test_global_batch_must_split_evenly(tmp_path):
     assert res.returncode == 2 and "not divisible by 3" in res.stderr and not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
+def test_sync_bn_on_the_cpu_is_one_line_not_a_traceback(tmp_path):
+    res = run("-m", "edgekd", "distill", QUICKSTART, "--out", str(tmp_path / "x"), "--nproc-per-node", "2",
+              "--set", "train.sync_bn=true", "--set", "train.device=cpu")
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "train.sync_bn" in res.stderr and "Traceback" not in res.stderr and not (tmp_path / "x").exists()
+
+
 # 1 process and 2 processes must compute the same training, up to the order of floating-point sums:
 # - no BatchNorm: the nets normalise with GroupNorm, per image. With BatchNorm each rank normalises
 #   its half of the global batch by that half's mean and variance, a different function from the

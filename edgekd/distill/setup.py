@@ -105,6 +105,10 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     device = distributed.local_device(dist, resolve_device(recipe.train.device))
     amp_dtype = resolve_amp(recipe.train.amp, device)
     distributed.per_rank_batch(d.batch_size, dist)
+    if dist.enabled and recipe.train.sync_bn and device.type != "cuda":
+        # torch's SyncBatchNorm runs on GPUs only; DDP would fail on every rank with a traceback.
+        raise RecipeError(f"train.sync_bn: true needs CUDA devices (SyncBatchNorm runs on GPUs only), "
+                          f"but this run trains on {device.type}; set train.sync_bn: false")
     method_cls = get_method(recipe.distill.method)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
