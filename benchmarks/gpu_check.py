@@ -56,11 +56,18 @@ PROFILES = {
     "gpu": dict(steps=40, rounds=5, val=1000, train_epochs=5, torchrun_subset=4096, torchrun_timeout=300,
                 compile=True, overrides=["train.device=cuda", "train.amp=bf16", "train.channels_last=true"]),
     "tiny": dict(steps=2, rounds=1, val=300, train_epochs=2, torchrun_subset=128, torchrun_timeout=150,
-                 compile=False, overrides=["teacher.arch=cnn_small", "student.arch=cnn_tiny", "data.batch_size=64", "optim.warmup_epochs=0",
-                                           "train.device=cpu", "train.amp='off'", "train.channels_last=false"]),
+                 compile=False, overrides=["teacher.arch=cnn_small", "student.arch=cnn_tiny", "data.batch_size=64",
+                                           "optim.warmup_epochs=0", "train.device=cpu", "train.amp='off'",
+                                           "train.channels_last=false"]),
 }
 PARTS = ("throughput", "loss_overhead", "torchrun", "training")
 TARGETS = {"pair_img_s": 12_000, "bdkd_over_ce": 1.03, "device_over_synthetic": 0.9, "accuracy_over_chance": 2.0}
+
+
+def bad_input(msg: str):
+    """One line naming what is wrong, exit 2 (a missed target exits 1)."""
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def write_cifar_batches(npz: dict, root: Path) -> None:
@@ -86,12 +93,15 @@ def load_npz(path: Path | None, tiny: bool) -> dict:
         d = load_digits(32)
         return {"images": d.images, "labels": d.labels, "class_names": np.asarray(d.class_names), "path": "digits"}
     if path is None or not path.is_file():
-        raise SystemExit(f"error: --data {path} not found; write it with benchmarks/make_gpu_data.py (into .gpu/)")
-    with np.load(path) as z:
-        out = {k: z[k] for k in ("images", "labels", "class_names")}
+        bad_input(f"--data {path} not found; write it with benchmarks/make_gpu_data.py (into .gpu/)")
+    try:
+        with np.load(path) as z:
+            out = {k: z[k] for k in ("images", "labels", "class_names")}
+    except Exception as e:  # noqa: BLE001 - not a zip, a key missing, pickled objects: all the same answer
+        bad_input(f"{path} is not a .npz from benchmarks/make_gpu_data.py ({type(e).__name__}: {first_line(e, 120)})")
     ok = out["images"].dtype == np.uint8 and out["images"].shape[1:] in ((32, 32, 3), (32, 32, 1))
     if not ok or len(out["labels"]) != len(out["images"]) or len(out["class_names"]) != 10:
-        raise SystemExit(f"error: {path} must hold uint8 images [N, 32, 32, 3], N labels and 10 class_names")
+        bad_input(f"{path} must hold uint8 images [N, 32, 32, 3], N labels and 10 class_names")
     return {**out, "path": str(path)}
 
 
@@ -211,10 +221,10 @@ def main() -> int:
     args = ap.parse_args()
     if args.data is None and not args.tiny:
         args.data = REPO / ".gpu/cifar10-10k.npz"
-    if not args.tiny and not torch.cuda.is_available():
-        raise SystemExit("error: no CUDA GPU is visible; run with --tiny on the CPU")
-    p = PROFILES["tiny" if args.tiny else "gpu"]
     npz = load_npz(args.data, args.tiny)
+    if not args.tiny and not torch.cuda.is_available():
+        bad_input("no CUDA GPU is visible; run with --tiny on the CPU")
+    p = PROFILES["tiny" if args.tiny else "gpu"]
     t0 = time.perf_counter()
     report: dict = {"schema": 1, "mode": "tiny" if args.tiny else "gpu", "torch": torch.__version__,
                     "python": platform.python_version(), "recipe": str(RECIPE.relative_to(REPO)),

@@ -23,18 +23,23 @@ from PIL import Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
+def bad_input(msg: str):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
 def pack(root: Path, count: int, size: int = 32) -> tuple[np.ndarray, np.ndarray, list[str]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise SystemExit(f"error: {root} has no class folders; expected ROOT/<class>/<image files>")
+        bad_input(f"{root} has no class folders; expected ROOT/<class>/<image files>")
     per_class = count // len(classes)
     if per_class < 1:
-        raise SystemExit(f"error: --count {count} is less than the {len(classes)} classes; allowed: >= {len(classes)}")
+        bad_input(f"--count {count} is less than the {len(classes)} classes; allowed: >= {len(classes)}")
     images, labels = [], []
     for label, name in enumerate(classes):
         paths = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
         if len(paths) < per_class:
-            raise SystemExit(f"error: {root / name} has {len(paths)} images, fewer than the {per_class} needed per class")
+            bad_input(f"{root / name} has {len(paths)} images, fewer than the {per_class} needed per class")
         for p in paths:
             with Image.open(p) as im:
                 im = im.convert("RGB")
@@ -52,7 +57,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path(".gpu/cifar10-10k.npz"))
     args = p.parse_args()
     if not args.root.is_dir():
-        raise SystemExit(f"error: --root {args.root} is not a folder")
+        bad_input(f"--root {args.root} is not a folder")
     images, labels, classes = pack(args.root, args.count)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()  # written whole, then renamed: never a half-written .npz
