@@ -27,7 +27,7 @@ def test_tiny_check_writes_every_section(tmp_path):
     res = run("benchmarks/gpu_check.py", "--tiny", "--out", str(out))
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["mode"] == "tiny" and r["errors"] == [] and r["passed"] is True
+    assert r["mode"] == "tiny" and r["complete"] is True and r["errors"] == [] and r["passed"] is True
     eager = r["throughput"]["eager"]
     for key in ("device_median", "synthetic_median", "device_over_synthetic"):
         assert math.isfinite(eager[key]) and eager[key] > 0, key
@@ -66,7 +66,8 @@ def test_make_gpu_data_packs_a_balanced_folder(tmp_path):
         assert z["images"].shape == (4, 32, 32, 3) and z["images"].dtype == np.uint8
         assert z["labels"].tolist() == [0, 0, 1, 1] and z["class_names"].tolist() == ["a_dog", "b_cat"]
         assert z["images"][0, 0, 0].tolist() == [200, 0, 7] and z["images"][1, 0, 0].tolist() == [200, 50, 7]
-    res = run("benchmarks/make_gpu_data.py", "--root", str(tmp_path / "root"), "--count", "8", "--out", str(tmp_path / "e.npz"))
+    res = run("benchmarks/make_gpu_data.py", "--root", str(tmp_path / "root"), "--count", "8",
+              "--out", str(tmp_path / "e.npz"))
     assert res.returncode == 2 and res.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'root' / 'a_dog'} has 3 images, fewer than the 4 needed per class"]
     assert not (tmp_path / "e.npz").exists()
