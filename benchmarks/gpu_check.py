@@ -127,12 +127,16 @@ class SyntheticBatches:
 
 
 def feeds(t: Trainer):
-    """Two timers over the same Trainer: fed by its DeviceLoader, and by synthetic tensors."""
+    """Two timers over the same Trainer: fed by its DeviceLoader, and by synthetic tensors. Each puts
+    the DeviceLoader back, so later parts (bdkd vs ce) time this Trainer on real data again."""
     real, fake = t.train_loader, SyntheticBatches(t.train_loader, t.setup.data.num_classes)
 
     def timed(loader):
         t.train_loader = loader
-        return time_trainer_epoch(t)
+        try:
+            return time_trainer_epoch(t)
+        finally:
+            t.train_loader = real
     return (lambda: timed(real)), (lambda: timed(fake))
 
 
