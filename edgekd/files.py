@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -94,13 +95,20 @@ def write_yaml(path: str | Path, obj: Any) -> None:
 
 def torch_save(obj: Any, path: str | Path, crash_point: str | None = None) -> None:
     """torch.save through a temp file + fsync + rename."""
-    import io
-
     import torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue(), crash_point=crash_point)
+
+
+def write_npz(path: str | Path, **arrays: Any) -> None:
+    """np.savez_compressed through a temp file + fsync + rename."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -17,7 +17,6 @@ of the top two classes closer than that can flip the argmax of a handful of imag
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +80,8 @@ def save(out: Path, slug: str, seed: int, meta: dict[str, Any], labels, logits, 
     arrays = {"labels": _labels(labels), "student_logits": compact_logits(logits)}
     if tune_logits is not None:
         arrays.update(tune_labels=_labels(tune_labels), tune_student_logits=compact_logits(tune_logits))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    files.atomic_write_bytes(npz_path, buf.getvalue())
+    files.write_npz(npz_path, **arrays)
     files.write_json(json_path, {"format": FORMAT, "logits": "float16 log-softmax", **meta})
 
 

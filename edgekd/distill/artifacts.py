@@ -7,7 +7,6 @@ evaluation split, as Trainer.evaluate returns them.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +60,7 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
             calibration.reliability_bins(logits, labels), run_dir / f"reliability_{role}.png",
             title=f"{role} {arch} ({recipe.distill.method}) on {recipe.train.eval_split}",
         )
-    _save_npz(run_dir / "eval_logits.npz", labels=evals["student"][1], student_logits=evals["student"][0],
+    files.write_npz(run_dir / "eval_logits.npz", labels=evals["student"][1], student_logits=evals["student"][0],
               teacher_logits=evals["teacher"][0])
     ckpt.save_student(run_dir / "student.pt", {
         "arch": recipe.student.arch,
@@ -80,9 +79,3 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
     })
     files.write_json(run_dir / "summary.json", summary)
     return summary
-
-
-def _save_npz(path: Path, **arrays) -> None:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    files.atomic_write_bytes(path, buf.getvalue())
