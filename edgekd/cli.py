@@ -302,6 +302,37 @@ def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max
                           report_dir=report_dir, save_predictions=save_predictions, log=click.echo)
 
 
+@cli.command("models")
+@click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Input size (pixels, square) the parameter counts are for: data.image_size.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Input channels (1 for grayscale data such as digits).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Classes of the final layer.")
+def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
+    """List every model a recipe can name as teacher.arch or student.arch, with its
+    parameter count at the given input size, its options (with defaults) and its
+    source: built in, or the installed package that registers it through the
+    `edgekd.models` entry point group (see README, "Bring your own model").
+    A plugin that cannot be imported, or has a bad factory, is one line naming its
+    package, exit 2.
+    """
+    _need_torch("models")
+    from edgekd.models import model_catalog
+
+    rows = model_catalog(num_classes, in_channels, image_size)
+    table = [("model", "parameters", "options", "source")] + [
+        (m.name, f"{m.params:,}", ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-", m.source)
+        for m in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    click.echo(f"{len(rows)} models; parameters at {image_size}x{image_size}, {in_channels} input "
+               f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
+    for name, params, options, source in table:
+        click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or os.environ.get("EDGEKD_DEBUG") == "1"
