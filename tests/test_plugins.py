@@ -15,16 +15,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from edgekd.cli import main
 from edgekd.errors import ModelError
 from edgekd.models import available_models, build_model, count_parameters, model_options, model_source, registry
+
+from _cli import cli
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples/plugin"
@@ -44,6 +43,7 @@ def install(site: Path, name: str, version: str, entry_points: dict[str, str], m
 
 def install_example(site: Path) -> None:
     """examples/plugin as its pyproject.toml declares it."""
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
     meta = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())
     project = meta["project"]
     modules = {m: (EXAMPLE / f"{m}.py").read_text() for m in meta["tool"]["setuptools"]["py-modules"]}
@@ -71,13 +71,6 @@ def site(tmp_path, monkeypatch):
     for name in set(sys.modules) - modules:
         if name.startswith("edgekd_"):
             del sys.modules[name]
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
 
 
 def test_example_plugin_is_found_by_name_and_imported_only_when_used(site):
