@@ -66,7 +66,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
     epoch), student.pt, summary.json and reliability diagrams into the run
-    directory. The last line says where the run is and the student's
+    directory (and TensorBoard event files in tensorboard/ with
+    train.log: [tensorboard]). The last line says where the run is and the student's
     accuracy and ECE on the evaluation split (train.eval_split: val or tune).
     """
     from edgekd.recipe import load_recipe
