@@ -66,7 +66,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
     epoch), student.pt, summary.json and reliability diagrams into the run
-    directory. The last line says where the run is and the student's
+    directory (and TensorBoard event files in tensorboard/ with
+    train.log: [tensorboard]). The last line says where the run is and the student's
     accuracy and ECE on the evaluation split (train.eval_split: val or tune).
     """
     from edgekd.recipe import load_recipe
@@ -300,6 +301,37 @@ def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max
     return run_validation(bundle=bundle, data_spec=data_spec, formats=_csv(formats), runtime=runtime,
                           providers=_csv(providers), batch=batch, thresholds=thresholds, json_path=json_path,
                           report_dir=report_dir, save_predictions=save_predictions, log=click.echo)
+
+
+@cli.command("models")
+@click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Input size (pixels, square) the parameter counts are for: data.image_size.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Input channels (1 for grayscale data such as digits).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Classes of the final layer.")
+def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
+    """List every model a recipe can name as teacher.arch or student.arch, with its
+    parameter count at the given input size, its options (with defaults) and its
+    source: built in, or the installed package that registers it through the
+    `edgekd.models` entry point group (see README, "Bring your own model").
+    A plugin that cannot be imported, or has a bad factory, is one line naming its
+    package, exit 2.
+    """
+    _need_torch("models")
+    from edgekd.models import model_catalog
+
+    rows = model_catalog(num_classes, in_channels, image_size)
+    table = [("model", "parameters", "options", "source")] + [
+        (m.name, f"{m.params:,}", ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-", m.source)
+        for m in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    click.echo(f"{len(rows)} models; parameters at {image_size}x{image_size}, {in_channels} input "
+               f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
+    for name, params, options, source in table:
+        click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

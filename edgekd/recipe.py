@@ -150,6 +150,9 @@ class TrainConfig(_Strict):
     # Steps whose loss or gradient is NaN/Inf that may be skipped (no update) before
     # the run stops; 0 stops at the first one.
     max_bad_steps: int = Field(0, ge=0)
+    # Where each epoch's record goes besides metrics.jsonl (always written): tensorboard
+    # writes event files to <run>/tensorboard/ (needs the tensorboard extra).
+    log: list[Literal["tensorboard"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _device_name(self) -> "TrainConfig":

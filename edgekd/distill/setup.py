@@ -17,6 +17,7 @@ from edgekd.data import DataModule, build_data
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
+from edgekd.distill import tensorboard_log
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.errors import MissingDependencyError, RecipeError
 from edgekd.models import build_model, load_weights
@@ -110,6 +111,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
         raise RecipeError(f"train.sync_bn: true needs CUDA devices (SyncBatchNorm runs on GPUs only), "
                           f"but this run trains on {device.type}; set train.sync_bn: false")
     method_cls = get_method(recipe.distill.method)
+    tensorboard_log.require(recipe.train.log)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
         download=d.download, cache_dir=d.cache_dir,
