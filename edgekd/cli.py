@@ -100,7 +100,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     with reporter, distributed.peer_errors(dist):
         summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done if main else None,
                               progress=reporter.step if main else None, allow_recipe_change=allow_recipe_change,
-                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True), dist=dist)
+                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True), dist=dist,
+                              note=reporter.note)
     if not main:
         return 0
     s, t = summary["student"], summary["teacher"]

@@ -99,7 +99,17 @@ class DataConfig(_Strict):
 class NetConfig(_Strict):
     arch: str
     checkpoint: Optional[str] = None
+    # How `checkpoint` initialises the net (edgekd/models/pretrained.py): full loads every
+    # tensor strictly; backbone loads every tensor whose name and shape fit and keeps the
+    # classifier freshly initialised when the class count differs (e.g. ImageNet weights).
+    init: Literal["full", "backbone"] = "full"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _init_needs_checkpoint(self) -> "NetConfig":
+        if self.init == "backbone" and not self.checkpoint:
+            raise ValueError("init: backbone loads a pretrained file: set checkpoint to it")
+        return self
 
 
 class DistillConfig(_Strict):

@@ -92,13 +92,14 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return _load_format(path, "training", TRAINING_FORMAT)
 
 
-def load_net_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights for `teacher.checkpoint`: an edgekd student.pt/last.pt, or a bare state_dict."""
+def load_net_weights(path: str | Path, role: str = "teacher") -> dict[str, torch.Tensor]:
+    """Weights for `teacher.checkpoint` / `student.checkpoint`: an edgekd student.pt, the
+    net of the same role in a last.pt, or a bare state_dict (torchvision's own files)."""
     ckpt = safe_load(path, "checkpoint")
     if ckpt.get("format") == STUDENT_FORMAT:
         return ckpt["state_dict"]
     if ckpt.get("format") == TRAINING_FORMAT:
-        return ckpt["teacher"]
+        return ckpt[role]
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         return ckpt["state_dict"]
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

@@ -75,12 +75,16 @@ def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bo
 
 def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
                 allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
-                dist: Dist = SINGLE) -> dict[str, Any]:
+                dist: Dist = SINGLE, note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind. Under torchrun every rank calls this;
     all of them check the run directory, rank 0 alone changes it. Returns the summary
-    (an empty dict on ranks other than 0)."""
+    (an empty dict on ranks other than 0). `note` gets what init: backbone loaded."""
     setup = prepare(recipe, dist)
+    if note and dist.is_main:
+        for role, report in setup.init_reports.items():
+            for line in report.lines(role):
+                note(line)
     try:
         return _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill import tensorboard_log
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.errors import MissingDependencyError, RecipeError
-from edgekd.models import build_model, load_weights
+from edgekd.models import build_model
+from edgekd.models.pretrained import InitReport, init_weights
 from edgekd.recipe import OptimConfig, Recipe
 
 
@@ -36,6 +37,8 @@ class Setup:
     device: torch.device
     amp_dtype: torch.dtype | None
     dist: Dist = SINGLE
+    # What student.init / teacher.init: backbone loaded, by role (full loads leave none).
+    init_reports: dict[str, InitReport] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,14 +124,25 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)
 
-    def net(cfg) -> nn.Module:
+    init_reports: dict[str, InitReport] = {}
+
+    def net(role: str) -> nn.Module:
+        cfg = getattr(recipe, role)
         model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
         if cfg.checkpoint:
-            load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
+            state = ckpt.load_net_weights(cfg.checkpoint, role)
+            report = init_weights(model, state, cfg.init, source=cfg.checkpoint, num_classes=data.num_classes)
+            if report is not None:
+                init_reports[role] = report
         return model
 
-    teacher = net(recipe.teacher)
-    student = net(recipe.student)
+    teacher = net("teacher")
+    student = net("student")
+    t_init = init_reports.get("teacher")
+    if t_init is not None and t_init.classifier_reinitialised and not method_cls.trains_teacher:
+        raise RecipeError(f"teacher.init: backbone left the teacher's classifier untrained ({t_init.classifier}: the "
+                          f"file has another class count), but distill.method {recipe.distill.method} keeps the "
+                          f"teacher frozen; give a teacher trained on these classes or a method that trains it")
     if recipe.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
@@ -146,7 +160,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
     if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
         seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
-    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist)
+    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist, init_reports)
 
 
 def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
