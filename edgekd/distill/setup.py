@@ -53,10 +53,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# torch.cpu.get_capabilities() names: x86 AVX512-BF16 and AMX-BF16, Arm BF16 and SVE-BF16.
+_CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions. Without them torch emulates
+    bf16 in fp32 and autocast only adds conversions (slower than plain fp32)."""
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        caps = probe()
+        return any(caps.get(name) is True for name in _CPU_BF16_FEATURES)
+    # Older torch: its private x86 check, or no bf16 (the safe answer: fp32 training).
+    old_probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(old_probe and old_probe())
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            raise RecipeError(f"train.amp: {mode} needs a CUDA device; use off or auto on the CPU")
+        if mode == "fp16":
+            raise RecipeError("train.amp: fp16 needs a CUDA device; use off, auto or (on a CPU with bf16) bf16")
+        if mode == "bf16":
+            if device.type != "cpu" or not cpu_has_bf16():
+                where = "this CPU has no bf16 instructions" if device.type == "cpu" else f"the device is {device.type}"
+                raise RecipeError(f"train.amp: bf16 needs a CUDA device or a CPU with bf16 instructions "
+                                  f"(AVX512-BF16, AMX or Arm BF16), but {where}; use off or auto")
+            return torch.bfloat16
         return None
     return {"off": None, "auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
