@@ -108,7 +108,7 @@ class NetConfig(_Strict):
     @model_validator(mode="after")
     def _init_needs_checkpoint(self) -> "NetConfig":
         if self.init == "backbone" and not self.checkpoint:
-            raise ValueError("init: backbone loads a pretrained file: set checkpoint to it")
+            raise ValueError("init: backbone needs checkpoint (the pretrained file to load)")
         return self
 
 
