@@ -177,6 +177,9 @@ CASES = {
         lambda w, m: (shutil.copy(m[0] / "student.pt", w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
     "checkpoint: pickle that runs code": _c(
         lambda w, m: ((w / "t.pt").write_bytes(pickle.dumps(RunsCode())), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
+    "checkpoint: torch.save file with a pickle that runs code": _c(
+        lambda w, m: (torch.save({"conv.weight": RunsCode()}, w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1],
+        "t.pt was refused by the safe loader (weights_only): Trying to load unsupported GLOBAL"),
     "checkpoint: run without student.pt": _c(
         lambda w, m: ((run_copy(w, m) / "student.pt").unlink(), ["export", "run", "--out", "b"])[-1], "student.pt"),
     "checkpoint: truncated student.pt": _c(

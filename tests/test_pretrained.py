@@ -8,14 +8,24 @@ test_bad_input.py.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
+from PIL import Image
+
+from edgekd.cli import main
 
 from edgekd.distill import checkpoint as ckpt
 from edgekd.errors import CheckpointError, ModelError
 from edgekd.models import build_model
 from edgekd.models.pretrained import MIN_BACKBONE_SHARE, find_classifier, init_weights
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _save_torchvision(tmp_path, name: str, **kw):
@@ -127,3 +137,41 @@ def test_the_classifier_is_the_last_linear_layer_or_backbone_is_refused():
         find_classifier(conv_head, 10)
     with pytest.raises(ModelError, match=r"nn\.Linear with 10 outputs, not an nn\.Linear with 7 outputs"):
         find_classifier(_fresh("resnet8", 32), 7)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # trains mobilenet_v2 + resnet18 at 96 px for one epoch on 30 photos
+def test_finetune_recipe_runs_end_to_end_on_stand_in_files(tmp_path, monkeypatch, capfd):
+    """recipes/finetune-imagefolder.yaml as shipped (photos/ under the working folder), with the
+    stand-in pretrained files benchmarks/make_finetune_inputs.py writes."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog", "fox"):
+        (tmp_path / "photos" / c).mkdir(parents=True)
+        for i in range(10):  # 4:3 photos, squeezed to 96x96 when loaded
+            Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(tmp_path / "photos" / c / f"{i}.jpg")
+    student_file, teacher_file = _load_script("make_finetune_inputs").make(tmp_path / "pre", 3, 96, seed=0)
+    run = tmp_path / "run"
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["distill", str(REPO / "recipes/finetune-imagefolder.yaml"), "--set", f"student.checkpoint={student_file}",
+              "--set", f"teacher.checkpoint={teacher_file}", "--set", "train.epochs=1", "--set", "data.batch_size=8",
+              "--out", str(run), "--quiet"])  # fmt: skip
+    out, err = capfd.readouterr()
+    assert e.value.code == 0, err[-2000:]
+    lines = out.splitlines()
+    assert lines[0] == (f"student.init backbone from {student_file}: loaded 312 of 314 tensors, 100.0% of the "
+                        f"2,223,872 parameters outside the classifier")  # fmt: skip
+    assert lines[1].startswith("student.init backbone: not loaded: 2 freshly initialised (the classifier: class count "
+                               "differs): classifier.1.weight (file [1000, 1280], model [3, 1280])")  # fmt: skip
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["student"]["init"]["classifier_reinitialised"] is True
+    assert summary["student"]["init"]["tensors_fresh"] == ["classifier.1.weight", "classifier.1.bias"]
+    assert "init" not in summary["teacher"]  # init: full loads everything or fails
+    assert summary["split"]["image_size"] == 96 and summary["split"]["sizes"]["train"] == 27
