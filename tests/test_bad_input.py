@@ -302,10 +302,12 @@ def _conv_head(num_classes: int, in_channels: int, image_size: int) -> torch.nn.
 
 
 @pytest.fixture
-def conv_head_model():
+def conv_head_model(monkeypatch):
+    """_conv_head registered for this test only (the registry is restored afterwards)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
     register_model("conv_head_test")(_conv_head)
-    yield "conv_head_test"
-    registry._REGISTRY.pop("conv_head_test")
+    return "conv_head_test"
 
 
 def test_backbone_on_a_model_without_a_classifier(conv_head_model, tmp_path, monkeypatch, capfd):
