@@ -273,9 +273,14 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 @click.option("--formats", default=None,
               help="Comma-separated: fp32, fp16, int8, int8_cpu, engine (engine_fp16, engine_int8). Default: every "
                    "file in the bundle the runtime can run (--runtime tensorrt: the engines + fp32; int8_cpu is "
-                   "ONNX Runtime only).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: all available).")
+                   "for CPUs: onnxruntime or openvino).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime",
+              show_default=True,
+              help="onnxruntime: the ONNX files in ONNX Runtime. openvino: the ONNX files (both INT8 flavours "
+                   "included) in OpenVINO on the CPU, float math in f32, never bf16 (pip install 'edgekd[openvino]'). "
+                   "tensorrt: the bundle's engines, plus fp32 in ONNX Runtime.")
+@click.option("--providers", default=None,
+              help="ONNX Runtime execution providers, comma-separated (default: all available; not with --runtime openvino).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size for throughput and metrics.")
 @click.option("--max-ece", type=click.FloatRange(0, 1), default=None, help="Gate: maximum ECE (fraction, e.g. 0.05).")
 @click.option("--max-acc-drop", type=click.FloatRange(0, 1), default=None, help="Gate: maximum top-1 drop vs the PyTorch reference.")

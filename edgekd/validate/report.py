@@ -32,9 +32,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_info(runtime: str, providers: list[str], onnxruntime_version: str | None) -> dict:
+def device_info(runtime: str, providers: list[str], onnxruntime_version: str | None,
+                openvino_version: str | None) -> dict:
     return {"platform": platform.platform(), "cpu": f"{cpu_name()} ({os.cpu_count()} logical cores)",
-            "runtime": runtime, "providers": providers, "onnxruntime": onnxruntime_version}
+            "runtime": runtime, "providers": providers, "onnxruntime": onnxruntime_version,
+            "openvino": openvino_version}
 
 
 def bundle_info(bundle) -> dict:
@@ -93,6 +95,7 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
     except OSError as e:
         raise EdgeKDError(f"cannot create --report folder {report_dir}: {e.strerror or e}") from None
     results, data, device, bundle = document["formats"], document["data"], document["device"], document["bundle"]
+    library = "openvino" if device["runtime"] == "openvino" else "onnxruntime"  # whose version to show
     panels = {fmt: calibration.reliability_bins(z, labels) for fmt, z in logits.items()}
     plots.reliability_grid(panels, report_dir / "reliability.png",
                            f"{Path(bundle['path']).name} on {data['spec']} ({data['n']} images)")
@@ -108,7 +111,7 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
         "",
         f"- data: {data['spec']}, {data['n']} images, {len(data['classes'])} classes",
         f"- device: {device['platform']}; {device['cpu']}",
-        f"- runtime: {device['runtime']} (onnxruntime {device['onnxruntime']}); providers: {', '.join(device['providers'])}",
+        f"- runtime: {device['runtime']} ({library} {device[library]}); providers: {', '.join(device['providers'])}",
         "",
         "Metrics use the raw softmax. Agreement is top-1 agreement with the bundle's FP32 ONNX model in this run; "
         "ECE drift and accuracy drop compare with the manifest's PyTorch reference on its val split "
