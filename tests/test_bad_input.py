@@ -223,6 +223,10 @@ CASES = {
     "onnx: wrong input shape (manifest re-hashed)": _c(
         lambda w, m: (_reshape_input(bundle_copy(w, m) / "model_fp32.onnx"), rehash(w / "bundle", "model_fp32.onnx"),
                       ["validate", "bundle"])[-1], "model_fp32.onnx"),
+    "onnx: not ONNX at all, on OpenVINO (manifest re-hashed)": _c(
+        lambda w, m: ((bundle_copy(w, m) / "model_fp16.onnx").write_bytes(b"hello, not a protobuf"),
+                      rehash(w / "bundle", "model_fp16.onnx"), ["validate", "bundle", "--runtime", "openvino"])[-1],
+        "model_fp16.onnx could not be loaded by OpenVINO"),
     # engines
     "engine: TensorRT runtime asked for, not installed": _c(
         lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "tensorrt"], "TensorRT"),
@@ -241,6 +245,12 @@ CASES = {
     # flags
     "flag: non-numeric threshold": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "abc"], "--max-ece"),
     "flag: threshold out of range": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "5"], "--max-ece"),
+    "flag: --runtime openvino --formats int8, bundle without INT8 files": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "openvino", "--formats", "int8"],
+        "'int8'", "this bundle has: fp32, fp16"),
+    "flag: --providers with --runtime openvino": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "openvino", "--providers", "cpu"],
+        "--providers", "--runtime openvino"),
     "flag: unknown validate format": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--formats", "int4"], "int4"),
     "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
     "flag: unknown --data spec": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", "mnist"], "mnist"),
