@@ -14,6 +14,9 @@ Two compile settings, both pinned rather than left to the plugin's defaults:
 - performance hint LATENCY: one stream using the cores, the mode in which one
   caller's synchronous calls (validate's timing loops) go fastest; THROUGHPUT
   splits the cores into streams that only parallel requests keep busy.
+
+The batch axis stays dynamic, as in the file. OpenVINO re-prepares such a model on
+the first call after the batch size changes, so that call is slower than the next.
 """
 
 from __future__ import annotations
