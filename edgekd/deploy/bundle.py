@@ -113,9 +113,8 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     _print_table(log, ref_metrics, manifest["files"])
     log(f"bundle {out}")
     if searched is not None and not searched.passed:
-        failures = "; ".join(f.failure() for f in searched.flavours.values() if f.chosen is None)
-        raise Int8SearchError(f"INT8 search: {failures}. {out} has the other files, no INT8 file that fails the gate "
-                              "(every candidate's figures: manifest.json int8_search)")
+        raise Int8SearchError(f"INT8 search: {searched.failure()}; {out} is written without the failing INT8 "
+                              "file (every candidate's figures: its manifest.json, int8_search)")
     if trt_missing is not None:
         raise MissingDependencyError(f"{trt_missing}; the ONNX files in {out} are complete")
     return out

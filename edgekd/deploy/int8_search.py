@@ -411,10 +411,18 @@ class SearchOutcome:
     reference: Reference
     flavours: dict[str, FlavourSearch]  # by file name
     seconds: float
+    fp32: Judgement  # the FP32 file against itself: only max_ece can fail, and then INT8 has to do better
 
     @property
     def passed(self) -> bool:
         return all(f.chosen is not None for f in self.flavours.values())
+
+    def failure(self) -> str:
+        """One line for every flavour that found nothing."""
+        text = "; ".join(f.failure() for f in self.flavours.values() if f.chosen is None)
+        if not self.fp32.passed:
+            text += f" (model_fp32.onnx itself fails the gate on these images: {self.fp32.failed_text()})"
+        return text
 
     def record(self) -> dict:
         """manifest.json's int8_search (export/README.md)."""
@@ -423,7 +431,7 @@ class SearchOutcome:
             "budget_s": self.plan.budget_s, "seconds": round(self.seconds, 3),
             "data": self.plan.data.record(), "gate": dict(self.plan.thresholds),
             "reference": {"file": "model_fp32.onnx", "accuracy": ref.metrics["accuracy"], "ece": ref.metrics["ece"],
-                          "images_per_s": ref.images_per_s},
+                          "images_per_s": ref.images_per_s, "passes_gate": self.fp32.passed},
             "speed": {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "batch": SPEED_BATCH,
                       "timed_batches": SPEED_RUNS, "statistic": "median"},
             "files": {name: f.record() for name, f in self.flavours.items()},
@@ -448,6 +456,10 @@ def run_search(plan: SearchPlan, fp32: Path, calib: np.ndarray, base: Int8Settin
     log(f"INT8 search: up to {plan.budget_s:g} s, judged on {data.note} ({len(data.labels)} images) against "
         f"{fp32.name} (acc {pct(ref.metrics['accuracy'])}, ECE {pct(ref.metrics['ece'])}, "
         f"{ref.images_per_s:.0f} img/s); gate: " + ", ".join(f"{k} {v:g}" for k, v in plan.thresholds.items()))
+    fp32_judged = judge(ref.logits, ref, plan.thresholds)
+    if not fp32_judged.passed:
+        log(f"  note: {fp32.name} itself fails the gate on these images ({fp32_judged.failed_text()}): "
+            "an INT8 file passes only if it does better")
     caches = {m: workdir / f"ranges-{m}.json" for m in METHODS}
     results: dict[str, FlavourSearch] = {}
     for i, (name, flavour) in enumerate(flavours.items()):
@@ -463,10 +475,11 @@ def run_search(plan: SearchPlan, fp32: Path, calib: np.ndarray, base: Int8Settin
                             deadline, report)
         found = results[name] = search.run()
         if found.sensitivity:
-            ranked = sorted((s for s in found.sensitivity if s["kl_gain"] is not None), key=lambda s: -s["kl_gain"])
-            log(f"  sensitivity of {len(found.sensitivity)} nodes (each alone in float), most harmful in INT8: "
-                + ", ".join(f"{s['node']} (KL {s['kl'] + s['kl_gain']:.3g} -> {s['kl']:.3g})" for s in ranked[:3]))
+            ranked = sorted((s for s in found.sensitivity if (s["kl_gain"] or 0) > 0), key=lambda s: -s["kl_gain"])
+            log(f"  sensitivity of {len(found.sensitivity)} nodes (each alone in float); most harmful in INT8: "
+                + (", ".join(f"{s['node']} (KL {s['kl'] + s['kl_gain']:.3g} -> {s['kl']:.3g})" for s in ranked[:3])
+                   or "none (no single node in float brings the output closer to FP32)"))
         chosen = found.chosen
         log(f"  {name}: #{chosen.index} {chosen.describe()}, {chosen.images_per_s:.0f} img/s "
             f"({chosen.images_per_s / ref.images_per_s:.2f}x FP32)" if chosen else f"  {name}: {found.failure()}")
-    return SearchOutcome(plan, ref, results, clock())
+    return SearchOutcome(plan, ref, results, clock(), fp32_judged)
