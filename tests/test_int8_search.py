@@ -29,7 +29,7 @@ from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.data.split import make_split, split_fingerprint
 from edgekd.deploy import int8_search as search
-from edgekd.deploy.bundle import _search_data
+from edgekd.deploy.bundle import search_data
 from edgekd.deploy.int8 import Int8Settings, pick_calibration
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import load_run_student
@@ -250,7 +250,7 @@ def test_without_a_tune_split_the_search_uses_training_images_apart_from_calibra
     student.ckpt["split"] = info
     s = Int8Settings()
     picked = pick_calibration(len(split["train"]), s)
-    data = _search_data(student, picked, s.seed)
+    data = search_data(student, picked, s.seed)
     assert data.split == "train" and len(data.labels) == len(split["train"]) - len(picked)
     train = load_split_images(info, "train")
     held = np.setdiff1d(np.arange(len(split["train"])), picked)
@@ -291,3 +291,14 @@ def test_the_budget_stops_the_search(hostile, searched):
     assert s["seconds"] <= budget + max(c["seconds"] for c in record["candidates"]) + 0.5
     unbounded = searched[1]["int8_search"]["files"]["model_int8_cpu.onnx"]
     assert len(record["candidates"]) < len(unbounded["candidates"])
+
+
+def test_validate_refuses_a_manifest_whose_float_nodes_are_not_names(searched, tmp_path):
+    out = tmp_path / "edited"
+    shutil.copytree(searched[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"]["model_int8.onnx"]["quantization"]["excluded_nodes"] = "node_Conv_58"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = edgekd("validate", out)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "quantization.excluded_nodes must be a list of node names" in res.stderr

@@ -98,8 +98,8 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     val = split_images(student, "val")
     x_val = student.preprocess(val)
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels)
-    calibration = _calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
-    plan = None if search is None else SearchPlan(*search, _search_data(student, calibration[0], int8.seed))
+    calibration = calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
+    plan = None if search is None else SearchPlan(*search, search_data(student, calibration[0], int8.seed))
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log)
@@ -139,14 +139,14 @@ def _search_request(student: Student, chosen: list[str], flag: bool | None,
             search_thresholds(sections.gate.model_dump()))
 
 
-def _calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
+def calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
     """The training-split indices that calibrate the INT8 files, and those images preprocessed."""
     train = split_images(student, "train")  # calibration never sees a val image
     picked = pick_calibration(len(train.labels), s)
     return picked, student.preprocess(train.take(picked))
 
 
-def _search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
+def search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
     """The images the INT8 search judges on (int8_search.search_split): never val or test."""
     which = search_split(student.split_info.get("sizes") or {})
     if which == "tune":
