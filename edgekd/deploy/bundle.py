@@ -11,6 +11,7 @@ without that file, then fails (Int8SearchError, exit 1).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -212,8 +213,8 @@ class BundleWriter:
             kept = convert_fp16(fp32, self.folder / name)
             files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
         if search is not None:
-            outcome = self._search_int8(fp32, int8, chosen, calibration, search)
-            return {**files, **outcome[0]}, outcome[1]
+            searched, outcome = self._search_int8(fp32, int8, chosen, calibration, search)
+            return {**files, **searched}, outcome
         if calibration is not None:
             files.update(self._write_int8(fp32, int8, chosen, calibration))
         return files, None
@@ -248,7 +249,7 @@ class BundleWriter:
                 pick = found.chosen
                 if pick is None:
                     continue  # no file that fails the gate is written
-                pick.path.replace(self.folder / name)
+                shutil.move(pick.path, self.folder / name)  # the temp folder may be on another file system
                 files.update(self._int8_entry(name, pick.result, pick.settings, picked,
                                               search={"candidate": pick.index, "passed": True}))
         return files, outcome

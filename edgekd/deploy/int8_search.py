@@ -226,7 +226,7 @@ class Candidate:
 
     @property
     def passed(self) -> bool:
-        return self.judgement is not None and self.judgement.passed
+        return self.error is None and self.judgement is not None and self.judgement.passed
 
     @property
     def kl(self) -> float:
