@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, MissingDependencyError, ParityError, PeerLostError, first_line
+from edgekd.errors import EdgeKDError, MissingDependencyError, ModelError, ParityError, PeerLostError, first_line
 from edgekd.text import pct
 
 
@@ -333,10 +333,11 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
     source: built in, or the installed package that registers it through the
     `edgekd.models` entry point group (see README, "Bring your own model").
     A plugin that cannot be imported, or has a bad factory, is one line naming its
-    package, exit 2.
+    package, exit 2. A name two packages (or a package and edgekd) claim is
+    ambiguous: the others are listed, then one line names it, exit 2.
     """
     _need_torch("models")
-    from edgekd.models import model_catalog
+    from edgekd.models import ambiguous_models, model_catalog
 
     rows = model_catalog(num_classes, in_channels, image_size)
     table = [("model", "parameters", "options", "source")] + [
@@ -348,6 +349,9 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
                f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
     for name, params, options, source in table:
         click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
+    ambiguous = ambiguous_models()
+    if ambiguous:  # every other model works; a recipe naming this one gets the same line
+        raise ModelError("; ".join(ambiguous.values()))
     return 0
 
 

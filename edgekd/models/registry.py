@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from edgekd.errors import CheckpointError, ModelError, first_line
-from edgekd.models.plugins import Plugin, discover
+from edgekd.errors import CheckpointError, EdgeKDError, ModelError, first_line
+from edgekd.models.plugins import Discovered, Plugin, discover
 
 _FIXED_PARAMS = ("num_classes", "in_channels", "image_size")
 
@@ -27,7 +27,7 @@ BUILT_IN = "built in"
 # and with a plugin's factory the first time its model is looked up.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _SOURCES: dict[str, str] = {}  # name -> BUILT_IN or a plugin's '<package> <version>'
-_PLUGINS: dict[str, Plugin] | None = None  # installed plugins by name, read on the first lookup
+_PLUGINS: Discovered | None = None  # installed plugins (and clashing names), read on the first lookup
 
 
 def register_model(name: str, source: str = BUILT_IN):
@@ -58,8 +58,8 @@ def register_model(name: str, source: str = BUILT_IN):
     return decorator
 
 
-def _plugins() -> dict[str, Plugin]:
-    """Installed plugins by name (read once; a clash with a registered name is a ModelError)."""
+def _plugins() -> Discovered:
+    """Installed plugins by name and the ambiguous names (read once)."""
     global _PLUGINS
     if _PLUGINS is None:
         _PLUGINS = discover(_SOURCES)
@@ -76,8 +76,16 @@ def _load_plugin(plugin: Plugin) -> None:
 
 
 def available_models() -> list[str]:
-    """Built-in and installed plugin models (plugins are not imported for this)."""
-    return sorted({*_REGISTRY, *_plugins()})
+    """Built-in and installed plugin models a recipe can name (plugins are not imported for
+    this); an ambiguous name is not one of them (ambiguous_models)."""
+    found = _plugins()
+    return sorted({*_REGISTRY, *found.plugins} - set(found.clashes))
+
+
+def ambiguous_models() -> dict[str, str]:
+    """Names claimed by two sources (two plugins, or a plugin and edgekd), each with the
+    line that looking it up raises. Only these names are refused; the others work."""
+    return dict(sorted(_plugins().clashes.items()))
 
 
 def model_source(arch: str) -> str:
@@ -93,9 +101,11 @@ def model_options(arch: str) -> dict[str, Any]:
 
 
 def _lookup(arch: str) -> Callable[..., nn.Module]:
-    plugins = _plugins()
-    if isinstance(arch, str) and arch not in _REGISTRY and arch in plugins:
-        _load_plugin(plugins[arch])
+    found = _plugins()
+    if isinstance(arch, str) and arch in found.clashes:
+        raise ModelError(found.clashes[arch])
+    if isinstance(arch, str) and arch not in _REGISTRY and arch in found.plugins:
+        _load_plugin(found.plugins[arch])
     if isinstance(arch, str) and arch in _REGISTRY:
         return _REGISTRY[arch]
     names = available_models()
@@ -146,13 +156,29 @@ def build_model(
         if key not in allowed:
             allowed_text = ", ".join(sorted(allowed)) or "none"
             raise ModelError(f"model '{arch}' has no option {key!r}; allowed: {allowed_text}")
-    model = factory(num_classes, in_channels, image_size, **options)
+    if _SOURCES[arch] == BUILT_IN:
+        model = factory(num_classes, in_channels, image_size, **options)
+    else:
+        model = _build_plugin_model(arch, factory, num_classes, in_channels, image_size, options)
     if not isinstance(model, nn.Module):  # a plugin's factory may return anything
         raise ModelError(f"model '{arch}' ({_SOURCES[arch]}): its factory returned a "
                          f"{type(model).__name__}, not a torch.nn.Module")
     # Plain instance attribute (not a buffer) so error messages can name the architecture.
     model.edgekd_arch = arch
     return model
+
+
+def _build_plugin_model(arch: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,
+                        image_size: int, options: dict) -> Any:
+    """A plugin's factory call: its own EdgeKDError (e.g. require_positive_int) goes through as
+    it is; anything else it raises is a bug in that package, so the one line names the package."""
+    try:
+        return factory(num_classes, in_channels, image_size, **options)
+    except EdgeKDError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a third-party factory raises
+        raise ModelError(f"{_plugins().plugins[arch].describe()}: building '{arch}' failed: "
+                         f"{type(e).__name__}: {first_line(e)}") from e
 
 
 def count_parameters(model: nn.Module) -> int:
