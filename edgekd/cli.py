@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, MissingDependencyError, ModelError, ParityError, PeerLostError, first_line
+from edgekd.errors import EdgeKDError, FailedCheck, MissingDependencyError, ModelError, first_line
 from edgekd.text import pct
 
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"edgekd: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except (EdgeKDError, ParityError, PeerLostError) as e:
+    except (EdgeKDError, FailedCheck) as e:
         if debug:
             raise
         msg = first_line(e)

@@ -3,7 +3,8 @@
 Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle or flag)
 raises an EdgeKDError subclass with a one-line message that names what is wrong
 and what is allowed. The CLI turns it into that line on stderr and exit code 2,
-never a traceback (unless --debug).
+never a traceback (unless --debug). A check of the result that fails on good input
+(parity, the INT8 search, a lost training peer) is a FailedCheck: one line, exit 1.
 """
 
 from __future__ import annotations
@@ -51,20 +52,25 @@ class MissingDependencyError(EdgeKDError):
     """An optional package (torch, onnxruntime, tensorrt) or a GPU is missing."""
 
 
-class ParityError(Exception):
-    """Export produced a model that disagrees with PyTorch. Exit code 1: not the user's input."""
+class FailedCheck(Exception):
+    """The input was fine, but a check of the result failed. Exit code 1.
+
+    The CLI prints the one line and exits 1 for every subclass; a library caller
+    can catch this one class for every such failure."""
 
     exit_code = 1
 
 
-class PeerLostError(Exception):
-    """Under torchrun, another training process died (killed, pre-empted, crashed).
-    Exit code 1: not the user's input; the run resumes from its last checkpoint."""
-
-    exit_code = 1
+class ParityError(FailedCheck):
+    """Export produced a model that disagrees with PyTorch: not the user's input."""
 
 
-class Int8SearchError(ParityError):
-    """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate. Exit code 1,
-    like a parity failure: the input was fine, the model does not survive INT8 within the gate.
-    The bundle is written without that file (every candidate's figures in its manifest)."""
+class PeerLostError(FailedCheck):
+    """Under torchrun, another training process died (killed, pre-empted, crashed):
+    not the user's input; the run resumes from its last checkpoint."""
+
+
+class Int8SearchError(FailedCheck):
+    """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate: the input
+    was fine, the model does not survive INT8 within the gate. The bundle is written without
+    that file (every candidate's figures in its manifest)."""

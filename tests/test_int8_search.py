@@ -201,7 +201,7 @@ def test_search_keeps_the_hostile_conv_in_float_and_passes(searched):
         assert (first["method"], first["per_channel"], first["float_nodes"]) == ("minmax", True, [])
         assert record["passed"] and chosen["passed"] and chosen["float_nodes"] == [node]
         entry = manifest["files"][name]["quantization"]
-        assert entry["excluded_nodes"] == [node] and entry["search"]["candidate"] == record["chosen"]
+        assert entry["excluded_nodes"] == [node] and entry["search"] == {"candidate": record["chosen"]}
         # The file in the bundle: that conv reads float weights, every other conv dequantized INT8 ones.
         model = onnx.load(str(out / name))
         produced_by = {o: n.op_type for n in model.graph.node for o in n.output}

@@ -251,7 +251,7 @@ class BundleWriter:
                     continue  # no file that fails the gate is written
                 shutil.move(pick.path, self.folder / name)  # the temp folder may be on another file system
                 files.update(self._int8_entry(name, pick.result, pick.settings, picked,
-                                              search={"candidate": pick.index, "passed": True}))
+                                              search={"candidate": pick.index}))
         return files, outcome
 
     def _write_int8(self, fp32: Path, s: Int8Settings, chosen: list[str],
