@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, FailedCheck, MissingDependencyError, ModelError, first_line
+from edgekd.errors import EdgeKDError, MissingDependencyError, ModelError, first_line
 from edgekd.text import pct
 
 
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"edgekd: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except (EdgeKDError, FailedCheck) as e:
+    except EdgeKDError as e:  # FailedCheck too: its exit_code is 1
         if debug:
             raise
         msg = first_line(e)

@@ -4,7 +4,8 @@ Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle or flag
 raises an EdgeKDError subclass with a one-line message that names what is wrong
 and what is allowed. The CLI turns it into that line on stderr and exit code 2,
 never a traceback (unless --debug). A check of the result that fails on good input
-(parity, the INT8 search, a lost training peer) is a FailedCheck: one line, exit 1.
+(parity, the INT8 search, a lost training peer) is a FailedCheck, an EdgeKDError
+with exit code 1.
 """
 
 from __future__ import annotations
@@ -52,11 +53,11 @@ class MissingDependencyError(EdgeKDError):
     """An optional package (torch, onnxruntime, tensorrt) or a GPU is missing."""
 
 
-class FailedCheck(Exception):
+class FailedCheck(EdgeKDError):
     """The input was fine, but a check of the result failed. Exit code 1.
 
-    The CLI prints the one line and exits 1 for every subclass; a library caller
-    can catch this one class for every such failure."""
+    An EdgeKDError too (the CLI prints every one as one line and exits with its
+    exit_code); a caller that must tell a failed result from bad input catches this."""
 
     exit_code = 1
 
