@@ -17,6 +17,7 @@ import click
 
 from edgekd import __version__
 from edgekd.errors import EdgeKDError, MissingDependencyError, ModelError, first_line
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 
 
@@ -255,9 +256,10 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
                    "and calibration), judged on the tune split (else training images held apart from calibration; "
                    "never val): calibration methods x per-channel weights, then the most harmful nodes back to "
                    "float. Default: the recipe's export.int8_search (false).")
-@click.option("--search-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Time for the whole --int8-search (no candidate starts after it). Default: the recipe's "
-                   "export.search_budget (600).")
+@click.option("--search-budget", type=click.FloatRange(min=0, min_open=True, max=MAX_SEARCH_BUDGET_S), default=None,
+              metavar="SECONDS", help=f"Time for the whole --int8-search (no candidate starts after it), > 0 and at "
+                                      f"most {MAX_SEARCH_BUDGET_S:g} (a day). Default: the recipe's "
+                                      f"export.search_budget ({DEFAULT_SEARCH_BUDGET_S:g}).")
 def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite, int8_search,
            search_budget) -> int:
     """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines).

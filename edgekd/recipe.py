@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import RecipeError
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 
 class _Strict(BaseModel):
@@ -213,7 +214,8 @@ class ExportConfig(_Strict):
     # Search, per INT8 file, for the fastest one that passes the validate: gate (accuracy and
     # calibration, judged on the tune split): edgekd/deploy/int8_search.py.
     int8_search: bool = False
-    search_budget: float = Field(600.0, gt=0, le=86400, description="seconds for the whole INT8 search")
+    search_budget: float = Field(DEFAULT_SEARCH_BUDGET_S, gt=0, le=MAX_SEARCH_BUDGET_S,
+                                 description="seconds for the whole INT8 search")
 
 
 class Recipe(_Strict):

@@ -176,6 +176,9 @@ CASES = {
     "recipe: a directory": _c(lambda w, m: ["distill", "."], "."),
     "recipe: INT8 search budget 0": _c(lambda w, m: ["distill", recipe(w, QUICKSTART + "export:\n  search_budget: 0\n")],
                                        "export.search_budget"),
+    "recipe: INT8 search budget over a day": _c(
+        lambda w, m: ["distill", recipe(w, QUICKSTART + "export:\n  search_budget: 86401\n")],
+        "export.search_budget", "86400"),
     "recipe: --set without =": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs"], "KEY=VALUE"),
     "recipe: --set unknown key": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epoch=3"], "train.epoch"),
     # data
@@ -282,6 +285,8 @@ CASES = {
     "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
     "flag: --search-budget 0": _c(lambda w, m: search_into_bundle(w, m, "--search-budget", "0"), "--search-budget"),
     "flag: --search-budget -5": _c(lambda w, m: search_into_bundle(w, m, "--search-budget=-5"), "--search-budget"),
+    "flag: --search-budget over a day": _c(lambda w, m: search_into_bundle(w, m, "--search-budget", "90000"),
+                                           "--search-budget", "86400"),
     "flag: --search-budget without --int8-search": _c(
         lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--search-budget", "60"], "--int8-search"),
     "flag: --int8-search without an INT8 format": _c(

@@ -35,6 +35,8 @@ from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import load_run_student
 from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
+from edgekd.recipe import ExportConfig
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = {"max_ece": None, "max_acc_drop": 0.03, "min_agreement": 0.9, "max_ece_drift": 0.03}
@@ -82,10 +84,18 @@ def test_the_gate_must_bound_accuracy_and_calibration():
             search.search_thresholds(incomplete)
 
 
-@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "60"])
-def test_budget_must_be_positive_seconds(budget):
-    with pytest.raises(ExportError, match="--search-budget must be a number of seconds > 0"):
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "60", MAX_SEARCH_BUDGET_S + 1])
+def test_budget_must_be_positive_seconds_up_to_a_day(budget):
+    with pytest.raises(ExportError, match="--search-budget must be a number of seconds > 0 and <= 86400"):
         search.check_budget(budget)
+
+
+def test_the_recipe_and_the_search_share_the_budget_limits():
+    assert search.check_budget(MAX_SEARCH_BUDGET_S) == MAX_SEARCH_BUDGET_S == 86400
+    assert ExportConfig(search_budget=MAX_SEARCH_BUDGET_S).search_budget == MAX_SEARCH_BUDGET_S
+    assert ExportConfig().search_budget == DEFAULT_SEARCH_BUDGET_S
+    with pytest.raises(ValueError, match="less than or equal to 86400"):
+        ExportConfig(search_budget=MAX_SEARCH_BUDGET_S + 1)
 
 
 def test_judge_applies_the_validate_gate_to_edgekd_drift_figures():

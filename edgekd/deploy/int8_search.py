@@ -46,6 +46,7 @@ from edgekd.deploy.int8 import WEIGHTED_OPS, Int8Flavour, Int8Result, Int8Settin
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.errors import DataError, ExportError, first_line
 from edgekd.runtime import OnnxRuntimeSession
+from edgekd.search_budget import MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 from edgekd.validate import gate
 from edgekd.validate.metrics import comparisons
@@ -95,8 +96,10 @@ def search_thresholds(gate_section: dict[str, Any]) -> dict[str, float]:
 
 
 def check_budget(budget: Any) -> float:
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise ExportError(f"--search-budget must be a number of seconds > 0, got {budget!r}")
+    """The same limits as the recipe's export.search_budget and the --search-budget flag."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= MAX_SEARCH_BUDGET_S:
+        raise ExportError(f"--search-budget must be a number of seconds > 0 and <= {MAX_SEARCH_BUDGET_S:g} "
+                          f"(a day), got {budget!r}")
     return float(budget)
 
 
