@@ -30,11 +30,12 @@ from edgekd.data.preprocess import normalize
 from edgekd.data.split import make_split, split_fingerprint
 from edgekd.deploy import int8_search as search
 from edgekd.deploy.bundle import search_data
-from edgekd.deploy.int8 import Int8Settings, pick_calibration
+from edgekd.deploy.int8 import CPU_INT8, Int8Settings, pick_calibration
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import load_run_student
 from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
+from edgekd.files import write_json
 from edgekd.recipe import ExportConfig
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
@@ -115,6 +116,31 @@ def test_judge_applies_the_validate_gate_to_edgekd_drift_figures():
     assert j.shortfall == pytest.approx(max(gap.accuracy_drop, 0) + 0.99 - gap.top1_agreement)
     assert "agreement" in j.failed_text()
     assert not search.judge(np.full_like(noisy, np.nan), ref, {"max_acc_drop": 0.5}).passed
+
+
+def test_sensitivity_of_a_candidate_with_nan_logits_is_none_and_the_record_is_strict_json(tmp_path):
+    """A node whose candidate gives NaN logits has no KL: the manifest records None, never -Infinity."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    ref_logits = rng.normal(size=(200, 5)) + 4 * np.eye(5)[labels]
+    ref = search.Reference.of(ref_logits, labels)
+    thresholds = {"max_acc_drop": 0.0, "min_agreement": 1.0, "max_ece_drift": 0.0}
+    s = Int8Settings()
+    base = search.Candidate(0, "settings", s, [], 0.0,
+                            judgement=search.judge(ref_logits + rng.normal(size=ref_logits.shape), ref, thresholds))
+    nan = search.Candidate(1, "sensitivity", s, ["n1"], 1.0,
+                           judgement=search.judge(np.full_like(ref_logits, np.nan), ref, thresholds))
+    better = search.Candidate(2, "sensitivity", s, ["n2"], 2.0,
+                              judgement=search.judge(ref_logits + 0.1 * rng.normal(size=ref_logits.shape), ref,
+                                                     thresholds))
+    assert base.kl > 0 and nan.kl == float("inf")
+    assert search.sensitivity_entry("n1", base, nan) == {"node": "n1", "kl": None, "kl_gain": None, "candidate": 1}
+    entry = search.sensitivity_entry("n2", base, better)
+    assert entry["kl"] == better.kl and entry["kl_gain"] == pytest.approx(base.kl - better.kl) and entry["kl_gain"] > 0
+    flavour = search.FlavourSearch(CPU_INT8, [base, nan, better], [search.sensitivity_entry("n1", base, nan), entry])
+    write_json(tmp_path / "m.json", flavour.record())  # strict: raises on a NaN or infinity
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["candidates"][1]["metrics"] is None and record["sensitivity"][0]["kl_gain"] is None
 
 
 def test_fallback_pool_lists_weighted_nodes_first_in_graph_order():

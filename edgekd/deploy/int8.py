@@ -42,6 +42,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgekd.deploy.onnx_export import INPUT_NAME
 from edgekd.errors import ExportError, first_line
+from edgekd.files import finite_or_none
 
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -296,10 +297,12 @@ def activation_ranges(quantized: onnx.ModelProto, calibrated) -> dict[str, dict]
         tensor = node.input[0]
         scale = consts[node.input[1]]
         zero = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
-        entry = {"scale": float(scale), "zero_point": int(zero)}
+        # None where a figure is not finite (an activation that overflows on a calibration image):
+        # int8_calibration.json is strict JSON.
+        entry = {"scale": finite_or_none(float(scale)), "zero_point": int(zero)}
         if tensor in calibrated:
             low, high = calibrated[tensor].range_value
-            entry = {"min": float(np.min(low)), "max": float(np.max(high)), **entry}
+            entry = {"min": finite_or_none(float(np.min(low))), "max": finite_or_none(float(np.max(high))), **entry}
         ranges[tensor] = entry
     return ranges
 

@@ -45,6 +45,7 @@ from edgekd import calibration
 from edgekd.deploy.int8 import WEIGHTED_OPS, Int8Flavour, Int8Result, Int8Settings, prepare, quantize_prepared
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.errors import DataError, ExportError, first_line
+from edgekd.files import finite_or_none
 from edgekd.runtime import OnnxRuntimeSession
 from edgekd.search_budget import MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
@@ -259,9 +260,10 @@ class Candidate:
 
     def record(self) -> dict:
         j = self.judgement
+        figures = None if j is None or j.figures is None else {k: finite_or_none(v) for k, v in j.figures.items()}
         return {"index": self.index, "stage": self.stage, "method": self.settings.method,
                 "per_channel": self.settings.per_channel, "float_nodes": list(self.float_nodes),
-                "metrics": None if j is None else j.figures,
+                "metrics": figures,
                 "passed": self.passed, "failed_checks": None if j is None else
                 [c.as_dict() for c in j.checks if c.status == "fail"],
                 "images_per_s": self.images_per_s, "seconds": round(self.seconds, 3),
@@ -308,6 +310,15 @@ class FlavourSearch:
         if best is None or best.judgement is None or best.judgement.figures is None:
             return head
         return f"{head}; best: #{best.index} {best.describe()}: {best.judgement.failed_text()}"
+
+
+def sensitivity_entry(node: str, base: Candidate, c: Candidate) -> dict:
+    """One node's sensitivity: the output's KL from FP32 with `node` alone in float (candidate c), and
+    how much lower than the base's. None where either is unknown: c or the base failed, or gave NaN
+    or infinite logits (no KL; and strict JSON has no Infinity)."""
+    kl, base_kl = finite_or_none(c.kl), finite_or_none(base.kl)
+    return {"node": node, "kl": kl, "kl_gain": None if kl is None or base_kl is None else base_kl - kl,
+            "candidate": c.index}
 
 
 def fallback_pool(model: onnx.ModelProto, exclude: list[str]) -> list[str]:
@@ -368,9 +379,7 @@ class Int8Search:
             if self.out_of_time():
                 return "budget"
             c = self._try("sensitivity", base.settings, [*base.float_nodes, node])
-            self.out.sensitivity.append({"node": node, "kl": None if c.judgement is None else c.kl,
-                                         "kl_gain": None if c.judgement is None else base.kl - c.kl,
-                                         "candidate": c.index})
+            self.out.sensitivity.append(sensitivity_entry(node, base, c))
             if c.passed:
                 return "passed"
         harmful = sorted((s for s in self.out.sensitivity if s["kl_gain"] is not None and s["kl_gain"] > 0),
