@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from edgekd.errors import RecipeError
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
@@ -207,6 +207,10 @@ class ValidateConfig(_Strict):
     min_agreement: Optional[float] = Field(None, ge=0, le=1)
     max_ece_drift: Optional[float] = Field(None, ge=0, le=1)
 
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds that are set, name -> value: what a gate checks (None: not checked)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
 
 class ExportConfig(_Strict):
     """How `edgekd export` treats this recipe's runs; its flags override these."""
@@ -344,19 +348,17 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         raise RecipeError(f"{source}: {_format_error(e)}") from e
 
 
-class _SavedSections(_Strict):
-    """The sections `edgekd export` reads back from the recipe a run saved in its student.pt,
-    under the same names and schema as in Recipe (so errors name the same keys)."""
-
-    gate: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    export: ExportConfig = ExportConfig()
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+# The sections `edgekd export` reads back from the recipe a run saved in its student.pt: Recipe's
+# own field definitions (names, the `validate` alias, defaults, schema), so errors name the same keys.
+_SavedSections = create_model(
+    "_SavedSections", __config__=ConfigDict(extra="forbid", populate_by_name=True),
+    **{name: (Recipe.model_fields[name].annotation, Recipe.model_fields[name]) for name in ("gate", "export")})
 
 
-def saved_sections(recipe: dict[str, Any], source: str) -> _SavedSections:
+def saved_sections(recipe: dict[str, Any], source: str) -> Any:
     """A run's saved validate: and export: sections, checked as at training time (a student.pt
-    from an older edgekd lacks newer sections: their defaults apply)."""
+    from an older edgekd lacks newer sections: their defaults apply): `.gate` (a ValidateConfig)
+    and `.export` (an ExportConfig). The one reading of them: export's manifest and search use it."""
     raw = {k: recipe[k] for k in ("validate", "export") if recipe.get(k) is not None}
     try:
         return _SavedSections.model_validate(raw)

@@ -36,7 +36,7 @@ from edgekd.deploy.source import load_run_student
 from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
 from edgekd.files import write_json
-from edgekd.recipe import ExportConfig
+from edgekd.recipe import ExportConfig, ValidateConfig
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,11 +86,11 @@ def test_too_few_images_is_no_data_to_search_on_with_the_fix_for_that_split():
 
 
 def test_the_gate_must_bound_accuracy_and_calibration():
-    assert search.search_thresholds({"max_acc_drop": 0.01, "max_ece": 0.05, "min_agreement": None}) == \
-        {"max_acc_drop": 0.01, "max_ece": 0.05}
+    gate = ValidateConfig(max_acc_drop=0.01, max_ece=0.05, min_agreement=None)
+    assert search.search_thresholds(gate.thresholds()) == {"max_acc_drop": 0.01, "max_ece": 0.05}
     for incomplete in ({}, {"max_acc_drop": 0.01, "min_agreement": 0.9}, {"max_ece_drift": 0.01}):
         with pytest.raises(ExportError, match="needs the recipe's gate to bound accuracy"):
-            search.search_thresholds(incomplete)
+            search.search_thresholds(ValidateConfig(**incomplete).thresholds())
 
 
 @pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "60", MAX_SEARCH_BUDGET_S + 1])

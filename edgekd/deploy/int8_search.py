@@ -88,10 +88,10 @@ CALIBRATION_CHECKS = ("max_ece_drift", "max_ece")
 # ---------------------------------------------------------------- what the search is asked, and on what
 
 
-def search_thresholds(gate_section: dict[str, Any]) -> dict[str, float]:
-    """The gate thresholds the search judges with (the recipe's validate: section, already
-    checked by its schema); one accuracy and one calibration check are required."""
-    thresholds = {k: v for k, v in gate_section.items() if k in gate.CHECKS and v is not None}
+def search_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
+    """The gate thresholds the search judges with: the set ones of the recipe's validate: section
+    (ValidateConfig.thresholds, checked by its schema); one accuracy and one calibration check
+    are required."""
     if not any(k in thresholds for k in ACCURACY_CHECKS) or not any(k in thresholds for k in CALIBRATION_CHECKS):
         have = ", ".join(f"{k}={v}" for k, v in thresholds.items()) or "none"
         raise ExportError(
