@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
 from edgekd.errors import RecipeError
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
@@ -30,18 +31,15 @@ class AugmentConfig(_Strict):
     # the area at aspect ratio crop_ratio, resized back to the image size), for photos.
     crop: Literal["pad", "resized"] = "pad"
     crop_padding: int = Field(4, ge=0, le=16)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
     hflip: bool = True
 
     @model_validator(mode="after")
     def _crop_settings(self) -> "AugmentConfig":
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(self.crop_scale)}")
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi < float("inf"):
-            raise ValueError(f"crop_ratio must be [min, max] with 0 < min <= max, got {list(self.crop_ratio)}")
+        problem = crop_range_problem(self.crop_scale, self.crop_ratio)
+        if problem:
+            raise ValueError(problem)
         # A value the chosen crop never reads would be a dead setting: refuse it. Compared
         # with the defaults (not "was it written") so saved recipes, which spell out every
         # key, load again.
