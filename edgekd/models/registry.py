@@ -9,8 +9,9 @@ add factories through the ``edgekd.models`` entry point group (plugins.py).
 from __future__ import annotations
 
 import difflib
-import re
 import inspect
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -190,13 +191,17 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+def arch_name(model: nn.Module) -> str:
+    """The name error messages give a model: its registry name (build_model sets it), else its class."""
+    return getattr(model, "edgekd_arch", type(model).__name__)
 
 
-def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
-    """Strictly load ``state_dict`` into ``model``; any misfit is one CheckpointError line."""
-    arch = getattr(model, "edgekd_arch", type(model).__name__)
+def shape_text(shape: torch.Size) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_state_dict(state_dict: Any, source: str) -> None:
+    """A state_dict is a mapping of names to tensors; anything else is one CheckpointError line."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(
             f"checkpoint {source} holds a {type(state_dict).__name__}, expected a state_dict (name -> tensor)"
@@ -206,29 +211,75 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -
             raise CheckpointError(
                 f"checkpoint {source} entry {key!r} is a {type(value).__name__}, expected a tensor"
             )
+
+
+def _batch_counter(name: str) -> bool:
+    """BatchNorm's num_batches_tracked: a count of training steps, no weight. Files saved before
+    PyTorch 0.4.1 lack it (torchvision's older ImageNet files among them) and torch's own loading
+    then keeps the model's value, so a file without it still fits."""
+    return name.rsplit(".", 1)[-1] == "num_batches_tracked"
+
+
+NOT_IN_FILE = "not in the file"
+
+
+@dataclass(frozen=True)
+class StateFit:
+    """A state_dict against a model, name by name: what load_weights (all must fit) and
+    pretrained.init_weights (backbone: what fits loads) both decide on."""
+
+    fits: dict[str, torch.Tensor]  # the model's name -> the file's tensor of that name and shape
+    fresh: list[tuple[str, str]]  # the model's names the file cannot fill, in model order, with why
+    mismatched: list[tuple[str, torch.Size, torch.Size]]  # (name, file shape, model shape)
+    unused: list[str]  # the file's names the model has no place for
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name, why in self.fresh if why == NOT_IN_FILE]
+
+
+def fit_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> StateFit:
+    """Match a state_dict (checked by check_state_dict) to the model's tensors. A BatchNorm counter
+    the file lacks fits as the model's own value (_batch_counter)."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
+    fits: dict[str, torch.Tensor] = {}
+    fresh: list[tuple[str, str]] = []
+    mismatched: list[tuple[str, torch.Size, torch.Size]] = []
+    for name, tensor in expected.items():
+        got = state_dict.get(name)
+        if got is None and _batch_counter(name):
+            fits[name] = tensor
+        elif got is None:
+            fresh.append((name, NOT_IN_FILE))
+        elif got.shape != tensor.shape:
+            fresh.append((name, f"file {shape_text(got.shape)}, model {shape_text(tensor.shape)}"))
+            mismatched.append((name, got.shape, tensor.shape))
+        else:
+            fits[name] = got
+    return StateFit(fits, fresh, mismatched, [k for k in state_dict if k not in expected])
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
+    """Strictly load ``state_dict`` into ``model``; any misfit is one CheckpointError line."""
+    check_state_dict(state_dict, source)
+    fit = fit_state(model, state_dict)
     problems = []
-    if missing:
-        problems.append(f"{_plural(len(missing), 'missing key')} (e.g. '{missing[0]}')")
-    if unexpected:
-        problems.append(f"{_plural(len(unexpected), 'unexpected key')} (e.g. '{unexpected[0]}')")
-    if mismatched:
-        k = mismatched[0]
+    if fit.missing:
+        problems.append(f"{_plural(len(fit.missing), 'missing key')} (e.g. '{fit.missing[0]}')")
+    if fit.unused:
+        problems.append(f"{_plural(len(fit.unused), 'unexpected key')} (e.g. '{fit.unused[0]}')")
+    if fit.mismatched:
+        k, file_shape, model_shape = fit.mismatched[0]
         problems.append(
-            f"{_plural(len(mismatched), 'shape mismatch', 'shape mismatches')}"
-            f" (e.g. {k}: checkpoint {_shape(state_dict[k])} vs model {_shape(expected[k])})"
+            f"{_plural(len(fit.mismatched), 'shape mismatch', 'shape mismatches')}"
+            f" (e.g. {k}: checkpoint {shape_text(file_shape)} vs model {shape_text(model_shape)})"
         )
     if problems:
-        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {', '.join(problems)}")
+        raise CheckpointError(f"checkpoint {source} does not fit {arch_name(model)}: {', '.join(problems)}")
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(fit.fits, strict=True)
     except RuntimeError as exc:  # torch's message spans many lines; keep the first
-        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint {source} does not fit {arch_name(model)}: {first_line(exc)}") from None
 
 
 # Option value checks shared by the factories, so a bad recipe value is a ModelError
