@@ -247,7 +247,8 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Training-split images used to calibrate int8 and int8_cpu (never val images).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration).")
+              show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration; "
+                   "--int8-search tries every method, starting with this one).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Largest batch of the TensorRT optimization profile (min 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
