@@ -25,9 +25,10 @@ edgekd.drift's figures (top-1 agreement, accuracy drop, ECE drift) and the gate'
 checks (edgekd.validate.gate): the same definitions `edgekd validate` applies, here on
 the search images instead of val. Speed: images/s in ONNX Runtime on the CPU, the median
 of timed batches of SPEED_BATCH (measured, not assumed from the number of float nodes), of
-the candidates that pass the gate only (speed only decides among those; a failing candidate's
-is recorded as null); passing candidates within SPEED_TIE of the fastest count as tied. model_int8.onnx is meant
-for TensorRT, but it is timed in ONNX Runtime on the CPU too: the machine export runs on.
+the candidates that pass the gate only (speed only decides among those; a failing one
+records null); passing candidates within SPEED_TIE of the fastest count as tied.
+model_int8.onnx is meant for TensorRT, but it is timed in ONNX Runtime on the CPU too: the
+machine export runs on.
 
 Bounded: a candidate starts only while the budget lasts (the one running finishes), and
 the flavours share it; preparing the FP32 file and timing it count too. Everything tried
