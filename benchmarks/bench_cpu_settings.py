@@ -179,8 +179,9 @@ def fmt_steps(n: int | None) -> str:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# CPU training settings: {report['cpu']}, {plural(report['threads'], 'thread')}, torch {report['torch']}, "
-             f"bf16 instructions: {'yes' if report['cpu_has_bf16'] else 'no'}", "",
+    title = (f"# CPU training settings: {report['cpu']}, {plural(report['threads'], 'thread')}, "
+             f"torch {report['torch']}, bf16 instructions: {'yes' if report['cpu_has_bf16'] else 'no'}")
+    lines = [title, "",
              "| pair | setting | images/s (median) | x fp32 NCHW | first epoch - steady (s) |", "|---|---|---|---|---|"]
     for p in report["speed"].values():
         pair = f"{p['teacher']} -> {p['student']}"
@@ -197,9 +198,10 @@ def markdown(report: dict) -> str:
                      f"| {fmt_steps(c['break_even_steps'])} |")
     res = report["results"]
     first = next(s for s in res["settings"].values() if s["available"])["runs"][0]
-    lines += ["", f"Short runs of {res['recipe']}: {plural(res['epochs'], 'epoch')} on {res['images']:,} images, seeds "
-                  f"{', '.join(map(str, res['seeds']))}; the student on the {first['eval_images']:,}-image "
-                  f"{first['eval_split']} split, mean +- sd:", "",
+    intro = (f"Short runs of {res['recipe']}: {plural(res['epochs'], 'epoch')} on {res['images']:,} images, seeds "
+             f"{', '.join(map(str, res['seeds']))}; the student on the {first['eval_images']:,}-image "
+             f"{first['eval_split']} split, mean +- sd:")
+    lines += ["", intro, "",
               "| setting | accuracy | ECE | seconds a run |", "|---|---|---|---|"]
     for setting, row in res["settings"].items():
         if not row["available"]:

@@ -343,10 +343,11 @@ def test_compile_forced_without_a_cpp_compiler(tmp_path, monkeypatch, capfd):
     from torch._inductor import config
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(config.cpp, "cxx", ("edgekd-no-such-c++",))
     argv = ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.compile=true", "--set", "train.device=cpu"]
-    _assert_refused("compile without a C++ compiler", tmp_path, argv,
-                    ["train.compile: true, but torch.compile on the CPU needs a C++ compiler", "auto or false"], capfd)
+    with config.patch({"cpp.cxx": ("edgekd-no-such-c++",)}):  # torch's own way to set it for a while
+        _assert_refused("compile without a C++ compiler", tmp_path, argv,
+                        ["train.compile: true, but torch.compile on the CPU needs a C++ compiler", "auto or false"],
+                        capfd)
 
 
 @pytest.mark.parametrize("debug", ["flag", "env"])

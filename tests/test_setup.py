@@ -155,16 +155,16 @@ def test_cpu_bf16_under_auto_needs_the_constant_and_the_instructions(monkeypatch
                                 else "auto: this CPU has no bf16 instructions")
 
 
-def test_compile_without_a_cpp_compiler(monkeypatch):
+def test_compile_without_a_cpp_compiler():
     """Inductor's own compiler search, pointed at a compiler that does not exist: forced is refused
     in one line, auto falls back to eager and says why."""
     from torch._inductor import config
 
-    monkeypatch.setattr(config.cpp, "cxx", ("edgekd-no-such-c++",))
     why = "torch.compile on the CPU needs a C++ compiler (g++, or $CXX), and none was found"
-    assert compile_unavailable(CPU) == why
-    with pytest.raises(RecipeError) as e:
-        resolve_speed_settings(_recipe("train.compile=true"), CPU, total_steps=1)
-    assert str(e.value) == f"train.compile: true, but {why}; use train.compile: auto or false"
-    s = resolve_speed_settings(_recipe(), CPU, total_steps=10**6)
-    assert s.compile is False and s.reasons["compile"] == f"auto: {why}"
+    with config.patch({"cpp.cxx": ("edgekd-no-such-c++",)}):  # torch's own way to set it for a while
+        assert compile_unavailable(CPU) == why
+        with pytest.raises(RecipeError) as e:
+            resolve_speed_settings(_recipe("train.compile=true"), CPU, total_steps=1)
+        assert str(e.value) == f"train.compile: true, but {why}; use train.compile: auto or false"
+        s = resolve_speed_settings(_recipe(), CPU, total_steps=10**6)
+        assert s.compile is False and s.reasons["compile"] == f"auto: {why}"
