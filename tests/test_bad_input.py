@@ -389,6 +389,18 @@ def test_bf16_forced_on_a_cpu_without_bf16(tmp_path, monkeypatch, capfd):
                     capfd)
 
 
+def test_compile_forced_without_a_cpp_compiler(tmp_path, monkeypatch, capfd):
+    """Inductor's own compiler search is pointed at a compiler that does not exist."""
+    from torch._inductor import config
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.compile=true", "--set", "train.device=cpu"]
+    with config.patch({"cpp.cxx": ("edgekd-no-such-c++",)}):  # torch's own way to set it for a while
+        _assert_refused("compile without a C++ compiler", tmp_path, argv,
+                        ["train.compile: true, but torch.compile on the CPU needs a C++ compiler", "auto or false"],
+                        capfd)
+
+
 @pytest.mark.parametrize("debug", ["flag", "env"])
 def test_debug_raises_instead_of_printing_one_line(debug, tmp_path, monkeypatch, capfd):
     """--debug (or EDGEKD_DEBUG=1) lets the real error out of main(), where Python prints its traceback."""

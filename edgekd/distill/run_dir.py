@@ -79,9 +79,11 @@ def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, prog
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind. Under torchrun every rank calls this;
     all of them check the run directory, rank 0 alone changes it. Returns the summary
-    (an empty dict on ranks other than 0). `note` gets what init: backbone loaded."""
+    (an empty dict on ranks other than 0). `note` gets the resolved speed settings (the run's
+    first line) and what init: backbone loaded."""
     setup = prepare(recipe, dist)
     if note and dist.is_main:
+        note(setup.speed.line())
         for role, report in setup.init_reports.items():
             for line in report.lines(role):
                 note(line)
