@@ -1,9 +1,11 @@
-"""User-facing errors.
+"""User-facing errors: every error edgekd raises on purpose is an EdgeKDError.
 
-Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle or flag)
-raises an EdgeKDError subclass with a one-line message that names what is wrong
-and what is allowed. The CLI turns it into that line on stderr and exit code 2,
-never a traceback (unless --debug).
+Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle, flag or
+API argument) raises an EdgeKDError subclass with a one-line message that names
+what is wrong and what is allowed; exit_code 2. A result that fails (an export that
+disagrees with PyTorch, a lost training process, a failed gate) has exit_code 1.
+The CLI prints the message as one line on stderr and exits with exit_code, never
+a traceback (unless --debug); the Python API (edgekd.api) raises it as it is.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
 
 
 class EdgeKDError(Exception):
-    """A problem with the user's input. Exit code 2."""
+    """The base of edgekd's errors. Without a subclass: a problem with the user's input. Exit code 2."""
 
     exit_code = 2
 
@@ -51,14 +53,21 @@ class MissingDependencyError(EdgeKDError):
     """An optional package (torch, onnxruntime, tensorrt) or a GPU is missing."""
 
 
-class ParityError(Exception):
+class ParityError(EdgeKDError):
     """Export produced a model that disagrees with PyTorch. Exit code 1: not the user's input."""
 
     exit_code = 1
 
 
-class PeerLostError(Exception):
+class PeerLostError(EdgeKDError):
     """Under torchrun, another training process died (killed, pre-empted, crashed).
     Exit code 1: not the user's input; the run resumes from its last checkpoint."""
+
+    exit_code = 1
+
+
+class GateError(EdgeKDError):
+    """A validated bundle failed its gate (Report.raise_for_gate). Exit code 1. The command
+    `edgekd validate` prints the verdict and exits 1 instead of raising it."""
 
     exit_code = 1
