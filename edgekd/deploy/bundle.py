@@ -13,7 +13,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from edgekd.deploy.source import Student, load_run_student, resolve_run, split_i
 from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # model_fp32.onnx ... model_int8_cpu.onnx, in bundle order. int8_cpu: asymmetric uint8 activations,
 # fast in ONNX Runtime on CPUs; TensorRT cannot read it, so no engine is ever built from it
@@ -51,9 +54,12 @@ def parse_formats(formats: Sequence[str] | None) -> list[str]:
 def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None = None,
                   formats: Sequence[str] | None = None, trt: bool = False, calib_samples: int = 512,
                   calib_method: str = "minmax", max_batch: int = 64, overwrite: bool = False,
-                  log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None) -> Path:
+                  log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None,
+                  model: nn.Module | None = None) -> Path:
     """Write the bundle of RUN_DIR's student to OUT (default export/<run-name>/ under the current directory).
 
+    `model`: a module of the student's class, into a copy of which student.pt's weights
+    are loaded (required for a user model; by default the arch is rebuilt by name).
     Returns the bundle's path. With trt=True on a machine without TensorRT or a
     GPU, the ONNX bundle is still written, then MissingDependencyError is raised.
     """
@@ -68,7 +74,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
                           "cannot read); add one of them to --formats")
     run = resolve_run(run_dir, log)
     out = Path(out) if out is not None else Path("export") / run.name
-    student = load_run_student(run)
+    student = load_run_student(run, model)
 
     trt_target, trt_missing = None, None
     if trt:

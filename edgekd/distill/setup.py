@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.errors import MissingDependencyError, RecipeError
-from edgekd.models import build_model, load_weights
+from edgekd.models import build_model, load_weights, user
 from edgekd.recipe import OptimConfig, Recipe
 
 
@@ -98,9 +99,14 @@ def join_process_group(recipe: Recipe, dist: Dist) -> None:
     distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
 
 
-def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
+def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module] | None = None) -> Setup:
     """Build data, models and the method; raise a clean error for any bad input, write nothing.
-    Under torchrun (dist.enabled) this also joins the process group."""
+    Under torchrun (dist.enabled) this also joins the process group. `modules` maps "teacher"
+    and/or "student" to user modules (models/user.py), used (and trained) in place of building
+    the recipe's arch; their weights are as given unless the recipe names a checkpoint."""
+    modules = dict(modules or {})
+    for role in ("teacher", "student"):
+        user.require_module(role, getattr(recipe, role).arch, modules.get(role))
     d = recipe.data
     device = distributed.local_device(dist, resolve_device(recipe.train.device))
     amp_dtype = resolve_amp(recipe.train.amp, device)
@@ -119,14 +125,18 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)
 
-    def net(cfg) -> nn.Module:
-        model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
+    def net(role: str) -> nn.Module:
+        cfg, model = getattr(recipe, role), modules.get(role)
+        if model is not None:
+            user.check_output(role, model, data.num_classes, data.in_channels, data.image_size)
+        else:
+            model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
         if cfg.checkpoint:
             load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
         return model
 
-    teacher = net(recipe.teacher)
-    student = net(recipe.student)
+    teacher = net("teacher")
+    student = net("student")
     if recipe.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
