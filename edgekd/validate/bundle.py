@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,8 +33,17 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass
 class Bundle:
+    """A checked bundle (what `edgekd.export` returns, and what validate reads).
+
+    path: the bundle folder. manifest: manifest.json (export/README.md describes it;
+    manifest["files"][name] holds each file's export-time metrics, drift and parity
+    against PyTorch). formats: format name ("fp32", "int8_cpu", "engine_fp16", ...) ->
+    file name, in FORMAT_ORDER. `reference` is PyTorch's metrics on the run's val split,
+    `entry(fmt)` one file's manifest entry, `file(fmt)` its path.
+    """
+
     path: Path
-    manifest: dict
+    manifest: dict = field(repr=False)
     formats: dict[str, str]  # format name -> file name, in FORMAT_ORDER
 
     @property
