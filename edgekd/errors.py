@@ -26,27 +26,27 @@ class EdgeKDError(Exception):
 
 
 class RecipeError(EdgeKDError):
-    pass
+    """A recipe or an override: unreadable or not YAML, an unknown key, a wrong type or value."""
 
 
 class DataError(EdgeKDError):
-    pass
+    """Images or a data folder: missing, empty, corrupt, or classes that do not match the model's."""
 
 
 class ModelError(EdgeKDError):
-    pass
+    """A model: an unknown arch or option, or a module passed in that does not fit the data."""
 
 
 class CheckpointError(EdgeKDError):
-    pass
+    """A checkpoint or run file: missing, truncated, unsafe, or not fitting the model or recipe."""
 
 
 class ExportError(EdgeKDError):
-    pass
+    """An export setting (format, calibration) or a file that cannot be exported."""
 
 
 class BundleError(EdgeKDError):
-    pass
+    """A bundle: no manifest, a file whose sha256 or shape disagrees with it, a format it lacks."""
 
 
 class MissingDependencyError(EdgeKDError):

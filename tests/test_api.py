@@ -8,6 +8,7 @@ The bad-input suite (test_bad_input.py) also runs each of its cases through the 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import os
 import subprocess
@@ -93,6 +94,14 @@ def test_library_code_never_exits_or_uses_click():
             if any(n.split(".")[0] == "click" or n in ("SystemExit", "exit", "_exit") for n in names):
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+def test_api_reference_in_docs_is_current():
+    spec = importlib.util.spec_from_file_location("api_reference", REPO / "docs/api_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    _, written = reference.current()
+    assert written == reference.render(), "docs/api.md is out of date: run python docs/api_reference.py"
 
 
 # ------------------------------------------------------------------ typed errors, the command's messages
