@@ -41,6 +41,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 RecipeLike = Union[PathLike, Mapping[str, Any], "Recipe"]
 Log = Callable[[str], Any]
 PROGRESS = ("off", "epochs", "bar")
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
     resume: continue the run in `out` from its last.pt (the same modules must be passed
       again for a user model). allow_recipe_change: resume even if the recipe differs.
     progress: "off" (default: print nothing), "epochs" (one line per epoch, like --quiet)
-      or "bar" (the command's progress bar on a terminal, and the epoch lines).
+      or "bar" (the command's progress bar on a terminal, and the epoch lines); both also
+      print what a recipe's init: backbone loaded (summary.json records it either way).
     on_epoch: called with each epoch's metrics.jsonl record (a dict), after its checkpoint.
     warn: called with warnings (a resume with a changed recipe); default warnings.warn.
 
@@ -161,7 +163,7 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
         summary, setup = train_run(r, out, resume=resume, on_epoch=epoch_done if main else None,
                                    progress=reporter.step if reporter is not None else None,
                                    allow_recipe_change=allow_recipe_change, warn=warn or _warn, dist=dist,
-                                   modules=modules)
+                                   note=reporter.note if reporter is not None else None, modules=modules)
     return Run(out, summary, setup.teacher, setup.student)
 
 
@@ -261,7 +263,7 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
 
 
 def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None, formats: Sequence[str] | None = None,
-             runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime", providers: Sequence[str] | None = None,
+             runtime: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime", providers: Sequence[str] | None = None,
              batch: int = 64, max_ece: float | None = None, max_acc_drop: float | None = None,
              min_agreement: float | None = None, max_ece_drift: float | None = None,
              json_path: PathLike | None = None, report_dir: PathLike | None = None,
@@ -273,8 +275,10 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
     data: "digits", "imagefolder:DIR", "cifar10:DIR", "cifar100:DIR"; default the run's val
       split, rebuilt from the manifest.
     formats: among "fp32", "fp16", "int8", "int8_cpu", "engine", "engine_fp16",
-      "engine_int8"; default every file the runtime can run. runtime: "onnxruntime" or
-      "tensorrt". providers: ONNX Runtime execution providers (default all available).
+      "engine_int8"; default every file the runtime can run. runtime: "onnxruntime" (the
+      ONNX files in ONNX Runtime), "openvino" (the ONNX files in OpenVINO on the CPU) or
+      "tensorrt" (the engines, plus fp32 in ONNX Runtime). providers: ONNX Runtime
+      execution providers (default all available; not with "openvino").
     batch: batch size for metrics and timing.
     max_ece, max_acc_drop, min_agreement, max_ece_drift: gate thresholds (fractions in
       [0, 1]); each one not given comes from the recipe's validate: section in the manifest.
@@ -284,7 +288,7 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
 
     Returns a Report. A failed gate is not an exception: report.passed is False, and
     report.raise_for_gate() raises GateError (exit code 1) if you want one. Bad input
-    raises BundleError, DataError, MissingDependencyError (no ONNX Runtime/TensorRT) or
+    raises BundleError, DataError, MissingDependencyError (no ONNX Runtime/OpenVINO/TensorRT) or
     EdgeKDError (a bad argument).
     """
     from edgekd.validate import run_validation
@@ -295,8 +299,8 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 1):
             raise EdgeKDError(f"{key} must be a fraction in [0, 1], got {value!r}")
-    if runtime not in ("onnxruntime", "tensorrt"):
-        raise EdgeKDError(f"runtime {runtime!r} is not one of onnxruntime, tensorrt")
+    if runtime not in RUNTIMES:
+        raise EdgeKDError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise EdgeKDError(f"batch must be an integer >= 1, got {batch!r}")
     for name, items in (("formats", formats), ("providers", providers)):

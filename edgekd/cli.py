@@ -56,7 +56,8 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
     epoch), student.pt, summary.json and reliability diagrams into the run
-    directory. The last line says where the run is and the student's
+    directory (and TensorBoard event files in tensorboard/ with
+    train.log: [tensorboard]). The last line says where the run is and the student's
     accuracy and ECE on the evaluation split (train.eval_split: val or tune).
     """
     if allow_recipe_change and not resume:
@@ -262,9 +263,14 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 @click.option("--formats", default=None,
               help="Comma-separated: fp32, fp16, int8, int8_cpu, engine (engine_fp16, engine_int8). Default: every "
                    "file in the bundle the runtime can run (--runtime tensorrt: the engines + fp32; int8_cpu is "
-                   "ONNX Runtime only).")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "tensorrt"]), default="onnxruntime", show_default=True)
-@click.option("--providers", default=None, help="ONNX Runtime execution providers, comma-separated (default: all available).")
+                   "for CPUs: onnxruntime or openvino).")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime",
+              show_default=True,
+              help="onnxruntime: the ONNX files in ONNX Runtime. openvino: the ONNX files (both INT8 flavours "
+                   "included) in OpenVINO on the CPU, float math in f32, never bf16 (pip install 'edgekd[openvino]'). "
+                   "tensorrt: the bundle's engines, plus fp32 in ONNX Runtime.")
+@click.option("--providers", default=None,
+              help="ONNX Runtime execution providers, comma-separated (default: all available; not with --runtime openvino).")
 @click.option("--batch", type=click.IntRange(min=1), default=64, show_default=True, help="Batch size for throughput and metrics.")
 @click.option("--max-ece", type=click.FloatRange(0, 1), default=None, help="Gate: maximum ECE (fraction, e.g. 0.05).")
 @click.option("--max-acc-drop", type=click.FloatRange(0, 1), default=None, help="Gate: maximum top-1 drop vs the PyTorch reference.")
@@ -291,6 +297,39 @@ def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max
                           max_ece_drift=max_ece_drift, json_path=json_path, report_dir=report_dir,
                           save_predictions=save_predictions, log=click.echo)
     return 0 if report.passed else 1
+
+
+@cli.command("models")
+@click.option("--image-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Input size (pixels, square) the parameter counts are for: data.image_size.")
+@click.option("--in-channels", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Input channels (1 for grayscale data such as digits).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Classes of the final layer.")
+def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
+    """List every model a recipe can name as teacher.arch or student.arch, with its
+    parameter count at the given input size, its options (with defaults) and its
+    source: built in, or the installed package that registers it through the
+    `edgekd.models` entry point group (see README, "Bring your own model").
+    A plugin that cannot be imported, or has a bad factory, is one line naming its
+    package, exit 2.
+    """
+    from edgekd.api import need_torch
+
+    need_torch("models")
+    from edgekd.models import model_catalog
+
+    rows = model_catalog(num_classes, in_channels, image_size)
+    table = [("model", "parameters", "options", "source")] + [
+        (m.name, f"{m.params:,}", ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-", m.source)
+        for m in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    click.echo(f"{len(rows)} models; parameters at {image_size}x{image_size}, {in_channels} input "
+               f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
+    for name, params, options, source in table:
+        click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

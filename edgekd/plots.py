@@ -80,16 +80,20 @@ def _draw_histogram(ax, bins: dict) -> None:
     ax.set_ylabel("count")
 
 
-def _save(fig: Figure, path: str | Path) -> None:
+def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)  # attaches itself to fig
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")  # keeps a legend placed outside the axes
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def reliability_diagram(bins: dict, path: str | Path, title: str) -> None:
+def _save(fig: Figure, path: str | Path) -> None:
+    atomic_write_bytes(path, _png(fig))
+
+
+def reliability_png(bins: dict, title: str) -> bytes:
     """Reliability bars (with the gap to confidence shaded and the ECE) above a
-    confidence histogram, as one PNG at `path`."""
+    confidence histogram, as PNG bytes (also what TensorBoard shows per evaluation)."""
     bins = _check(bins, "reliability_diagram")
     fig = Figure(figsize=(5.5, 6.5))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -97,7 +101,12 @@ def reliability_diagram(bins: dict, path: str | Path, title: str) -> None:
     _draw_histogram(bottom, bins)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    return _png(fig)
+
+
+def reliability_diagram(bins: dict, path: str | Path, title: str) -> None:
+    """reliability_png as one PNG file at `path`."""
+    atomic_write_bytes(path, reliability_png(bins, title))
 
 
 def reliability_overlay(curves: dict[str, dict], path: str | Path, title: str) -> None:

@@ -70,6 +70,10 @@ class EpochReporter:
         line = f"epoch {e}/{self.epochs} loss {rec['loss']:.3f} | {evals} | {rec['images_per_s']:.0f} img/s {rec['seconds']:.1f}s"
         if rec.get("skipped_steps"):
             line += f" | {rec['skipped_steps']} non-finite step(s) skipped"
+        self.note(line)
+
+    def note(self, line: str) -> None:
+        """One line above the progress bar (or on stdout without one); printed in --quiet mode too."""
         if self._progress is not None:
             self._progress.console.print(line)
         else:

@@ -24,8 +24,33 @@ class _Strict(BaseModel):
 
 
 class AugmentConfig(_Strict):
+    # pad: CIFAR-style zero-padded random crop (crop_padding pixels each side), for small
+    # images. resized: torchvision-style random-resized crop (a random share crop_scale of
+    # the area at aspect ratio crop_ratio, resized back to the image size), for photos.
+    crop: Literal["pad", "resized"] = "pad"
     crop_padding: int = Field(4, ge=0, le=16)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
+
+    @model_validator(mode="after")
+    def _crop_settings(self) -> "AugmentConfig":
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(self.crop_scale)}")
+        lo, hi = self.crop_ratio
+        if not 0 < lo <= hi < float("inf"):
+            raise ValueError(f"crop_ratio must be [min, max] with 0 < min <= max, got {list(self.crop_ratio)}")
+        # A value the chosen crop never reads would be a dead setting: refuse it. Compared
+        # with the defaults (not "was it written") so saved recipes, which spell out every
+        # key, load again.
+        defaults = AugmentConfig.model_fields
+        unused = ("crop_scale", "crop_ratio") if self.crop == "pad" else ("crop_padding",)
+        for key in unused:
+            if getattr(self, key) != defaults[key].default:
+                raise ValueError(f"{key} does not apply to crop: {self.crop}; remove it "
+                                 f"(crop_padding is for crop: pad, crop_scale and crop_ratio for crop: resized)")
+        return self
 
 
 class DataConfig(_Strict):
@@ -74,7 +99,17 @@ class DataConfig(_Strict):
 class NetConfig(_Strict):
     arch: str
     checkpoint: Optional[str] = None
+    # How `checkpoint` initialises the net (edgekd/models/pretrained.py): full loads every
+    # tensor strictly; backbone loads every tensor whose name and shape fit and keeps the
+    # classifier freshly initialised when the class count differs (e.g. ImageNet weights).
+    init: Literal["full", "backbone"] = "full"
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _init_needs_checkpoint(self) -> "NetConfig":
+        if self.init == "backbone" and not self.checkpoint:
+            raise ValueError("init: backbone needs checkpoint (the pretrained file to load)")
+        return self
 
 
 class DistillConfig(_Strict):
@@ -150,6 +185,9 @@ class TrainConfig(_Strict):
     # Steps whose loss or gradient is NaN/Inf that may be skipped (no update) before
     # the run stops; 0 stops at the first one.
     max_bad_steps: int = Field(0, ge=0)
+    # Where each epoch's record goes besides metrics.jsonl (always written): tensorboard
+    # writes event files to <run>/tensorboard/ (needs the tensorboard extra).
+    log: list[Literal["tensorboard"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _device_name(self) -> "TrainConfig":

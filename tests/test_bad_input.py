@@ -26,11 +26,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import torchvision.models as tvm
 from PIL import Image
 
 from edgekd import api
 from edgekd.cli import main
 from edgekd.errors import EdgeKDError, RecipeError
+from edgekd.models import register_model, registry
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "recipes/quickstart.yaml").read_text()
@@ -90,6 +92,20 @@ train: {{epochs: 1}}
 
 def teacher_ckpt_recipe(w: Path, ckpt: str) -> str:
     return edited_recipe(w, "teacher:\n  arch: cnn_small", f"teacher:\n  arch: cnn_small\n  checkpoint: {ckpt}")
+
+
+def pretrained_recipe(w: Path, file: str, arch: str = "mobilenet_v3_small", method: str = "bdkd",
+                      role: str = "student") -> str:
+    """quickstart with the student (or teacher) started from `file` with init: backbone."""
+    old = {"student": "student:\n  arch: cnn_tiny", "teacher": "teacher:\n  arch: cnn_small"}[role]
+    text = QUICKSTART.replace(old, f"{role}:\n  arch: {arch}\n  checkpoint: {file}\n  init: backbone", 1)
+    return recipe(w, text.replace("method: bdkd", f"method: {method}", 1))
+
+
+def torchvision_file(w: Path, name: str, file: str = "pre.pth", **kw) -> str:
+    """A file as torchvision ships its ImageNet weights: torch.save(state_dict), 1000 classes."""
+    torch.save(getattr(tvm, name)(num_classes=1000, **kw).state_dict(), w / file)
+    return file
 
 
 def run_copy(w: Path, made) -> Path:
@@ -164,6 +180,9 @@ CASES = {
         lambda w, m: (shutil.copy(m[0] / "student.pt", w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
     "checkpoint: pickle that runs code": _c(
         lambda w, m: ((w / "t.pt").write_bytes(pickle.dumps(RunsCode())), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
+    "checkpoint: torch.save file with a pickle that runs code": _c(
+        lambda w, m: (torch.save({"conv.weight": RunsCode()}, w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1],
+        "t.pt was refused by the safe loader (weights_only): Trying to load unsupported GLOBAL"),
     "checkpoint: run without student.pt": _c(
         lambda w, m: ((run_copy(w, m) / "student.pt").unlink(), ["export", "run", "--out", "b"])[-1], "student.pt"),
     "checkpoint: truncated student.pt": _c(
@@ -172,6 +191,29 @@ CASES = {
     "checkpoint: foreign torch file": _c(
         lambda w, m: (torch.save({"model": torch.zeros(3)}, run_copy(w, m) / "student.pt"), ["export", "run", "--out", "b"])[-1],
         "not an edgekd student checkpoint"),
+    # pretrained starts (student.init / teacher.init: backbone)
+    "pretrained: a file for another architecture": _c(
+        lambda w, m: ["distill", pretrained_recipe(w, torchvision_file(w, "shufflenet_v2_x0_5"))],
+        "pre.pth does not fit mobilenet_v3_small", "not in the file", "at least 50% needed"),
+    "pretrained: tensors mostly do not fit (another width)": _c(
+        lambda w, m: ["distill", pretrained_recipe(w, torchvision_file(w, "mobilenet_v3_small", width_mult=0.5))],
+        "pre.pth does not fit mobilenet_v3_small", "file [8, 3, 3, 3], model [16, 1, 3, 3]"),
+    "pretrained: a plain pickle of lists": _c(
+        lambda w, m: ((w / "pre.pth").write_bytes(pickle.dumps({"features.0.0.weight": [[0.1, 0.2]]})),
+                      ["distill", pretrained_recipe(w, "pre.pth")])[-1], "pre.pth is not a file written by torch.save"),
+    "pretrained: a torch file without tensors": _c(
+        lambda w, m: (torch.save({"epoch": 3, "arch": "mobilenet_v3_small"}, w / "pre.pth"),
+                      ["distill", pretrained_recipe(w, "pre.pth")])[-1], "pre.pth holds no model weights"),
+    "pretrained: not a torch file (a JPEG)": _c(
+        lambda w, m: (Image.new("RGB", (8, 8)).save(w / "pre.jpg"), ["distill", pretrained_recipe(w, "pre.jpg")])[-1],
+        "pre.jpg is not a file written by torch.save"),
+    "pretrained: init backbone without a file": _c(
+        lambda w, m: ["distill", edited_recipe(w, "arch: cnn_tiny", "arch: cnn_tiny\n  init: backbone")],
+        "student: init: backbone needs checkpoint (the pretrained file to load)"),
+    "pretrained: a fresh classifier on a frozen (kd) teacher": _c(
+        lambda w, m: (torch.save(tvm.resnet18(num_classes=1000).state_dict(), w / "t.pth"),
+                      ["distill", pretrained_recipe(w, "t.pth", "resnet18", method="kd", role="teacher")])[-1],
+        "teacher.init: backbone left the teacher's classifier untrained", "distill.method kd"),
     "checkpoint: --resume with no last.pt": _c(
         lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--out", "nothing", "--resume"], "last.pt"),
     # ONNX files
@@ -184,6 +226,10 @@ CASES = {
     "onnx: wrong input shape (manifest re-hashed)": _c(
         lambda w, m: (_reshape_input(bundle_copy(w, m) / "model_fp32.onnx"), rehash(w / "bundle", "model_fp32.onnx"),
                       ["validate", "bundle"])[-1], "model_fp32.onnx"),
+    "onnx: not ONNX at all, on OpenVINO (manifest re-hashed)": _c(
+        lambda w, m: ((bundle_copy(w, m) / "model_fp16.onnx").write_bytes(b"hello, not a protobuf"),
+                      rehash(w / "bundle", "model_fp16.onnx"), ["validate", "bundle", "--runtime", "openvino"])[-1],
+        "model_fp16.onnx could not be loaded by OpenVINO"),
     # engines
     "engine: TensorRT runtime asked for, not installed": _c(
         lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "tensorrt"], "TensorRT"),
@@ -202,6 +248,12 @@ CASES = {
     # flags
     "flag: non-numeric threshold": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "abc"], "--max-ece"),
     "flag: threshold out of range": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--max-ece", "5"], "--max-ece"),
+    "flag: --runtime openvino --formats int8, bundle without INT8 files": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "openvino", "--formats", "int8"],
+        "'int8'", "this bundle has: fp32, fp16"),
+    "flag: --providers with --runtime openvino": _c(
+        lambda w, m: ["validate", str(bundle_copy(w, m)), "--runtime", "openvino", "--providers", "cpu"],
+        "--providers", "--runtime openvino"),
     "flag: unknown validate format": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--formats", "int4"], "int4"),
     "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
     "flag: unknown --data spec": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", "mnist"], "mnist"),
@@ -235,7 +287,11 @@ def test_bad_input(name, made, tmp_path, monkeypatch, capfd):
     w = tmp_path / "w"
     w.mkdir()
     monkeypatch.chdir(w)
-    argv = build(w, made)
+    _assert_refused(name, w, build(w, made), needles, capfd)
+
+
+def _assert_refused(name: str, w: Path, argv: list, needles, capfd) -> None:
+    """Run edgekd in w: exit 2, 1-3 short lines naming the problem, no traceback, w unchanged."""
     before = _snapshot(w)
     capfd.readouterr()
     with pytest.raises(SystemExit) as e:
@@ -252,11 +308,44 @@ def test_bad_input(name, made, tmp_path, monkeypatch, capfd):
     assert not (w / "pwned.txt").exists()
 
 
+def _conv_head(num_classes: int, in_channels: int, image_size: int) -> torch.nn.Module:
+    """A net whose logits come from a 1x1 conv, not an nn.Linear: no classifier init: backbone can name."""
+    return torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, num_classes, 1),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # fmt: skip
+
+
+@pytest.fixture
+def conv_head_model(monkeypatch):
+    """_conv_head registered for this test only (the registry is restored afterwards)."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_SOURCES", dict(registry._SOURCES))
+    register_model("conv_head_test")(_conv_head)
+    return "conv_head_test"
+
+
+def test_backbone_on_a_model_without_a_classifier(conv_head_model, tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    torch.save(_conv_head(10, 1, 32).state_dict(), tmp_path / "pre.pt")  # a file that fits it perfectly
+    argv = ["distill", pretrained_recipe(tmp_path, "pre.pt", arch=conv_head_model)]
+    _assert_refused("init backbone, no classifier", tmp_path, argv,
+                    ["cannot find the classifier of conv_head_test", "its last layer '2' is a Conv2d", "init: full"], capfd)
+
+
+def test_bf16_forced_on_a_cpu_without_bf16(tmp_path, monkeypatch, capfd):
+    """Only torch's CPU capability probe is replaced: this CPU then reports no bf16 instructions."""
+    monkeypatch.chdir(tmp_path)
+    caps = {**torch.cpu.get_capabilities(), **{k: False for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")}}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    argv = ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.amp=bf16", "--set", "train.device=cpu"]
+    _assert_refused("bf16 on a CPU without it", tmp_path, argv, ["train.amp: bf16", "this CPU has no bf16 instructions"],
+                    capfd)
+
+
 # The same cases from Python (edgekd.api): the call that does what the command line does
 # raises an EdgeKDError, never SystemExit: the very error (class and one-line message) that
 # the command prints, unless click refused the command line before it reached the API.
 API_KEYS = {"--set": "overrides", "--out": "out", "--resume": "resume", "--formats": "formats", "--data": "data",
-            "--runtime": "runtime"}
+            "--runtime": "runtime", "--providers": "providers"}
 
 
 def api_call(argv: list[str]) -> Callable[[], object] | None:
@@ -280,7 +369,7 @@ def api_call(argv: list[str]) -> Callable[[], object] | None:
             kwargs.setdefault(key, []).append(next(items))
         else:
             value = next(items)
-            kwargs[key] = value.split(",") if a == "--formats" else value
+            kwargs[key] = value.split(",") if a in ("--formats", "--providers") else value
     return lambda: fn(*args, **kwargs)
 
 

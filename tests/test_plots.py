@@ -1,8 +1,8 @@
 """edgekd.plots: what a reader sees in the diagrams (bar heights and positions, curve
 points, the ECE label, the histogram) and that the PNGs written are real and complete.
 
-The figures are read back as drawn: a spy on plots._save (the one place every plot
-hands its finished Figure to) keeps each Figure and then lets the real writer run.
+The figures are read back as drawn: a spy on plots._png (the one place every plot
+hands its finished Figure to) keeps each Figure and then lets the real renderer run.
 """
 
 import math
@@ -38,15 +38,15 @@ def _no_temp_files(folder):
 
 @pytest.fixture
 def drawn(monkeypatch):
-    """The Figures the plot functions finished, in call order (the real PNG writer still runs)."""
+    """The Figures the plot functions finished, in call order (the real PNG renderer still runs)."""
     figures = []
-    real_save = plots._save
+    real_png = plots._png
 
-    def spy(fig, path):
+    def spy(fig):
         figures.append(fig)
-        real_save(fig, path)
+        return real_png(fig)
 
-    monkeypatch.setattr(plots, "_save", spy)
+    monkeypatch.setattr(plots, "_png", spy)
     return figures
 
 

@@ -68,6 +68,14 @@ BAD = {
     "missing_section": (lambda r: r.pop("student"), "missing required key 'student'"),
     "kd_without_teacher": (lambda r: r["distill"].update(method="kd"), "teacher.checkpoint"),
     "imagefolder_without_root": (lambda r: r["data"].update(name="imagefolder"), "data.root"),
+    # quickstart sets crop_padding: 2, which crop: resized would never read.
+    "padding_with_resized_crop": (lambda r: r["data"]["augment"].update(crop="resized"),
+                                  "data.augment: crop_padding does not apply to crop: resized"),
+    "crop_scale_with_pad_crop": (lambda r: r["data"]["augment"].update(crop_scale=[0.3, 1.0]),
+                                 "data.augment: crop_scale does not apply to crop: pad"),
+    "crop_scale_range": (lambda r: r["data"]["augment"].update(crop="resized", crop_padding=4, crop_scale=[0.5, 1.5]),
+                         "crop_scale must be [min, max] with 0 < min <= max <= 1"),
+    "unknown_crop": (lambda r: r["data"]["augment"].update(crop="center"), "data.augment.crop"),
 }
 
 

@@ -1,11 +1,12 @@
 """edgekd.runtime: the lifecycle of runners, without a GPU. Torch-free.
 
-ONNX Runtime runs for real on a tiny model built here. TensorRT and CUDA are not on
+ONNX Runtime and OpenVINO run for real on a tiny model built here. TensorRT and CUDA are not on
 this machine: what TensorRTEngine does when activation fails part-way (the GPU it
 opened is closed again) is checked with a stand-in TensorRT module and GPU.
 """
 
 import ast
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgekd.errors import BundleError, MissingDependencyError
-from edgekd.runtime import OnnxRuntimeSession, TensorRTEngine
+from edgekd.runtime import OnnxRuntimeSession, OpenVinoCpu, TensorRTEngine
 from edgekd.runtime import tensorrt_engine
 
 RUNTIME = Path(__file__).resolve().parents[1] / "edgekd" / "runtime"
@@ -61,6 +62,45 @@ def test_a_file_that_does_not_load_leaves_the_runner_inactive(tmp_path):
         with runner:
             pytest.fail("the body must not run")
     assert not runner.is_active and runner._session is None
+
+
+def test_openvino_runner_is_loaded_inside_with_and_released_after(tiny_model):
+    runner = OpenVinoCpu(tiny_model)
+    assert not runner.is_active
+    with runner as compiled:
+        assert compiled is runner and compiled.is_active
+        assert (compiled.input_name, compiled.input_shape) == ("input", [None, 3])  # None: the dynamic batch axis
+        assert (compiled.output_name, compiled.output_shape) == ("logits", [None, 2])
+        # What validate prints and writes: FP32 is computed in f32 (OpenVINO's CPU default is bf16 where the
+        # CPU has AMX or AVX512_BF16), read back from the compiled model, not from our own settings.
+        assert compiled.providers[0].startswith("OpenVINO ") and "f32 inference precision" in compiled.providers[0]
+        x = np.array([[1, 2, 3], [0.5, 0, 1]], np.float32)
+        first = compiled.run(x)
+        np.testing.assert_array_equal(first, [[4, 5], [1.5, 1]])
+        compiled.run(np.zeros((5, 3), np.float32))  # another batch size; earlier outputs are copies, not reused
+        np.testing.assert_array_equal(first, [[4, 5], [1.5, 1]])
+    assert not runner.is_active and runner._compiled is None and runner._request is None
+    with runner as again:
+        assert again.run(np.ones((1, 3), np.float32)).shape == (1, 2)
+
+
+def test_a_file_openvino_cannot_load_is_one_line(tmp_path):
+    bad = tmp_path / "model_fp16.onnx"
+    bad.write_bytes(b"hello, not a protobuf")
+    runner = OpenVinoCpu(bad)
+    with pytest.raises(BundleError, match=r"^model_fp16.onnx could not be loaded by OpenVINO .* on the CPU \(") as e:
+        runner.activate()
+    assert "\n" not in str(e.value) and "Exception from" not in str(e.value)  # what failed, not where in OpenVINO
+    assert "--runtime onnxruntime" in str(e.value)
+    assert not runner.is_active and runner._compiled is None
+
+
+def test_openvino_not_installed_is_one_missing_dependency(tiny_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now raises ImportError
+    runner = OpenVinoCpu(tiny_model)
+    with pytest.raises(MissingDependencyError, match=r"not installed: pip install 'edgekd\[openvino\]'$"):
+        runner.activate()
+    assert not runner.is_active
 
 
 class RecordingGpu:

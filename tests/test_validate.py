@@ -196,8 +196,9 @@ def test_validates_without_torch(full_run, bundle):
 
 
 # What a device imports: the validate side, the Python API, the runtime layer both sides share, and the contract modules.
-DEVICE_MODULES = ["edgekd.validate", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base", "edgekd.runtime.onnxruntime_session",
-                  "edgekd.runtime.tensorrt_engine", "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
+DEVICE_MODULES = ["edgekd.validate", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base",
+                  "edgekd.runtime.onnxruntime_session", "edgekd.runtime.openvino_cpu", "edgekd.runtime.tensorrt_engine",
+                  "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
                   "edgekd.drift", "edgekd.calibration"]
 
 
@@ -553,6 +554,76 @@ def test_engine_mismatch_message():
     assert msg == ("model_fp16.engine was built for TensorRT 10.3.0 on compute capability 8.7; this device has "
                    "TensorRT 10.8.0 on 9.0: re-run edgekd export --trt on this device")
     assert "compute capability 8.7" in engine_mismatch("e", "10.3.0", "8.7", "10.3.0", "8.6")
+
+
+# ---------------------------------------------------------------- --runtime openvino
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_openvino_agrees_with_onnxruntime_and_reports_the_same_metrics(bundle, tmp_path):
+    """Every ONNX file on OpenVINO, torch-free; FP32 (and FP16, which OpenVINO computes in f32) agree with
+    ONNX Runtime on all 1,797 digits images (the target: >= 99.9% top-1); metrics and gate as for ONNX Runtime."""
+    before = _snapshot(bundle)
+    ort_proc, _ = validate(bundle, "--data", "digits", "--formats", "fp32,fp16", *LOOSE,
+                           "--save-predictions", tmp_path / "ort.npz", tmp_path=tmp_path)
+    assert ort_proc.returncode == 0, ort_proc.stdout + ort_proc.stderr
+    proc, torch_loaded = validate(bundle, "--runtime", "openvino", "--data", "digits", *LOOSE,
+                                  "--json", tmp_path / "ov.json", "--report", tmp_path / "report",
+                                  "--save-predictions", tmp_path / "ov.npz", tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert torch_loaded == [], "torch was imported"
+    assert _snapshot(bundle) == before, "validate changed the bundle"
+    for fmt in ("fp32", "fp16", "int8", "int8_cpu"):
+        assert f"{fmt}: model_{fmt}.onnx on openvino (OpenVINO " in proc.stdout, fmt
+    assert "f32 inference precision" in proc.stdout  # pinned: never bf16, even on a CPU with AMX/AVX512_BF16
+
+    ort, ov = np.load(tmp_path / "ort.npz"), np.load(tmp_path / "ov.npz")
+    labels = ov["labels"]
+    assert len(labels) == 1797 and np.array_equal(labels, ort["labels"])
+    for fmt in ("fp32", "fp16"):
+        agree = np.mean(ov[f"{fmt}_logits"].argmax(axis=1) == ort[f"{fmt}_logits"].argmax(axis=1))
+        assert agree >= 0.999, (fmt, agree)
+        np.testing.assert_allclose(softmax(ov[f"{fmt}_logits"]), softmax(ort[f"{fmt}_logits"]), rtol=0, atol=1e-5)
+
+    doc = json.loads((tmp_path / "ov.json").read_text())
+    assert set(doc["formats"]) == {"fp32", "fp16", "int8", "int8_cpu"}  # both INT8 flavours run on OpenVINO
+    assert doc["device"]["runtime"] == "openvino" and doc["device"]["openvino"]
+    assert all(p.startswith("OpenVINO ") for p in doc["device"]["providers"])
+    fp32 = ov["fp32_logits"]
+    for fmt, r in doc["formats"].items():
+        assert set(r) == FORMAT_KEYS, fmt
+        for key, value in expected_metrics(ov[f"{fmt}_logits"], labels).items():
+            assert r[key] == pytest.approx(value, abs=1e-9), (fmt, key)
+        assert r["agreement"] == pytest.approx(np.mean(ov[f"{fmt}_logits"].argmax(axis=1) == fp32.argmax(axis=1)))
+        assert r["throughput"] > 0 and r["latency_ms"]["p50"] > 0
+    # The INT8 files really run quantized: close to FP32, but not bit-equal to it.
+    for fmt in ("int8", "int8_cpu"):
+        assert doc["formats"][fmt]["agreement"] >= 0.9, fmt
+        assert not np.allclose(ov[f"{fmt}_logits"], fp32, atol=1e-4), fmt
+    assert doc["gate"]["passed"] and len(doc["gate"]["checks"]) == 4 * len(LOOSE_CHECKS)
+    assert "- runtime: openvino (openvino " in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_openvino_gate_fails_with_exit_1_on_a_device_without_onnxruntime(bundle, tmp_path):
+    proc, _ = validate(bundle, "--runtime", "openvino", "--formats", "int8_cpu", "--max-ece", "0.0001",
+                       tmp_path=tmp_path, also_missing=("onnxruntime",))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "int8_cpu: model_int8_cpu.onnx on openvino (OpenVINO " in proc.stdout
+    assert "FAIL int8_cpu  ece " in proc.stdout and "VERDICT: FAIL" in proc.stdout
+
+
+def test_openvino_not_installed(bundle, tmp_path):
+    """A device without OpenVINO: one line naming the extra to install, exit 2, the bundle untouched."""
+    before = _snapshot(bundle)
+    proc, torch_loaded = validate(bundle, "--runtime", "openvino", "--json", tmp_path / "v.json", tmp_path=tmp_path,
+                                  also_missing=("openvino",))
+    assert_bad_input(proc, "--runtime openvino needs OpenVINO, which is not installed",
+                     "pip install 'edgekd[openvino]'")
+    assert torch_loaded == []
+    assert _snapshot(bundle) == before and not (tmp_path / "v.json").exists()
 
 
 # ---------------------------------------------------------------- --data

@@ -77,11 +77,12 @@ class DataModule:
 
     def train_loader(
         self, batch_size, device, seed, augment=True, crop_padding=4, hflip=True, rank=0, world_size=1, drop_last=False,
-        loader: str = "device", workers: int = 2,
+        loader: str = "device", workers: int = 2, crop: str = "pad", crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
     ) -> "DeviceLoader | HostLoader":  # fmt: skip
         """loader: 'device' (train set on the device) or 'host' (workers feed it); resolve 'auto' with choose_loader.
 
         Both yield the same batches for the same arguments; `workers` only applies to 'host'.
+        crop: 'pad' (crop_padding) or 'resized' (crop_scale, crop_ratio), see edgekd.data.loader.
         """
         from edgekd.data.loader import DeviceLoader, HostLoader
 
@@ -91,6 +92,7 @@ class DataModule:
         kwargs = dict(
             batch_size=batch_size, mean=self.mean, std=self.std, device=device, shuffle=True, augment=augment,
             crop_padding=crop_padding, hflip=hflip, drop_last=drop_last, seed=seed, rank=rank, world_size=world_size,
+            crop=crop, crop_scale=crop_scale, crop_ratio=crop_ratio,
         )  # fmt: skip
         if loader == "host":
             return HostLoader(self.train.images, self.train.labels, workers=workers, **kwargs)

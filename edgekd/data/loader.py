@@ -3,7 +3,10 @@
 DeviceLoader: the whole uint8 dataset lives on the device; batches are augmented there.
 Small-image datasets (CIFAR: 150 MB as uint8) fit on any GPU, so the usual
 DataLoader + worker processes + per-image PIL transforms are pure overhead.
-Augmentation (zero-padded random crop + horizontal flip) is one gather per batch.
+Augmentation is integer indexing on the uint8 batch, so it gives the same bytes on
+any device: a zero-padded random crop + horizontal flip (crop="pad", one gather),
+or a random-resized crop + flip (crop="resized": four gathers and a fixed-point
+bilinear blend).
 
 HostLoader: for datasets that do not fit in device memory. The uint8 images stay
 in host memory; a torch DataLoader whose items are whole batches runs the same
@@ -30,7 +33,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from edgekd.errors import DataError
 
-Draws = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # (indices, row offsets, col offsets, flips)
+# (indices, row offsets, col offsets, flips, crop heights, crop widths); the crop sizes
+# are the image's own for crop="pad".
+Draws = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+CROPS = ("pad", "resized")
 
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -57,6 +63,11 @@ class BatchPlan:
     seed: int
     rank: int
     world_size: int
+    height: int = 0  # the images' size: where crop="resized" draws its boxes
+    width: int = 0
+    crop: str = "pad"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
 
     @property
     def per_rank(self) -> int:
@@ -72,7 +83,8 @@ class BatchPlan:
         return slice(i * self.batch_size, (i + 1) * self.batch_size)
 
     def draws(self, epoch: int) -> Draws:
-        """This rank's (indices, row offsets, col offsets, flips) for `epoch`, on the CPU.
+        """This rank's (indices, row offsets, col offsets, flips, crop heights, crop widths)
+        for `epoch`, on the CPU.
 
         Drawn for the whole epoch, then sharded: an image's augmentation does not
         depend on world_size, so the union of all ranks equals a 1-process epoch.
@@ -80,14 +92,55 @@ class BatchPlan:
         n = self.n
         g = _epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        span = 2 * self.crop_padding + 1
-        oy = torch.randint(0, span, (n,), generator=g)
-        ox = torch.randint(0, span, (n,), generator=g)
+        if self.crop == "resized":
+            oy, ox, ch, cw = resized_crop_boxes(g, n, self.height, self.width, self.crop_scale, self.crop_ratio)
+        else:
+            span = 2 * self.crop_padding + 1
+            oy = torch.randint(0, span, (n,), generator=g)
+            ox = torch.randint(0, span, (n,), generator=g)
+            ch, cw = torch.full((n,), self.height), torch.full((n,), self.width)
         flip = torch.rand(n, generator=g) < 0.5
         # Draws are sized n (not the padded total) so they match the 1-process epoch.
         wrap = torch.arange(self.per_rank * self.world_size) % n
         shard = wrap[self.rank :: self.world_size]
-        return order[shard], oy[shard], ox[shard], flip[shard]
+        return order[shard], oy[shard], ox[shard], flip[shard], ch[shard], cw[shard]
+
+
+def resized_crop_boxes(
+    g: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    attempts: int = 10,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, height, width) of n random-resized crops, drawn as torchvision's
+    RandomResizedCrop.get_params draws one: a share `scale` of the area at an aspect
+    ratio (w/h) log-uniform in `ratio`, the first of `attempts` tries that fits,
+    else the largest centred crop whose ratio is in range."""
+    area = height * width
+    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=g, dtype=torch.float64))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    r = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, attempts, generator=g, dtype=torch.float64))
+    cw = torch.round(torch.sqrt(target * r)).long()
+    ch = torch.round(torch.sqrt(target / r)).long()
+    fits = (cw >= 1) & (cw <= width) & (ch >= 1) & (ch <= height)
+    first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
+    ch, cw = ch.gather(1, first)[:, 0], cw.gather(1, first)[:, 0]
+    fallback_h, fallback_w = _centre_crop(height, width, ratio)
+    ok = fits.any(dim=1)
+    ch = torch.where(ok, ch, torch.full_like(ch, fallback_h))
+    cw = torch.where(ok, cw, torch.full_like(cw, fallback_w))
+    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    top = torch.where(ok, (u[:, 0] * (height - ch + 1)).long(), (height - ch) // 2)
+    left = torch.where(ok, (u[:, 1] * (width - cw + 1)).long(), (width - cw) // 2)
+    return top, left, ch, cw
+
+
+def _centre_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
+    """torchvision's fallback crop: the whole image, narrowed to the nearest ratio in range."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return max(1, round(width / ratio[0])), width
+    if in_ratio > ratio[1]:
+        return height, max(1, round(height * ratio[1]))
+    return height, width
 
 
 def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
@@ -108,6 +161,52 @@ def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.T
     return padded[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]
 
 
+# Fixed-point bilinear weights: 11 fractional bits per axis, 22 for the blend of four pixels
+# (255 * 2**22 still fits int32): within 1 of a float resize, rounded.
+_FRAC_BITS = 11
+_ONE = 1 << _FRAC_BITS
+
+
+def _source_coords(start: torch.Tensor, size: torch.Tensor, out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For output pixels 0..out-1 of crops [start, start+size) (one row per crop): the lower and
+    upper source pixel and the upper one's weight in 1/2048, sampling at pixel centres
+    (align_corners=False, as PIL and torchvision resize), in integers only."""
+    i = torch.arange(out, device=size.device)
+    size = size[:, None]
+    # Source coordinate (i + 0.5) * size / out - 0.5, times 2048, rounded down.
+    pos = torch.div((2 * i + 1) * size * _ONE, 2 * out, rounding_mode="floor") - _ONE // 2
+    pos = pos.clamp(min=0).minimum((size - 1) * _ONE)
+    lo = pos >> _FRAC_BITS
+    hi = torch.minimum(lo + 1, size - 1)
+    return start[:, None] + lo, start[:, None] + hi, pos & (_ONE - 1)
+
+
+def resized_crop_flip(
+    x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, ch: torch.Tensor, cw: torch.Tensor, flip: torch.Tensor,
+    hflip: bool,
+) -> torch.Tensor:
+    """Crop box (oy, ox, ch, cw) of each uint8 NCHW image, bilinearly resized back to the
+    image's size, optionally flipped. Integer arithmetic only, so the same bytes on any
+    device; within 1 of a float bilinear resize (no antialiasing: crops are never larger
+    than the output)."""
+    b, c, h, w = x.shape
+    r0, r1, fy = _source_coords(oy, ch, h)  # [B, H]
+    c0, c1, fx = _source_coords(ox, cw, w)  # [B, W]
+    if hflip:
+        c0, c1, fx = (torch.where(flip[:, None], t.flip(1), t) for t in (c0, c1, fx))
+    bi = torch.arange(b, device=x.device)[:, None, None, None]
+    ci = torch.arange(c, device=x.device)[None, :, None, None]
+
+    def at(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]].to(torch.int32)
+
+    wy, wx = fy[:, None, :, None].to(torch.int32), fx[:, None, None, :].to(torch.int32)
+    top = at(r0, c0) * (_ONE - wx) + at(r0, c1) * wx
+    bottom = at(r1, c0) * (_ONE - wx) + at(r1, c1) * wx
+    blend = top * (_ONE - wy) + bottom * wy  # at most 255 * 2**22: fits int32
+    return ((blend + (1 << (2 * _FRAC_BITS - 1))) >> (2 * _FRAC_BITS)).to(torch.uint8)
+
+
 def take_batch(
     plan: BatchPlan, images: torch.Tensor, labels: torch.Tensor, draws: Draws, i: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,11 +214,13 @@ def take_batch(
 
     Both loaders call this, so their batches cannot drift apart.
     """
-    order, oy, ox, flip = draws
+    order, oy, ox, flip, ch, cw = draws
     sl = plan.batch_slice(i)
     idx = order[sl]
     x = images[idx]
-    if plan.augment:
+    if plan.augment and plan.crop == "resized":
+        x = resized_crop_flip(x, oy[sl], ox[sl], ch[sl], cw[sl], flip[sl], plan.hflip)
+    elif plan.augment:
         x = crop_flip(x, oy[sl], ox[sl], flip[sl], plan.crop_padding, plan.hflip)
     return x, labels[idx]
 
@@ -144,6 +245,9 @@ class _PlannedLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        crop: str = "pad",
+        crop_scale: tuple[float, float] = (0.08, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ):
         name = type(self).__name__
         images = np.asarray(images_uint8_nhwc)
@@ -155,6 +259,11 @@ class _PlannedLoader:
             raise DataError(f"batch_size must be >= 1 and crop_padding >= 0, got {batch_size} and {crop_padding}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"need 0 <= rank < world_size, got rank {rank} world_size {world_size}")
+        if crop not in CROPS:
+            raise DataError(f"unknown crop {crop!r}; allowed: {', '.join(CROPS)}")
+        if not (0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]):
+            raise DataError(f"need 0 < crop_scale min <= max <= 1 and 0 < crop_ratio min <= max, "
+                            f"got {list(crop_scale)} and {list(crop_ratio)}")
         channels = images.shape[3]
         if len(mean) != channels or len(std) != channels:
             raise DataError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
@@ -164,7 +273,8 @@ class _PlannedLoader:
         self.plan = BatchPlan(
             n=len(images), batch_size=int(batch_size), shuffle=bool(shuffle), augment=bool(augment),
             crop_padding=int(crop_padding), hflip=bool(hflip), drop_last=bool(drop_last), seed=int(seed),
-            rank=int(rank), world_size=int(world_size),
+            rank=int(rank), world_size=int(world_size), height=images.shape[1], width=images.shape[2], crop=crop,
+            crop_scale=tuple(map(float, crop_scale)), crop_ratio=tuple(map(float, crop_ratio)),
         )  # fmt: skip
         self.batch_size = self.plan.batch_size
         self.epoch = 0

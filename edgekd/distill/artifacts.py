@@ -56,6 +56,8 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
             "train_accuracy": last_epoch.get(f"{role}_train_accuracy"),
             "ts_headroom": calibration.temperature_headroom(logits, labels),
         }
+        if role in setup.init_reports:  # started from a pretrained file with init: backbone
+            summary[role]["init"] = setup.init_reports[role].to_dict()
         plots.reliability_diagram(
             calibration.reliability_bins(logits, labels), run_dir / f"reliability_{role}.png",
             title=f"{role} {arch} ({recipe.distill.method}) on {recipe.train.eval_split}",

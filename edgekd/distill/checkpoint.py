@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,18 +45,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p[0], tuple(p[1]), p[2]))
 
 
+# How a torch.save file begins: a zip archive (the default format), or, in the legacy
+# format, torch's magic number pickled with protocol 2.
+_TORCH_HEADS = (b"PK\x03\x04", pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2))
+
+
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _refusal(e: pickle.UnpicklingError) -> str:
+    """The line of torch's weights_only refusal that names the problem, without its
+    preamble and advice (e.g. 'Trying to load unsupported GLOBAL posix.system ...')."""
+    for line in str(e).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(_BOILERPLATE):
+            return line[:160]
+    return first_line(e, 160) if str(e).strip() else "unsafe pickle"
+
+
 def safe_load(path: str | Path, what: str) -> dict[str, Any]:
     """torch.load with weights_only=True and one-line errors for every way a file can be wrong."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist")
     try:
+        with path.open("rb") as f:
+            head = f.read(max(len(h) for h in _TORCH_HEADS))
+    except OSError as e:
+        raise CheckpointError(f"{what} {path} cannot be read: {e.strerror or e}") from e
+    if not head.startswith(_TORCH_HEADS):
+        # Checked before unpickling: torch's weights_only unpickler can fail on arbitrary
+        # bytes with any exception (KeyError, IndexError, ...), and a plain pickle is no checkpoint.
+        raise CheckpointError(f"{what} {path} is not a file written by torch.save (a plain pickle or another format?)")
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses globals it does not know: a pickle that would run code.
-        first = first_line(e) if str(e).strip() else "unsafe pickle"
-        raise CheckpointError(f"{what} {path} was refused by the safe loader (weights_only): {first[:160]}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{what} {path} was refused by the safe loader (weights_only): {_refusal(e)}") from e
+    except Exception as e:  # noqa: BLE001  (any failure to parse the bytes is a broken file)
         raise CheckpointError(f"{what} {path} is truncated or not a PyTorch checkpoint") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, not an edgekd checkpoint")
@@ -92,13 +117,14 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return _load_format(path, "training", TRAINING_FORMAT)
 
 
-def load_net_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights for `teacher.checkpoint`: an edgekd student.pt/last.pt, or a bare state_dict."""
+def load_net_weights(path: str | Path, role: str = "teacher") -> dict[str, torch.Tensor]:
+    """Weights for `teacher.checkpoint` / `student.checkpoint`: an edgekd student.pt, the
+    net of the same role in a last.pt, or a bare state_dict (torchvision's own files)."""
     ckpt = safe_load(path, "checkpoint")
     if ckpt.get("format") == STUDENT_FORMAT:
         return ckpt["state_dict"]
     if ckpt.get("format") == TRAINING_FORMAT:
-        return ckpt["teacher"]
+        return ckpt[role]
     if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
         return ckpt["state_dict"]
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):

@@ -77,13 +77,19 @@ def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bo
 
 def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
               allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
-              dist: Dist = SINGLE, modules: Mapping[str, nn.Module] | None = None) -> tuple[dict[str, Any], Setup]:
+              dist: Dist = SINGLE, note: Callable[[str], None] | None = None,
+              modules: Mapping[str, nn.Module] | None = None) -> tuple[dict[str, Any], Setup]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind. Under torchrun every rank calls this;
-    all of them check the run directory, rank 0 alone changes it. `modules`: user
-    modules for "teacher"/"student" (see prepare). Returns the summary (an empty dict
-    on ranks other than 0) and the Setup, whose teacher and student are the trained nets."""
+    all of them check the run directory, rank 0 alone changes it. `note` gets what
+    init: backbone loaded; `modules`: user modules for "teacher"/"student" (see prepare).
+    Returns the summary (an empty dict on ranks other than 0) and the Setup, whose
+    teacher and student are the trained nets."""
     setup = prepare(recipe, dist, modules)
+    if note and dist.is_main:
+        for role, report in setup.init_reports.items():
+            for line in report.lines(role):
+                note(line)
     try:
         return _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn), setup
     finally:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -18,9 +18,11 @@ from edgekd.data import DataModule, build_data
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
+from edgekd.distill import tensorboard_log
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.errors import MissingDependencyError, RecipeError
-from edgekd.models import build_model, load_weights, user
+from edgekd.models import build_model, user
+from edgekd.models.pretrained import InitReport, init_weights
 from edgekd.recipe import OptimConfig, Recipe
 
 
@@ -36,6 +38,8 @@ class Setup:
     device: torch.device
     amp_dtype: torch.dtype | None
     dist: Dist = SINGLE
+    # What student.init / teacher.init: backbone loaded, by role (full loads leave none).
+    init_reports: dict[str, InitReport] = field(default_factory=dict)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -50,10 +54,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# torch.cpu.get_capabilities() names: x86 AVX512-BF16 and AMX-BF16, Arm BF16 and SVE-BF16.
+_CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic instructions. Without them torch emulates
+    bf16 in fp32 and autocast only adds conversions (slower than plain fp32)."""
+    probe = getattr(torch.cpu, "get_capabilities", None)
+    if probe is not None:
+        caps = probe()
+        return any(caps.get(name) is True for name in _CPU_BF16_FEATURES)
+    # Older torch: its private x86 check, or no bf16 (the safe answer: fp32 training).
+    old_probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return bool(old_probe and old_probe())
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
-        if mode in ("bf16", "fp16"):
-            raise RecipeError(f"train.amp: {mode} needs a CUDA device; use off or auto on the CPU")
+        if mode == "fp16":
+            raise RecipeError("train.amp: fp16 needs a CUDA device; use off, auto or (on a CPU with bf16) bf16")
+        if mode == "bf16":
+            if device.type != "cpu" or not cpu_has_bf16():
+                where = "this CPU has no bf16 instructions" if device.type == "cpu" else f"the device is {device.type}"
+                raise RecipeError(f"train.amp: bf16 needs a CUDA device or a CPU with bf16 instructions "
+                                  f"(AVX512-BF16, AMX or Arm BF16), but {where}; use off or auto")
+            return torch.bfloat16
         return None
     return {"off": None, "auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
@@ -103,7 +129,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     """Build data, models and the method; raise a clean error for any bad input, write nothing.
     Under torchrun (dist.enabled) this also joins the process group. `modules` maps "teacher"
     and/or "student" to user modules (models/user.py), used (and trained) in place of building
-    the recipe's arch; their weights are as given unless the recipe names a checkpoint."""
+    the recipe's arch; they keep their weights unless the recipe names a checkpoint (and init)."""
     modules = dict(modules or {})
     for role in ("teacher", "student"):
         user.require_module(role, getattr(recipe, role).arch, modules.get(role))
@@ -116,6 +142,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         raise RecipeError(f"train.sync_bn: true needs CUDA devices (SyncBatchNorm runs on GPUs only), "
                           f"but this run trains on {device.type}; set train.sync_bn: false")
     method_cls = get_method(recipe.distill.method)
+    tensorboard_log.require(recipe.train.log)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
         download=d.download, cache_dir=d.cache_dir,
@@ -125,6 +152,8 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)
 
+    init_reports: dict[str, InitReport] = {}
+
     def net(role: str) -> nn.Module:
         cfg, model = getattr(recipe, role), modules.get(role)
         if model is not None:
@@ -132,11 +161,19 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         else:
             model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
         if cfg.checkpoint:
-            load_weights(model, ckpt.load_net_weights(cfg.checkpoint), source=cfg.checkpoint)
+            state = ckpt.load_net_weights(cfg.checkpoint, role)
+            report = init_weights(model, state, cfg.init, source=cfg.checkpoint, num_classes=data.num_classes)
+            if report is not None:
+                init_reports[role] = report
         return model
 
     teacher = net("teacher")
     student = net("student")
+    t_init = init_reports.get("teacher")
+    if t_init is not None and t_init.classifier_reinitialised and not method_cls.trains_teacher:
+        raise RecipeError(f"teacher.init: backbone left the teacher's classifier untrained ({t_init.classifier}: the "
+                          f"file has another class count), but distill.method {recipe.distill.method} keeps the "
+                          f"teacher frozen; give a teacher trained on these classes or a method that trains it")
     if recipe.train.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
@@ -154,7 +191,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
     if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
         seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
-    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist)
+    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist, init_reports)
 
 
 def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:

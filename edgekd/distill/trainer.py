@@ -5,7 +5,8 @@
 Per step: the method returns named loss terms, the trainer sums them, does one
 backward pass and steps each net's optimizer (a non-finite step changes nothing).
 Per epoch: both nets are evaluated on the evaluation split, one line goes to
-metrics.jsonl and the whole training state to last.pt (atomically). At the end,
+metrics.jsonl (and to TensorBoard with train.log: [tensorboard]) and the whole
+training state to last.pt (atomically). At the end,
 artifacts.write_artifacts writes student.pt, summary.json, reliability diagrams
 and the evaluation logits.
 """
@@ -24,7 +25,7 @@ from torch import nn
 from edgekd import calibration, faults, files
 from edgekd.data import choose_loader
 from edgekd.distill import checkpoint as ckpt
-from edgekd.distill import distributed
+from edgekd.distill import distributed, tensorboard_log
 from edgekd.distill.artifacts import Evals, write_artifacts
 from edgekd.distill.distributed import Dist
 from edgekd.distill.methods import StepOutput
@@ -78,7 +79,8 @@ class Trainer:
         self.loader_kind = choose_loader(d.loader, setup.data.train.images.nbytes, setup.device)
         self.train_loader = setup.data.train_loader(
             distributed.per_rank_batch(d.batch_size, self.dist), setup.device, seed=recipe.train.seed,
-            augment=True, crop_padding=aug.crop_padding, hflip=aug.hflip,
+            augment=True, crop=aug.crop, crop_padding=aug.crop_padding, crop_scale=aug.crop_scale,
+            crop_ratio=aug.crop_ratio, hflip=aug.hflip,
             rank=self.dist.rank, world_size=self.dist.world_size, loader=self.loader_kind, workers=d.workers,
         )
         self.eval_loader = setup.data.eval_loader(recipe.train.eval_split, d.eval_batch_size, setup.device)
@@ -90,6 +92,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[dict[str, Any]] = []
         self.bad_steps = 0  # non-finite steps skipped in this run so far
+        self.loss_terms: tuple[str, ...] = ()  # the method's loss term names, known after a step
 
     def _optimizers(self) -> list[torch.optim.Optimizer]:
         return [o for o in (self.opt_student, self.opt_teacher) if o is not None]
@@ -137,12 +140,15 @@ class Trainer:
         """Train the remaining epochs, checkpointing after each, then write the run's
         artifacts. Returns the summary (an empty dict on ranks other than 0)."""
         evals = None
-        while self.epoch < self.recipe.train.epochs:
-            rec = {"epoch": self.epoch + 1, **self.train_epoch()}
-            evals = self._evaluate_if_due(rec)
-            self.epoch += 1
-            self.history.append(rec)
-            self._save_epoch(rec)
+        with tensorboard_log.open_log(self.recipe, self.run_dir, self.dist.is_main) as tensorboard:
+            while self.epoch < self.recipe.train.epochs:
+                rec = {"epoch": self.epoch + 1, **self.train_epoch()}
+                evals = self._evaluate_if_due(rec)
+                self.epoch += 1
+                self.history.append(rec)
+                self._save_epoch(rec)
+                if tensorboard is not None:
+                    tensorboard.epoch(rec, self.loss_terms, evals)
         if not self.dist.is_main:
             return {}
         if evals is None:  # resumed a finished run: evaluate once more for the summary
@@ -169,6 +175,7 @@ class Trainer:
         seconds = time.perf_counter() - totals.start
         if self.dist.enabled:  # one all-reduce per epoch: global sums, counts and images seen
             totals.all_reduce(self.dist)
+        self.loss_terms = totals.loss_keys
         return totals.record(lr=lr, seconds=seconds, skipped_steps=self.bad_steps - bad_before)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, step: int) -> StepOutput | None:

@@ -2,7 +2,8 @@
 
 A factory has the signature ``fn(num_classes, in_channels, image_size, *, opt=default, ...)``.
 Its keyword-only parameters are the model's options; ``build_model`` reads them from the
-signature so the allowed option names are never listed twice.
+signature so the allowed option names are never listed twice. Other installed packages
+add factories through the ``edgekd.models`` entry point group (plugins.py).
 """
 
 from __future__ import annotations
@@ -16,37 +17,73 @@ import torch
 from torch import nn
 
 from edgekd.errors import CheckpointError, ModelError, first_line
+from edgekd.models.plugins import Plugin, discover
 
 _FIXED_PARAMS = ("num_classes", "in_channels", "image_size")
 
-# Filled by @register_model when the model modules are imported (see models/__init__.py).
+BUILT_IN = "built in"
+
+# Filled by @register_model when the model modules are imported (see models/__init__.py),
+# and with a plugin's factory the first time its model is looked up.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_SOURCES: dict[str, str] = {}  # name -> BUILT_IN or a plugin's '<package> <version>'
+_PLUGINS: dict[str, Plugin] | None = None  # installed plugins by name, read on the first lookup
 
 
-def register_model(name: str):
+def register_model(name: str, source: str = BUILT_IN):
     """Decorator: register ``factory`` under ``name``."""
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} registered twice")
-        params = list(inspect.signature(factory).parameters.values())
+        if not callable(factory):
+            raise TypeError(f"factory for {name!r} is a {type(factory).__name__}, not a callable")
+        signature = inspect.signature(factory)
+        params = list(signature.parameters.values())
         fixed = tuple(p.name for p in params[: len(_FIXED_PARAMS)])
         options = params[len(_FIXED_PARAMS) :]
-        # Checked at import so a malformed factory fails in the test suite, not in a user's run.
+        # Checked at registration (a built-in at import, so a malformed one fails in the test
+        # suite, not in a user's run; a plugin when first looked up).
         if fixed != _FIXED_PARAMS or any(
             p.kind is not p.KEYWORD_ONLY or p.default is p.empty for p in options
         ):
             raise TypeError(
-                f"factory for {name!r} must be fn(num_classes, in_channels, image_size, *, option=default, ...)"
+                f"factory for {name!r} must be fn(num_classes, in_channels, image_size, *, option=default, ...), "
+                f"not fn{signature}"
             )
         _REGISTRY[name] = factory
+        _SOURCES[name] = source
         return factory
 
     return decorator
 
 
+def _plugins() -> dict[str, Plugin]:
+    """Installed plugins by name (read once; a clash with a registered name is a ModelError)."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = discover(_SOURCES)
+    return _PLUGINS
+
+
+def _load_plugin(plugin: Plugin) -> None:
+    """Import a plugin's factory and register it with the built-ins' checks."""
+    factory = plugin.load()
+    try:
+        register_model(plugin.name, source=plugin.package)(factory)
+    except (TypeError, ValueError) as e:  # a signature inspect cannot read is a ValueError
+        raise ModelError(f"{plugin.describe()}: {first_line(e)}") from e
+
+
 def available_models() -> list[str]:
-    return sorted(_REGISTRY)
+    """Built-in and installed plugin models (plugins are not imported for this)."""
+    return sorted({*_REGISTRY, *_plugins()})
+
+
+def model_source(arch: str) -> str:
+    """'built in', or the '<package> <version>' of the plugin that provides ``arch``."""
+    _lookup(arch)
+    return _SOURCES[arch]
 
 
 def model_options(arch: str) -> dict[str, Any]:
@@ -56,6 +93,9 @@ def model_options(arch: str) -> dict[str, Any]:
 
 
 def _lookup(arch: str) -> Callable[..., nn.Module]:
+    plugins = _plugins()
+    if isinstance(arch, str) and arch not in _REGISTRY and arch in plugins:
+        _load_plugin(plugins[arch])
     if isinstance(arch, str) and arch in _REGISTRY:
         return _REGISTRY[arch]
     names = available_models()
@@ -107,6 +147,9 @@ def build_model(
             allowed_text = ", ".join(sorted(allowed)) or "none"
             raise ModelError(f"model '{arch}' has no option {key!r}; allowed: {allowed_text}")
     model = factory(num_classes, in_channels, image_size, **options)
+    if not isinstance(model, nn.Module):  # a plugin's factory may return anything
+        raise ModelError(f"model '{arch}' ({_SOURCES[arch]}): its factory returned a "
+                         f"{type(model).__name__}, not a torch.nn.Module")
     # Plain instance attribute (not a buffer) so error messages can name the architecture.
     model.edgekd_arch = arch
     return model

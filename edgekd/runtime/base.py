@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgekd.errors import BundleError
+
 TRT_MISSING = "TensorRT and an NVIDIA GPU are not available on this machine"
 
 
@@ -23,7 +25,7 @@ class Runner:
     runtime's own call, and does not check that the runner is active.
     """
 
-    name: str  # "onnxruntime" or "tensorrt"
+    name: str  # "onnxruntime", "openvino" or "tensorrt"
     providers: list[str]  # what actually runs the model (ONNX Runtime's providers, or the GPU)
     input_name: str
     input_shape: list
@@ -70,3 +72,13 @@ class Runner:
     def _deactivate(self) -> None:
         """Must cope with a half-done `_activate` (it is also called when that fails)."""
         raise NotImplementedError
+
+
+def require_one_float_input_and_output(file: str, input_types: list[str], output_types: list[str],
+                                       float32: str) -> None:
+    """A bundle's model takes one float32 tensor and gives one; `float32` is the runtime's name for the type."""
+    if len(input_types) != 1 or len(output_types) != 1:
+        raise BundleError(f"{file} has {len(input_types)} inputs and {len(output_types)} outputs; expected 1 and 1")
+    if input_types[0] != float32 or output_types[0] != float32:
+        raise BundleError(f"{file} takes {input_types[0]} and gives {output_types[0]}; "
+                          "bundles use float32 input and output")

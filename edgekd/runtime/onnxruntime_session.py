@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgekd.errors import BundleError, EdgeKDError, MissingDependencyError, first_line
-from edgekd.runtime.base import Runner
+from edgekd.runtime.base import Runner, require_one_float_input_and_output
 
 # Fastest first; ONNX Runtime falls back down the list per node. Azure (remote
 # inference) and other non-local providers are never picked by default.
@@ -72,11 +72,7 @@ class OnnxRuntimeSession(Runner):
         except Exception as e:  # noqa: BLE001 - ONNX Runtime's pybind errors share no base class but Exception
             raise BundleError(f"{name} is not a loadable ONNX model ({first_line(e)[:200]})") from None
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise BundleError(f"{name} has {len(inputs)} inputs and {len(outputs)} outputs; expected 1 and 1")
-        if inputs[0].type != "tensor(float)" or outputs[0].type != "tensor(float)":
-            raise BundleError(f"{name} takes {inputs[0].type} and gives {outputs[0].type}; "
-                              "bundles use float32 input and output")
+        require_one_float_input_and_output(name, [i.type for i in inputs], [o.type for o in outputs], "tensor(float)")
         self.providers = self._session.get_providers()
         self.input_name, self.input_shape = inputs[0].name, list(inputs[0].shape)
         self.output_name, self.output_shape = outputs[0].name, list(outputs[0].shape)

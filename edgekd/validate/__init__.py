@@ -1,7 +1,7 @@
 """`edgekd validate`: check an exported bundle on this device - accuracy AND calibration, pass/fail.
 
-Torch-free on purpose: a device has numpy, Pillow and ONNX Runtime (or TensorRT),
-nothing more. Nothing on this path may import torch, directly or indirectly.
+Torch-free on purpose: a device has numpy, Pillow and ONNX Runtime (or OpenVINO, or
+TensorRT), nothing more. Nothing on this path may import torch, directly or indirectly.
 
 Definitions (also in the --report text):
 - metrics (accuracy, ECE, MCE, adaptive/classwise ECE, NLL, Brier) use the raw
@@ -14,8 +14,10 @@ Definitions (also in the --report text):
 - `acc_drop` (reference accuracy - accuracy) and `ece_drift` (|ECE - reference
   ECE|): against the manifest's PyTorch reference when the data is the run's val
   split (the default), else against this run's FP32 ONNX results.
-- ONNX files always run in ONNX Runtime and engines in TensorRT; --runtime picks
-  which of them are validated by default (see bundle.select_formats). int8_cpu
+- ONNX files run in ONNX Runtime, or with --runtime openvino in OpenVINO on the
+  CPU (every ONNX file, both INT8 flavours included; inference precision pinned
+  to f32, see runtime.openvino_cpu); engines always run in TensorRT. --runtime
+  picks which files are validated by default (see bundle.select_formats). int8_cpu
   (asymmetric uint8 activations) is CPU-only: --runtime tensorrt refuses it and
   ONNX Runtime's TensorRT provider is never given it.
 """
@@ -29,7 +31,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from edgekd.files import write_json
-from edgekd.runtime import OnnxRuntimeSession, Runner, TensorRTEngine, choose_providers, onnxruntime_version
+from edgekd.errors import EdgeKDError
+from edgekd.runtime import (OnnxRuntimeSession, OpenVinoCpu, Runner, TensorRTEngine, choose_providers,
+                            onnxruntime_version, openvino_version)
 from edgekd.validate import gate, report
 from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
                                     select_formats)
@@ -41,17 +45,31 @@ __all__ = ["Report", "run_validation", "open_runtimes", "validate_formats"]
 
 
 @contextmanager
-def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | None) -> Iterator[dict[str, Runner]]:
+def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | None,
+                  runtime: str = "onnxruntime") -> Iterator[dict[str, Runner]]:
     """Load every selected file (fast) before running any, so a bad file fails in seconds;
-    every one loaded is released on leaving the `with` block, also when a later one fails."""
-    onnx_providers = choose_providers(providers) if any(not is_engine(f) for f in formats) else []
+    every one loaded is released on leaving the `with` block, also when a later one fails.
+
+    ONNX files go to OpenVINO with runtime "openvino", else to ONNX Runtime; engines to TensorRT.
+    """
+    if runtime == "openvino" and providers:
+        raise EdgeKDError("--providers picks ONNX Runtime's execution providers; --runtime openvino runs "
+                          "every ONNX file on OpenVINO's CPU device: leave --providers out")
+    onnx_files = [f for f in formats if not is_engine(f)]
+    onnx_providers = choose_providers(providers) if onnx_files and runtime != "openvino" else []
+
+    def runner(fmt: str) -> Runner:
+        path = bundle.file(fmt)
+        if is_engine(fmt):
+            return TensorRTEngine(path, bundle.entry(fmt))
+        if runtime == "openvino":
+            return OpenVinoCpu(path)
+        return OnnxRuntimeSession(path, onnx_providers_for(fmt, onnx_providers))
+
     with ExitStack() as loaded:
         runtimes: dict[str, Runner] = {}
         for fmt in formats:
-            path = bundle.file(fmt)
-            runner = TensorRTEngine(path, bundle.entry(fmt)) if is_engine(fmt) else \
-                OnnxRuntimeSession(path, onnx_providers_for(fmt, onnx_providers))
-            rt = loaded.enter_context(runner)
+            rt = loaded.enter_context(runner(fmt))
             check_model_io(bundle, fmt, rt.input_name, rt.input_shape, rt.output_name, rt.output_shape)
             runtimes[fmt] = rt
         yield runtimes
@@ -83,7 +101,7 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
     Report.raise_for_gate)."""
     b = load_bundle(bundle, log)
     selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
-    with open_runtimes(b, selected, providers) as runtimes:
+    with open_runtimes(b, selected, providers, runtime) as runtimes:
         data = load_eval_data(data_spec, b)
         log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
         for fmt, rt in runtimes.items():
@@ -98,7 +116,8 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
         log(line)
     result = Report(b, results, limits, checks, gate.passed(checks), gate_lines[-1],
                     data={"spec": data.spec, "n": data.n, "classes": data.classes},
-                    device=report.device_info(runtime, used, onnxruntime_version()), labels=data.labels, logits=logits)
+                    device=report.device_info(runtime, used, onnxruntime_version(), openvino_version()),
+                    labels=data.labels, logits=logits)
     if json_path:
         write_json(json_path, result.as_dict())
         log(f"wrote {json_path}")

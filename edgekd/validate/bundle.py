@@ -277,7 +277,7 @@ def check_model_io(bundle: Bundle, fmt: str, input_name: str, input_shape: list,
 def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, onnxruntime_available: bool) -> list[str]:
     """Format names to validate, in FORMAT_ORDER.
 
-    Default: every ONNX file for --runtime onnxruntime; every engine for --runtime
+    Default: every ONNX file for --runtime onnxruntime or openvino; every engine for --runtime
     tensorrt, plus the FP32 ONNX file (run in ONNX Runtime, when installed) so the
     engines' agreement with it can be measured. --runtime tensorrt refuses the
     CPU-only formats (int8_cpu) by name: it is not a TensorRT file.

@@ -36,9 +36,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def device_info(runtime: str, providers: list[str], onnxruntime_version: str | None) -> dict:
+def device_info(runtime: str, providers: list[str], onnxruntime_version: str | None,
+                openvino_version: str | None) -> dict:
     return {"platform": platform.platform(), "cpu": f"{cpu_name()} ({os.cpu_count()} logical cores)",
-            "runtime": runtime, "providers": providers, "onnxruntime": onnxruntime_version}
+            "runtime": runtime, "providers": providers, "onnxruntime": onnxruntime_version,
+            "openvino": openvino_version}
 
 
 def bundle_info(bundle) -> dict:
@@ -72,7 +74,8 @@ class Report:
     thresholds: the gate's limits (arguments first, else the manifest's; None: not checked).
     checks: one gate.Check per (format, threshold set): value, threshold, status pass/fail/skip.
     passed: no check failed. verdict: the command's last line ("VERDICT: PASS (4 checks)").
-    data: spec, n (images), classes. device: platform, cpu, runtime, providers, onnxruntime.
+    data: spec, n (images), classes. device: platform, cpu, runtime, providers, onnxruntime,
+      openvino (versions; None if not installed).
     labels, logits: the images' labels and each format's logits (float32 [n, classes]).
     """
 
@@ -136,6 +139,7 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
     except OSError as e:
         raise EdgeKDError(f"cannot create --report folder {report_dir}: {e.strerror or e}") from None
     results, data, device, bundle = document["formats"], document["data"], document["device"], document["bundle"]
+    library = "openvino" if device["runtime"] == "openvino" else "onnxruntime"  # whose version to show
     panels = {fmt: calibration.reliability_bins(z, labels) for fmt, z in logits.items()}
     plots.reliability_grid(panels, report_dir / "reliability.png",
                            f"{Path(bundle['path']).name} on {data['spec']} ({data['n']} images)")
@@ -151,7 +155,7 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
         "",
         f"- data: {data['spec']}, {data['n']} images, {len(data['classes'])} classes",
         f"- device: {device['platform']}; {device['cpu']}",
-        f"- runtime: {device['runtime']} (onnxruntime {device['onnxruntime']}); providers: {', '.join(device['providers'])}",
+        f"- runtime: {device['runtime']} ({library} {device[library]}); providers: {', '.join(device['providers'])}",
         "",
         "Metrics use the raw softmax. Agreement is top-1 agreement with the bundle's FP32 ONNX model in this run; "
         "ECE drift and accuracy drop compare with the manifest's PyTorch reference on its val split "

@@ -1,0 +1,179 @@
+"""Starting a net from a weights file: `student.init` / `teacher.init` in a recipe.
+
+* ``full`` (the default): every tensor of the net comes from the file, strictly
+  (registry.load_weights); any missing, extra or misshapen tensor is an error.
+* ``backbone``: every tensor whose name and shape fit is loaded; the rest keep
+  their fresh initialisation (build_model's, deterministic for the run's seed).
+  Made for pretrained files, e.g. torchvision's ImageNet ``mobilenet_v2`` weights
+  into a 10-class student: the 1000-class classifier does not fit and is
+  re-initialised, everything else loads.
+
+The classifier is the net's last layer that holds parameters; ``backbone`` needs
+it to be an ``nn.Linear`` with one output per class (true of every model in the
+registry) and refuses a net whose last layer is anything else, since it could not
+tell the classifier apart from a backbone layer that failed to load.
+
+A wrong file must be an error, not a silently random net: ``backbone`` refuses a
+file that fills less than MIN_BACKBONE_SHARE (50%) of the parameters outside the
+classifier (counted in parameters, BatchNorm statistics excluded). A file for
+another architecture matches almost no names; one of another width matches the
+names but few shapes; both stay far below it.
+
+Names: edgekd's torchvision models are torchvision's own classes built in place,
+so their tensor names are torchvision's and its state-dict files load as they
+are. Files saved from a DistributedDataParallel or torch.compile wrapper carry
+``module.`` / ``_orig_mod.`` in front of every name; that prefix is dropped.
+
+Stems: at ``data.image_size <= 64`` the torchvision models get a small-input stem
+(torchvision_models.py). Where that changes a conv's shape (resnet's 7x7 conv1
+becomes 3x3, ``in_channels != 3``) the file's tensor does not fit and the stem
+conv stays freshly initialised, listed under "not loaded"; where it only changes
+a stride (mobilenet, efficientnet, shufflenet) the pretrained weights load into
+the stride-1 conv. Above 64 pixels the stem is torchvision's and loads whole.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from edgekd.errors import CheckpointError, ModelError
+from edgekd.models.registry import load_weights
+
+INIT_MODES = ("full", "backbone")
+MIN_BACKBONE_SHARE = 0.5
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_NAMES_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class InitReport:
+    """What ``init_weights`` took from a file and what it left freshly initialised."""
+
+    mode: str
+    source: str
+    loaded: tuple[str, ...]               # the net's tensors taken from the file
+    fresh: tuple[tuple[str, str], ...]    # (the net's tensor, why it was not loaded)
+    unused: tuple[str, ...]               # the file's tensors the net has no place for
+    backbone_params_loaded: int
+    backbone_params: int
+    classifier: str                       # module name of the net's classifier
+    classifier_reinitialised: bool
+
+    @property
+    def backbone_share(self) -> float:
+        return self.backbone_params_loaded / self.backbone_params if self.backbone_params else 1.0
+
+    def share_text(self) -> str:
+        # Rounded down, so a stem conv left out of 11M parameters reads 99.9%, never 100.0%.
+        return f"{math.floor(1000 * self.backbone_share) / 10:.1f}%"
+
+    def lines(self, role: str) -> list[str]:
+        """One line of what was loaded, one of what was not."""
+        total = len(self.loaded) + len(self.fresh)
+        loaded = (f"{role}.init {self.mode} from {self.source}: loaded {len(self.loaded)} of {total} tensors, "
+                  f"{self.share_text()} of the {self.backbone_params:,} parameters outside the classifier")
+        if not self.fresh and not self.unused:
+            return [loaded, f"{role}.init {self.mode}: nothing left freshly initialised, no unused tensor in the file"]
+        head = " (the classifier: class count differs)" if self.classifier_reinitialised else ""
+        shown = ", ".join(f"{name} ({why})" for name, why in self.fresh[:_NAMES_SHOWN])
+        more = f", +{len(self.fresh) - _NAMES_SHOWN} more" if len(self.fresh) > _NAMES_SHOWN else ""
+        fresh = f"{len(self.fresh)} freshly initialised{head}" + (f": {shown}{more}" if self.fresh else "")
+        unused = f"; {len(self.unused)} file tensors unused" + (f" (e.g. {self.unused[0]})" if self.unused else "")
+        return [loaded, f"{role}.init {self.mode}: not loaded: {fresh}{unused}"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """For summary.json: what the run started from."""
+        return {
+            "mode": self.mode, "source": self.source, "tensors_loaded": len(self.loaded),
+            "tensors_fresh": [name for name, _ in self.fresh], "file_tensors_unused": len(self.unused),
+            "backbone_share": round(self.backbone_share, 6), "classifier": self.classifier,
+            "classifier_reinitialised": self.classifier_reinitialised,
+        }  # fmt: skip
+
+
+def strip_wrapper_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Drop a ``module.`` / ``_orig_mod.`` prefix that every name carries (DDP, torch.compile)."""
+    state = dict(state)
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def find_classifier(model: nn.Module, num_classes: int) -> str:
+    """Module name of the classifier: the last layer holding parameters, an nn.Linear with num_classes outputs."""
+    arch = getattr(model, "edgekd_arch", type(model).__name__)
+    layers = [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
+    if not layers:
+        raise ModelError(f"init: backbone cannot find the classifier of {arch}: it has no parameters")
+    name, last = layers[-1]
+    if not isinstance(last, nn.Linear) or last.out_features != num_classes:
+        what = f"nn.Linear with {last.out_features} outputs" if isinstance(last, nn.Linear) else type(last).__name__
+        raise ModelError(f"init: backbone cannot find the classifier of {arch}: its last layer '{name}' is a {what}, "
+                         f"not an nn.Linear with {num_classes} outputs (one per class); use init: full")
+    return name
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+
+
+def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: str, num_classes: int) -> InitReport | None:
+    """Load ``state`` (read by distill.checkpoint.load_net_weights) into ``model`` as ``mode`` says.
+
+    Returns the report for ``backbone`` (None for ``full``, which loads everything or
+    raises). Raises CheckpointError, one line, for a file that does not fit.
+    """
+    if mode not in INIT_MODES:
+        raise ModelError(f"init {mode!r} is not one of {', '.join(INIT_MODES)}")
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"checkpoint {source} holds a {type(state).__name__}, expected a state_dict (name -> tensor)")
+    state = strip_wrapper_prefix(state)
+    if mode == "full":
+        try:
+            load_weights(model, state, source)
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} (init: backbone loads only the tensors that fit)") from None
+        return None
+    arch = getattr(model, "edgekd_arch", type(model).__name__)
+    classifier = find_classifier(model, num_classes)
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"checkpoint {source} entry {key!r} is a {type(value).__name__}, expected a tensor")
+    expected = model.state_dict()
+    take: dict[str, torch.Tensor] = {}
+    fresh: list[tuple[str, str]] = []
+    for name, tensor in expected.items():
+        got = state.get(name)
+        if got is None:
+            fresh.append((name, "not in the file"))
+        elif got.shape != tensor.shape:
+            fresh.append((name, f"file {_shape(got)}, model {_shape(tensor)}"))
+        else:
+            take[name] = got
+    unused = tuple(k for k in state if k not in expected)
+    in_classifier = lambda name: name.startswith(classifier + ".")  # noqa: E731
+    params = {name: p.numel() for name, p in model.named_parameters() if not in_classifier(name)}
+    report = InitReport(
+        mode=mode, source=str(source), loaded=tuple(take), fresh=tuple(fresh), unused=unused,
+        backbone_params_loaded=sum(n for name, n in params.items() if name in take),
+        backbone_params=sum(params.values()), classifier=classifier,
+        classifier_reinitialised=any(in_classifier(name) for name, _ in fresh),
+    )  # fmt: skip
+    if report.backbone_share < MIN_BACKBONE_SHARE:
+        name, why = next((f for f in fresh if not in_classifier(f[0])), fresh[0])
+        hint = f"; the file has e.g. '{next(iter(state))}'" if why == "not in the file" and state else ""
+        raise CheckpointError(
+            f"checkpoint {source} does not fit {arch} (init: backbone): it fills {report.share_text()} "
+            f"of the parameters outside the classifier, at least {100 * MIN_BACKBONE_SHARE:.0f}% needed; "
+            f"e.g. '{name}' {why}{hint}"
+        )
+    model.load_state_dict(take, strict=False)  # every name and shape checked above
+    return report
