@@ -218,7 +218,8 @@ def _user_modules(**given: Any) -> dict[str, nn.Module]:
 
 def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, formats: Sequence[str] | None = None,
            trt: bool = False, calib_samples: int = 512, calib_method: str = "minmax", max_batch: int = 64,
-           overwrite: bool = False, student: nn.Module | None = None, log: Log | None = None) -> Bundle:
+           overwrite: bool = False, int8_search: bool | None = None, search_budget: float | None = None,
+           student: nn.Module | None = None, log: Log | None = None) -> Bundle:
     """Export a run's student to a deployment bundle, as `edgekd export` does.
 
     run: a Run, a run directory, or None for the newest complete run under runs/.
@@ -227,6 +228,11 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
       fp32 is always written. trt: also build TensorRT engines from fp16/int8 (needs
       TensorRT and an NVIDIA GPU). calib_samples, calib_method ("minmax", "entropy",
       "percentile"): INT8 calibration on training images. max_batch: the TensorRT profile's.
+    int8_search: per INT8 file, search calibration settings (and nodes kept in float) for
+      the fastest file that passes the recipe's gate, judged on the tune split (else held-
+      apart training images, never val); search_budget: its time in seconds. None: the
+      run's recipe (export.int8_search, export.search_budget). On a terminal the search
+      shows a progress bar.
     student: a module of the student's class to load student.pt's weights into (a copy of
       it; yours is unchanged). Default: the Run's student, else the arch rebuilt by name.
       A user model (arch "user:...") cannot be rebuilt by name, so a run directory of one
@@ -235,9 +241,10 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
 
     Returns the Bundle (checked like validate reads it). Raises EdgeKDError (no such run),
     CheckpointError, ExportError (bad format or setting), ParityError (a file disagrees
-    with PyTorch; exit code 1), MissingDependencyError (no PyTorch/ONNX; or trt=True
-    without TensorRT, raised after the ONNX bundle is written). Any other failure leaves
-    no bundle.
+    with PyTorch; exit code 1), Int8SearchError (a ParityError: no INT8 file passed the
+    search, raised after the bundle is written without it), MissingDependencyError (no
+    PyTorch/ONNX; or trt=True without TensorRT, raised after the ONNX bundle is
+    written). Any other failure leaves no bundle.
     """
     need_torch("export")
     from edgekd.deploy import export_bundle
@@ -253,7 +260,7 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
         raise ExportError(f"formats={formats!r} is one string; pass a list such as {formats.split(',')!r}")
     path = export_bundle(run_dir=run, out=out, formats=formats, trt=trt, calib_samples=calib_samples,
                          calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=log or _silent,
-                         model=student)
+                         int8_search=int8_search, search_budget=search_budget, model=student)
     from edgekd.validate.bundle import load_bundle
 
     return load_bundle(path, _silent)

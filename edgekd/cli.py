@@ -241,18 +241,29 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Largest batch of the TensorRT optimization profile (min 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
-def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite) -> int:
+@click.option("--int8-search/--no-int8-search", default=None,
+              help="Per INT8 file, search for the fastest one that passes the recipe's validate: gate (accuracy "
+                   "and calibration), judged on the tune split (else training images held apart from calibration; "
+                   "never val): calibration methods x per-channel weights, then the most harmful nodes back to "
+                   "float. Default: the recipe's export.int8_search (false).")
+@click.option("--search-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Time for the whole --int8-search (no candidate starts after it). Default: the recipe's "
+                   "export.search_budget (600).")
+def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite, int8_search,
+           search_budget) -> int:
     """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines).
 
     RUN_DIR defaults to the newest complete run under runs/. Parity with PyTorch
     and accuracy/ECE drift are measured on the run's val split and written into
     the bundle's manifest.json; see export/README.md for the bundle format.
-    Exit 0 on success, 1 if an exported file disagrees with PyTorch, 2 on bad input.
+    Exit 0 on success, 1 if an exported file disagrees with PyTorch or --int8-search
+    finds no INT8 file that passes the gate (the bundle is written without it), 2 on bad input.
     """
     from edgekd import api
 
     api.export(run_dir, out=out, formats=_csv(formats), trt=trt, calib_samples=calib_samples,
-               calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=click.echo)
+               calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, int8_search=int8_search,
+               search_budget=search_budget, log=click.echo)
     return 0
 
 

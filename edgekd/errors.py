@@ -71,3 +71,9 @@ class GateError(EdgeKDError):
     `edgekd validate` prints the verdict and exits 1 instead of raising it."""
 
     exit_code = 1
+
+
+class Int8SearchError(ParityError):
+    """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate. Exit code 1,
+    like a parity failure: the input was fine, the model does not survive INT8 within the gate.
+    The bundle is written without that file (every candidate's figures in its manifest)."""

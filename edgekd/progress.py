@@ -1,4 +1,5 @@
-"""Training progress on the terminal: a rich progress bar, or one short line per epoch (--quiet)."""
+"""Progress on the terminal: training (a rich progress bar, or one short line per epoch with --quiet)
+and export's INT8 search (a bar over its time budget)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import time
 from typing import Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 
 class EpochReporter:
@@ -78,3 +80,38 @@ class EpochReporter:
             self._progress.console.print(line)
         else:
             print(line, file=sys.stdout, flush=True)
+
+
+class SearchProgress:
+    """`edgekd export --int8-search` on a terminal: a bar over the search's time budget (the
+    search stops starting candidates when it is spent), the candidates tried and how many pass.
+    Lines the search prints go above it. Not on a terminal: no bar, the lines only."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s = budget_s
+        self.console = Console(highlight=False)
+        self._progress: Progress | None = None
+        self._task = None
+        self._tried = self._passed = 0
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            self._progress = Progress(TextColumn("INT8 search"), BarColumn(), TextColumn("{task.fields[stats]}"),
+                                      TimeElapsedColumn(), TextColumn(f"of {self.budget_s:g} s"),
+                                      console=self.console, transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("search", total=self.budget_s, stats="")
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+        return False
+
+    def candidate(self, candidate, elapsed_s: float) -> None:
+        """One more candidate judged (an int8_search.Candidate), `elapsed_s` into the search."""
+        self._tried += 1
+        self._passed += bool(candidate.passed)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=min(elapsed_s, self.budget_s),
+                                  stats=f"{self._tried} candidates, {self._passed} passing")

@@ -207,6 +207,15 @@ class ValidateConfig(_Strict):
     max_ece_drift: Optional[float] = Field(None, ge=0, le=1)
 
 
+class ExportConfig(_Strict):
+    """How `edgekd export` treats this recipe's runs; its flags override these."""
+
+    # Search, per INT8 file, for the fastest one that passes the validate: gate (accuracy and
+    # calibration, judged on the tune split): edgekd/deploy/int8_search.py.
+    int8_search: bool = False
+    search_budget: float = Field(600.0, gt=0, le=86400, description="seconds for the whole INT8 search")
+
+
 class Recipe(_Strict):
     name: Optional[str] = None
     description: Optional[str] = None
@@ -219,6 +228,7 @@ class Recipe(_Strict):
     train: TrainConfig
     # "validate" would shadow BaseModel.validate; the YAML key stays `validate:`.
     gate: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    export: ExportConfig = ExportConfig()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -262,7 +272,8 @@ def _format_error(err: ValidationError) -> str:
 def _allowed_keys(loc: tuple) -> str:
     model: type[BaseModel] = Recipe
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+        field = model.model_fields.get(str(part)) or next(
+            (f for f in model.model_fields.values() if f.alias == str(part)), None)  # validate: is `gate`
         if field is None:
             break
         ann = field.annotation
@@ -350,6 +361,26 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         return Recipe.model_validate(raw)
     except ValidationError as e:
         raise RecipeError(f"{source}: {_format_error(e)}") from e
+
+
+class _SavedSections(_Strict):
+    """The sections `edgekd export` reads back from the recipe a run saved in its student.pt,
+    under the same names and schema as in Recipe (so errors name the same keys)."""
+
+    gate: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    export: ExportConfig = ExportConfig()
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def saved_sections(recipe: dict[str, Any], source: str) -> _SavedSections:
+    """A run's saved validate: and export: sections, checked as at training time (a student.pt
+    from an older edgekd lacks newer sections: their defaults apply)."""
+    raw = {k: recipe[k] for k in ("validate", "export") if recipe.get(k) is not None}
+    try:
+        return _SavedSections.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(f"{source}: {_format_error(e)}") from None
 
 
 def build_recipe(raw: dict[str, Any], overrides: Overrides = (), *, source: str = "recipe",

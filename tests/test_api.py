@@ -199,7 +199,8 @@ def test_every_error_shares_the_base_and_says_its_exit_code():
 
     kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert all(issubclass(c, EdgeKDError) for c in kinds), kinds
-    assert {c.__name__ for c in kinds if c.exit_code == 1} == {"ParityError", "PeerLostError", "GateError"}
+    assert {c.__name__ for c in kinds if c.exit_code == 1} == {"ParityError", "PeerLostError", "GateError",
+                                                                "Int8SearchError"}
 
 
 # ------------------------------------------------------------------ user models, end to end

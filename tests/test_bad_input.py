@@ -120,6 +120,21 @@ def bundle_copy(w: Path, made) -> Path:
     return dst
 
 
+def run_with_gate(w: Path, made, gate: dict) -> Path:
+    """A run copy whose recipe (as saved in student.pt, where export reads it) has `gate` as validate:."""
+    run = run_copy(w, made)
+    ckpt = torch.load(run / "student.pt", weights_only=False)
+    ckpt["recipe"]["validate"] = gate
+    torch.save(ckpt, run / "student.pt")
+    return run
+
+
+def search_into_bundle(w: Path, made, *flags: str, run: Path | None = None) -> list[str]:
+    """export --int8-search over a copy of the bundle with --overwrite: the bundle must stay as it was."""
+    bundle_copy(w, made)
+    return ["export", str(run or run_copy(w, made)), "--out", "bundle", "--overwrite", "--int8-search", *flags]
+
+
 def rehash(bundle: Path, name: str) -> None:
     """Make the manifest agree with a file we replaced, so only the file itself is wrong."""
     m = json.loads((bundle / "manifest.json").read_text())
@@ -162,6 +177,8 @@ CASES = {
     "recipe: unknown method": _c(lambda w, m: ["distill", edited_recipe(w, "method: bdkd", "method: magic")], "magic"),
     "recipe: missing file": _c(lambda w, m: ["distill", "nope.yaml"], "nope.yaml"),
     "recipe: a directory": _c(lambda w, m: ["distill", "."], "."),
+    "recipe: INT8 search budget 0": _c(lambda w, m: ["distill", recipe(w, QUICKSTART + "export:\n  search_budget: 0\n")],
+                                       "export.search_budget"),
     "recipe: --set without =": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs"], "KEY=VALUE"),
     "recipe: --set unknown key": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epoch=3"], "train.epoch"),
     # data
@@ -172,7 +189,17 @@ CASES = {
     "data: class folders differ from the model's": _c(
         lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", f"imagefolder:{imagefolder(w, classes=('cat', 'dog'))}"],
         "cat"),
+    "data: --int8-search with no tune split and no training image left after calibration": _c(
+        lambda w, m: search_into_bundle(w, m, "--calib-samples", "1400"), "no data to search on"),
     # checkpoints
+    "checkpoint: --int8-search, the run's recipe has no gate": _c(
+        lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {})), "needs the recipe's gate"),
+    "checkpoint: --int8-search, the run's recipe has an impossible gate (negative tolerance)": _c(
+        lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {"max_acc_drop": -0.01, "max_ece": 0.05})),
+        "validate.max_acc_drop", "greater than or equal to 0"),
+    "checkpoint: --int8-search, the run's recipe asks for agreement above 100%": _c(
+        lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {"min_agreement": 1.5, "max_ece": 0.05})),
+        "validate.min_agreement"),
     "checkpoint: truncated teacher": _c(
         lambda w, m: (shutil.copy(m[0] / "student.pt", w / "t.pt"), (w / "t.pt").write_bytes((w / "t.pt").read_bytes()[:500]),
                       ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1], "t.pt"),
@@ -256,6 +283,12 @@ CASES = {
         "--providers", "--runtime openvino"),
     "flag: unknown validate format": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--formats", "int4"], "int4"),
     "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
+    "flag: --search-budget 0": _c(lambda w, m: search_into_bundle(w, m, "--search-budget", "0"), "--search-budget"),
+    "flag: --search-budget -5": _c(lambda w, m: search_into_bundle(w, m, "--search-budget=-5"), "--search-budget"),
+    "flag: --search-budget without --int8-search": _c(
+        lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--search-budget", "60"], "--int8-search"),
+    "flag: --int8-search without an INT8 format": _c(
+        lambda w, m: search_into_bundle(w, m, "--formats", "fp32,fp16"), "--formats"),
     "flag: unknown --data spec": _c(lambda w, m: ["validate", str(bundle_copy(w, m)), "--data", "mnist"], "mnist"),
     "flag: export --out under a file": _c(
         lambda w, m: ((w / "file").write_text("x"), ["export", str(run_copy(w, m)), "--out", "file/b"])[-1], "file"),
@@ -345,7 +378,10 @@ def test_bf16_forced_on_a_cpu_without_bf16(tmp_path, monkeypatch, capfd):
 # raises an EdgeKDError, never SystemExit: the very error (class and one-line message) that
 # the command prints, unless click refused the command line before it reached the API.
 API_KEYS = {"--set": "overrides", "--out": "out", "--resume": "resume", "--formats": "formats", "--data": "data",
-            "--runtime": "runtime", "--providers": "providers"}
+            "--runtime": "runtime", "--providers": "providers", "--overwrite": "overwrite",
+            "--int8-search": "int8_search", "--search-budget": "search_budget", "--calib-samples": "calib_samples"}
+SWITCHES = ("--resume", "--overwrite", "--int8-search")
+NUMBERS = {"--search-budget": float, "--calib-samples": int}  # click parses these; plain digits are passed on
 
 
 def api_call(argv: list[str]) -> Callable[[], object] | None:
@@ -363,10 +399,15 @@ def api_call(argv: list[str]) -> Callable[[], object] | None:
             args.append(a)
         elif key is None:
             return None
-        elif a == "--resume":
+        elif a in SWITCHES:
             kwargs[key] = True
         elif a == "--set":
             kwargs.setdefault(key, []).append(next(items))
+        elif a in NUMBERS:
+            value = next(items)
+            if not value.replace(".", "", 1).isdigit():
+                return None
+            kwargs[key] = NUMBERS[a](value)
         else:
             value = next(items)
             kwargs[key] = value.split(",") if a in ("--formats", "--providers") else value

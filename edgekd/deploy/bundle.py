@@ -1,14 +1,17 @@
 """`edgekd export`: a run's student -> a deployment bundle (see export/README.md).
 
-Order of work: check every input (run, checkpoint, data, flags) and compute
-PyTorch's reference on the val split; then build every file inside an atomic
-folder, FP32 first (which must match PyTorch), then FP16, INT8, INT8 for CPUs
-and the TensorRT engines; write manifest.json last. Any failure on the way
-leaves no bundle.
+Order of work: check every input (run, checkpoint, data, flags, and for
+--int8-search the gate, budget and search images) and compute PyTorch's reference
+on the val split; then build every file inside an atomic folder, FP32 first (which
+must match PyTorch), then FP16, INT8, INT8 for CPUs (plain, or the INT8 search's
+choice) and the TensorRT engines; write manifest.json last. Any failure on the way
+leaves no bundle. An INT8 search that finds no passing file still writes the bundle
+without that file, then fails (Int8SearchError, exit 1).
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -22,13 +25,17 @@ from edgekd.bundle_schema import BUNDLE_KIND, MANIFEST_FILE, PRECISIONS, SCHEMA_
 from edgekd.calibration import METRIC_KEYS, calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
-from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, calibration_file, check_settings,
-                                pick_calibration, quantization_entry, quantize_int8)
+from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Result, Int8Settings, calibration_file,
+                                check_settings, pick_calibration, quantization_entry, quantize_int8)
+from edgekd.deploy.int8_search import (SearchData, SearchOutcome, SearchPlan, check_budget, held_apart, run_search,
+                                       search_split, search_thresholds)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
-from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
-from edgekd.errors import CheckpointError, ExportError, MissingDependencyError, ParityError
+from edgekd.deploy.source import STUDENT_FILE, Student, load_run_student, resolve_run, split_images
+from edgekd.errors import CheckpointError, ExportError, Int8SearchError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
+from edgekd.progress import SearchProgress
+from edgekd.recipe import saved_sections
 
 if TYPE_CHECKING:
     from torch import nn
@@ -39,6 +46,7 @@ if TYPE_CHECKING:
 ONNX_FILES = {p: f"model_{p}.onnx" for p in PRECISIONS}
 ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
+INT8_FLAVOURS = {"int8": TENSORRT_INT8, "int8_cpu": CPU_INT8}
 REFERENCE_METRICS = METRIC_KEYS  # manifest["reference"]: PyTorch's every calibration metric
 
 
@@ -55,6 +63,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
                   formats: Sequence[str] | None = None, trt: bool = False, calib_samples: int = 512,
                   calib_method: str = "minmax", max_batch: int = 64, overwrite: bool = False,
                   log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None,
+                  int8_search: bool | None = None, search_budget: float | None = None,
                   model: nn.Module | None = None) -> Path:
     """Write the bundle of RUN_DIR's student to OUT (default export/<run-name>/ under the current directory).
 
@@ -62,8 +71,13 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     are loaded (required for a user model; by default the arch is rebuilt by name).
     Returns the bundle's path. With trt=True on a machine without TensorRT or a
     GPU, the ONNX bundle is still written, then MissingDependencyError is raised.
+    int8_search / search_budget: None takes the run's recipe (export.int8_search,
+    export.search_budget); when no INT8 file passes, the bundle is written without
+    it, then Int8SearchError (exit 1) is raised.
     """
     chosen = parse_formats(formats)
+    if search_budget is not None:
+        check_budget(search_budget)
     int8 = Int8Settings(method=calib_method, samples=calib_samples)
     if keep_first_last_fp32 is not None:
         int8 = replace(int8, keep_first_last_fp32=keep_first_last_fp32)
@@ -75,6 +89,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     run = resolve_run(run_dir, log)
     out = Path(out) if out is not None else Path("export") / run.name
     student = load_run_student(run, model)
+    search = _search_request(student, chosen, int8_search, search_budget)
 
     trt_target, trt_missing = None, None
     if trt:
@@ -90,19 +105,64 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     val = split_images(student, "val")
     x_val = student.preprocess(val)
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels)
+    calibration = calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
+    plan = None if search is None else SearchPlan(*search, search_data(student, calibration[0], int8.seed))
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log)
-        files = writer.write_onnx(chosen, int8)
-        if trt_target is not None:
-            files.update(writer.write_engines(trt_target, engines, max_batch))
+        files, searched = writer.write_onnx(chosen, int8, calibration, plan)
+        if trt_target is not None:  # from the INT8 file only if the search kept one
+            files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
         manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target)
+        if searched is not None:
+            manifest["int8_search"] = searched.record()
         write_json(tmp / MANIFEST_FILE, manifest)
     _print_table(log, ref_metrics, manifest["files"])
     log(f"bundle {out}")
+    if searched is not None and not searched.passed:
+        raise Int8SearchError(f"INT8 search: {searched.failure()}; {out} is written without the failing INT8 "
+                              "file (every candidate's figures: its manifest.json, int8_search)")
     if trt_missing is not None:
         raise MissingDependencyError(f"{trt_missing}; the ONNX files in {out} are complete")
     return out
+
+
+def _search_request(student: Student, chosen: list[str], flag: bool | None,
+                    budget: float | None) -> tuple[float, dict] | None:
+    """(budget, gate thresholds) when the INT8 search is on (the flag, else the run's recipe), else None."""
+    int8_files = [p for p in INT8_FLAVOURS if p in chosen]
+    if flag and not int8_files:
+        raise ExportError("--int8-search searches the int8 and int8_cpu files; add one of them to --formats")
+    if flag is False and budget is not None:
+        raise ExportError("--search-budget is the time of the INT8 search, which --no-int8-search turns off")
+    sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
+    on = sections.export.int8_search if flag is None else flag
+    if budget is not None and not on:
+        raise ExportError("--search-budget is the time of the INT8 search, which is off: add --int8-search "
+                          "(or export.int8_search: true in the recipe)")
+    if not on or not int8_files:
+        return None
+    return (check_budget(sections.export.search_budget if budget is None else budget),
+            search_thresholds(sections.gate.model_dump()))
+
+
+def calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
+    """The training-split indices that calibrate the INT8 files, and those images preprocessed."""
+    train = split_images(student, "train")  # calibration never sees a val image
+    picked = pick_calibration(len(train.labels), s)
+    return picked, student.preprocess(train.take(picked))
+
+
+def search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
+    """The images the INT8 search judges on (int8_search.search_split): never val or test."""
+    which = search_split(student.split_info.get("sizes") or {})
+    if which == "tune":
+        tune = split_images(student, "tune")
+        return SearchData("tune", student.preprocess(tune), tune.labels, "the tune split")
+    train = split_images(student, "train")
+    held = train.take(held_apart(len(train.labels), picked, seed))
+    return SearchData("train", student.preprocess(held), held.labels,
+                      f"training images held apart from the {len(picked)} calibration images (the run has no tune split)")
 
 
 def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -143,7 +203,9 @@ class BundleWriter:
             entry["opset"] = opset_of(path)
         return {**entry, **extra}
 
-    def write_onnx(self, chosen: list[str], int8: Int8Settings) -> dict[str, dict]:
+    def write_onnx(self, chosen: list[str], int8: Int8Settings, calibration: tuple[np.ndarray, np.ndarray] | None,
+                   search: SearchPlan | None = None) -> tuple[dict[str, dict], SearchOutcome | None]:
+        """The ONNX files' manifest entries, and the INT8 search's outcome (None without a search)."""
         files: dict[str, dict] = {}
         fp32 = self.folder / ONNX_FILES["fp32"]
         self.log(f"writing {fp32.name}")
@@ -156,16 +218,53 @@ class BundleWriter:
             self.log(f"writing {name}")
             kept = convert_fp16(fp32, self.folder / name)
             files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
-        if "int8" in chosen or "int8_cpu" in chosen:
-            files.update(self._write_int8(fp32, int8, chosen))
+        if search is not None:
+            searched, outcome = self._search_int8(fp32, int8, chosen, calibration, search)
+            return {**files, **searched}, outcome
+        if calibration is not None:
+            files.update(self._write_int8(fp32, int8, chosen, calibration))
+        return files, None
+
+    def _int8_entry(self, name: str, result: Int8Result, s: Int8Settings, picked: np.ndarray,
+                    **extra) -> dict[str, dict]:
+        """The manifest entries of one INT8 file already in the folder (model_int8.onnx: + its ranges file)."""
+        files: dict[str, dict] = {}
+        ranges_file = None
+        if result.flavour is TENSORRT_INT8:
+            write_json(self.folder / RANGES_FILE,
+                       calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
+            ranges_file = RANGES_FILE
+        quantization = {**quantization_entry(result, s, len(picked), ranges_file), **extra}
+        files[name] = self._entry(name, "onnx", result.flavour.precision, **self._measure(name)[1],
+                                  quantization=quantization)
+        if ranges_file is not None:
+            files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
         return files
 
-    def _write_int8(self, fp32: Path, s: Int8Settings, chosen: list[str]) -> dict[str, dict]:
+    def _search_int8(self, fp32: Path, base: Int8Settings, chosen: list[str],
+                     calibration: tuple[np.ndarray, np.ndarray], plan: SearchPlan) -> tuple[dict, SearchOutcome]:
+        """The INT8 search's chosen file per flavour (none where nothing passed), from the same
+        calibration images as plain export."""
+        picked, calib = calibration
+        flavours = {ONNX_FILES[p]: INT8_FLAVOURS[p] for p in INT8_FLAVOURS if p in chosen}
+        files: dict[str, dict] = {}
+        with tempfile.TemporaryDirectory(prefix="edgekd-int8-search-") as tmp, SearchProgress(plan.budget_s) as bar:
+            outcome = run_search(plan, fp32, calib, base, flavours, Path(tmp), log=self.log,
+                                 on_candidate=bar.candidate)
+            for name, found in outcome.flavours.items():
+                pick = found.chosen
+                if pick is None:
+                    continue  # no file that fails the gate is written
+                shutil.move(pick.path, self.folder / name)  # the temp folder may be on another file system
+                files.update(self._int8_entry(name, pick.result, pick.settings, picked,
+                                              search={"candidate": pick.index, "passed": True}))
+        return files, outcome
+
+    def _write_int8(self, fp32: Path, s: Int8Settings, chosen: list[str],
+                    calibration: tuple[np.ndarray, np.ndarray]) -> dict[str, dict]:
         """model_int8.onnx (+ its ranges file) and/or model_int8_cpu.onnx, from ONE calibration:
         the same training images, method and measured ranges for both."""
-        train = split_images(self.student, "train")  # calibration never sees a val image
-        picked = pick_calibration(len(train.labels), s)
-        calib = self.student.preprocess(train.take(picked))
+        picked, calib = calibration
         files: dict[str, dict] = {}
         with tempfile.TemporaryDirectory(prefix="edgekd-calib-") as tmp:
             cache = Path(tmp) / "ranges.json"  # written by the first quantization, read by the second
@@ -173,20 +272,14 @@ class BundleWriter:
                 name = ONNX_FILES["int8"]
                 self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
                 result = quantize_int8(fp32, self.folder / name, calib, s, TENSORRT_INT8, calibration_cache=cache)
-                write_json(self.folder / RANGES_FILE,
-                           calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
-                quantization = quantization_entry(result, s, len(picked), RANGES_FILE)
-                files[name] = self._entry(name, "onnx", "int8", **self._measure(name)[1], quantization=quantization)
-                files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
+                files.update(self._int8_entry(name, result, s, picked))
             if "int8_cpu" in chosen:
                 name = ONNX_FILES["int8_cpu"]
                 how = "the same calibration" if cache.is_file() else \
                     f"{s.method} calibration on {len(picked)} training images"
                 self.log(f"writing {name} (uint8 activations for ONNX Runtime on CPUs, not TensorRT; {how})")
                 result = quantize_int8(fp32, self.folder / name, calib, s, CPU_INT8, calibration_cache=cache)
-                quantization = quantization_entry(result, s, len(picked))
-                files[name] = self._entry(name, "onnx", "int8_cpu", **self._measure(name)[1],
-                                          quantization=quantization)
+                files.update(self._int8_entry(name, result, s, picked))
         return files
 
     def write_engines(self, target, precisions: list[str], max_batch: int) -> dict[str, dict]:

@@ -216,6 +216,26 @@ def _quiet_quantizer() -> Iterator[None]:
         root.setLevel(level)
 
 
+def prepare(src: Path, dst: Path) -> None:
+    """Shape inference + ONNX Runtime's basic graph optimizations (BatchNorm folded into Conv),
+    as ONNX Runtime recommends before quantizing: the quantizer needs every tensor's shape.
+
+    The node names of `dst` are what nodes_to_exclude (float_nodes) refers to, so every node
+    gets one: the optimizer leaves the nodes it creates unnamed (on MobileNetV3, a third of them).
+    """
+    with _quiet_quantizer():
+        quant_pre_process(str(src), str(dst))
+    model = onnx.load(str(dst))
+    taken = {n.name for n in model.graph.node}
+    unnamed = [n for n in model.graph.node if not n.name]
+    for i, node in enumerate(unnamed):
+        node.name = next(name for k in range(len(taken) + 1)
+                         if (name := f"{node.op_type}_{i}" + (f"_{k}" if k else "")) not in taken)
+        taken.add(node.name)
+    if unnamed:
+        onnx.save(model, str(dst))
+
+
 def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, flavour: Int8Flavour,
                   calibration_cache: Path | None = None) -> Int8Result:
     """Calibrate `src` on `calib_images` (float32 NCHW, preprocessed as for eval) and write `dst`
@@ -228,27 +248,35 @@ def quantize_int8(src: Path, dst: Path, calib_images: np.ndarray, s: Int8Setting
     """
     check_settings(s)
     with tempfile.TemporaryDirectory(prefix="edgekd-int8-") as tmp:
-        # Shape inference + ONNX Runtime's basic graph optimizations first, as ONNX
-        # Runtime recommends: the quantizer needs every tensor's shape.
         prepared = Path(tmp) / "prepared.onnx"
+        prepare(src, prepared)
         cache = Path(calibration_cache) if calibration_cache is not None else Path(tmp) / "ranges.json"
-        with _quiet_quantizer():
-            quant_pre_process(str(src), str(prepared))
-            model = onnx.load(str(prepared))
-            excluded = first_and_last_layers(model) if s.keep_first_last_fp32 else []
-            try:
-                quantize_static(
-                    str(prepared), str(dst), BatchReader(calib_images),
-                    quant_format=flavour.quant_format, per_channel=s.per_channel,
-                    activation_type=flavour.activation_type, weight_type=flavour.weight_type,
-                    calibrate_method=CALIB_METHODS[s.method], nodes_to_exclude=excluded,
-                    extra_options=flavour.extra_options,
-                    calibration_cache_path=str(cache),
-                )  # fmt: skip
-            except Exception as e:  # noqa: BLE001 - the quantizer raises many unrelated types
-                raise ExportError(f"{flavour.what} quantization failed: {first_line(e, 200)}") from e
-        onnx.checker.check_model(str(dst), full_check=True)
-        ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(cache))
+        return quantize_prepared(prepared, dst, calib_images, s, flavour, cache)
+
+
+def quantize_prepared(prepared: Path, dst: Path, calib_images: np.ndarray, s: Int8Settings, flavour: Int8Flavour,
+                      calibration_cache: Path, float_nodes: Sequence[str] = ()) -> Int8Result:
+    """quantize_int8 on a file `prepare` already wrote (the INT8 search quantizes one file many
+    times), with `float_nodes` (node names of `prepared`) left in float: no QDQ around them.
+    `calibration_cache` must be a path (read if it exists, else written)."""
+    check_settings(s)
+    with _quiet_quantizer():
+        model = onnx.load(str(prepared))
+        excluded = first_and_last_layers(model) if s.keep_first_last_fp32 else []
+        excluded += [n for n in float_nodes if n not in excluded]
+        try:
+            quantize_static(
+                str(prepared), str(dst), BatchReader(calib_images),
+                quant_format=flavour.quant_format, per_channel=s.per_channel,
+                activation_type=flavour.activation_type, weight_type=flavour.weight_type,
+                calibrate_method=CALIB_METHODS[s.method], nodes_to_exclude=list(excluded),
+                extra_options=flavour.extra_options,
+                calibration_cache_path=str(calibration_cache),
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - the quantizer raises many unrelated types
+            raise ExportError(f"{flavour.what} quantization failed: {first_line(e, 200)}") from e
+    onnx.checker.check_model(str(dst), full_check=True)
+    ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(calibration_cache))
     return Int8Result(flavour=flavour, excluded_nodes=excluded, ranges=ranges)
 
 

@@ -106,6 +106,9 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
         log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
         for fmt, rt in runtimes.items():
             log(f"{fmt}: {b.formats[fmt]} on {rt.name} ({', '.join(rt.providers)})")
+            if (nodes := b.float_nodes(fmt)) is not None:
+                log(f"{fmt}: {len(nodes)} node{'' if len(nodes) == 1 else 's'} in float"
+                    + (f": {', '.join(nodes)}" if nodes else ", every quantizable node in INT8"))
         results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget())
         used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
     limits = gate.resolve_thresholds(thresholds, b.gate)

@@ -89,6 +89,14 @@ class Bundle:
         drift and parity against PyTorch on the val split."""
         return self.manifest["files"][self.formats[fmt]]
 
+    def float_nodes(self, fmt: str) -> list[str] | None:
+        """The nodes an INT8 file (or the engine built from it) keeps in float: export's
+        excluded_nodes, the INT8 search's fallbacks among them. None for other formats."""
+        entry = self.entry(fmt)
+        source = self.manifest["files"].get(entry.get("from"), {}) if "quantization" not in entry else entry
+        quantization = source.get("quantization")
+        return None if quantization is None else list(quantization["excluded_nodes"])
+
 
 def is_engine(fmt: str) -> bool:
     return fmt.startswith(ENGINE_PREFIX)
@@ -229,6 +237,10 @@ def _check_files(files: dict, where: str) -> dict[str, str]:
         _require(kind == "onnx" or precision in ENGINE_PRECISIONS,
                  f"{where}: {name} is a TensorRT engine with precision {precision!r}; engines are "
                  f"{', '.join(ENGINE_PRECISIONS)} ({precision} is an ONNX Runtime CPU format, TensorRT cannot build it)")
+        q = e.get("quantization")
+        _require(q is None or (isinstance(q, dict) and isinstance(q.get("excluded_nodes"), list)
+                               and all(isinstance(n, str) for n in q["excluded_nodes"])),
+                 f"{where}: files.{name}.quantization.excluded_nodes must be a list of node names")
         fmt = precision if kind == "onnx" else ENGINE_PREFIX + precision
         _require(fmt not in formats, f"{where}: {formats.get(fmt)} and {name} are both {fmt}")
         formats[fmt] = name
