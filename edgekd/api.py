@@ -51,8 +51,9 @@ class Run:
     path: the run directory (recipe.yaml, metrics.jsonl, last.pt, student.pt,
       summary.json, eval_logits.npz, reliability_*.png).
     summary: summary.json as a dict ({} on torchrun ranks other than 0, which write nothing).
-    teacher, student: the trained nets (nn.Module, in eval or train mode as training left
-      them, on the training device); a module passed to distill is this very object.
+    teacher, student: the trained nets (nn.Module), on the training device and in the mode
+      training left them in (call .eval() before predicting); a module passed to distill
+      is this very object.
     """
 
     path: Path
@@ -62,8 +63,8 @@ class Run:
 
     @property
     def student_metrics(self) -> dict[str, float]:
-        """The student on the evaluation split (train.eval_split): accuracy, ece, mce,
-        adaptive_ece, classwise_ece, nll, brier (fractions and nats, as in summary.json)."""
+        """The student's figures on the evaluation split (train.eval_split), as in summary.json:
+        accuracy, ece, mce, adaptive_ece, classwise_ece, nll, brier."""
         return self._metrics("student")
 
     @property
