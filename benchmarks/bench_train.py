@@ -86,14 +86,24 @@ class HandLoop:
         return n / (time.perf_counter() - start)
 
 
-def alternate(a, b, rounds: int) -> tuple[list[float], list[float]]:
-    ra, rb = [], []
-    a(), b()  # warm-up
+def rotate(timers, rounds: int, warm_up: bool = True) -> list[list[float]]:
+    """Each timer once per round, the first of the round moving on by one every round (so
+    drifting machine load is shared); each timer's results in order. warm_up: one untimed
+    call of each first."""
+    if warm_up:
+        for timer in timers:
+            timer()
+    out: list[list[float]] = [[] for _ in timers]
     for i in range(rounds):
-        if i % 2:
-            rb.append(b()), ra.append(a())
-        else:
-            ra.append(a()), rb.append(b())
+        for k in range(len(timers)):
+            j = (i + k) % len(timers)
+            out[j].append(timers[j]())
+    return out
+
+
+def alternate(a, b, rounds: int) -> tuple[list[float], list[float]]:
+    """rotate for two: a warm-up of each, then a, b in even rounds and b, a in odd ones."""
+    ra, rb = rotate([a, b], rounds)
     return ra, rb
 
 
@@ -112,13 +122,15 @@ def main() -> int:
     p.add_argument("--max-loss-ratio", type=float, default=1.03)
     p.add_argument("--min-trainer-ratio", type=float, default=0.95)
     args = p.parse_args()
+    # The hand-written loop runs the nets eagerly: so does the trainer, unless --set says otherwise.
+    args.overrides = ["train.compile=false", *args.overrides]
 
     ce = trainer_for(args.recipe, "ce", args.steps, args.overrides)
     bdkd = trainer_for(args.recipe, "bdkd", args.steps, args.overrides)
     hand = HandLoop(trainer_for(args.recipe, "ce", args.steps, args.overrides))
-    r = ce.r
+    r = ce.recipe
     print(f"# {r.teacher.arch} + {r.student.arch}, batch {r.data.batch_size}, {args.steps} steps x {args.rounds} "
-          f"rounds, device {ce.s.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"rounds, device {ce.setup.device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
 
     ce_ips, bd_ips = alternate(lambda: time_trainer_epoch(ce), lambda: time_trainer_epoch(bdkd), args.rounds)
     loss_ratio = statistics.median(ce_ips) / statistics.median(bd_ips)  # step-time ratio bdkd / ce
@@ -133,7 +145,7 @@ def main() -> int:
     print(f"| hand-written loop, ce | {statistics.median(hand_ips):.0f} | | | |")
     print(f"| trainer, ce (2nd series) | {statistics.median(tr_ips):.0f} | trainer/hand {trainer_ratio:.3f} "
           f"| >= {args.min_trainer_ratio} | {'yes' if trainer_ratio >= args.min_trainer_ratio else 'NO'} |")
-    print(f"peak memory: {peak_memory(ce.s.device)}")
+    print(f"peak memory: {peak_memory(ce.setup.device)}")
     ok = loss_ratio <= args.max_loss_ratio and trainer_ratio >= args.min_trainer_ratio
     return 0 if ok else 1
 

@@ -52,15 +52,17 @@ from edgekd.recipe import load_recipe
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes/mobilenet.yaml"
 # The GPU profile keeps the recipe's nets, batch, bf16 and channels_last; --tiny swaps in CPU-sized parts.
+# Both pin train.compile: false (the eager figures); the compiled ones set it true.
 PROFILES = {
     "gpu": dict(threads=None, steps=40, rounds=5, val=1000, train_epochs=5, torchrun_subset=4096, torchrun_timeout=300,
-                compile=True, overrides=["train.device=cuda", "train.amp=bf16", "train.channels_last=true"]),
+                compile=True, overrides=["train.device=cuda", "train.amp=bf16", "train.channels_last=true",
+                                         "train.compile=false"]),
     # One CPU thread: nets this small gain nothing from more, and on a shared CPU spinning OpenMP
     # threads can slow the whole --tiny run several-fold (seen: 96 s vs 25 s on 2 cores with other jobs).
     "tiny": dict(threads=1, steps=2, rounds=1, val=300, train_epochs=2, torchrun_subset=128, torchrun_timeout=150,
                  compile=False, overrides=["teacher.arch=cnn_small", "student.arch=cnn_tiny", "data.batch_size=64",
                                            "optim.warmup_epochs=0", "train.device=cpu", "train.amp='off'",
-                                           "train.channels_last=false"]),
+                                           "train.channels_last=false", "train.compile=false"]),
 }
 PARTS = ("throughput", "loss_overhead", "torchrun", "training")
 TARGETS = {"pair_img_s": 12_000, "bdkd_over_ce": 1.03, "device_over_synthetic": 0.9, "accuracy_over_chance": 2.0}

@@ -124,7 +124,8 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
       again for a user model). allow_recipe_change: resume even if the recipe differs.
     progress: "off" (default: print nothing), "epochs" (one line per epoch, like --quiet)
       or "bar" (the command's progress bar on a terminal, and the epoch lines); both also
-      print what a recipe's init: backbone loaded (summary.json records it either way).
+      print the run's first line (the speed settings it resolved) and what a recipe's
+      init: backbone loaded (summary.json records both either way).
     on_epoch: called with each epoch's metrics.jsonl record (a dict), after its checkpoint.
     warn: called with warnings (a resume with a changed recipe); default warnings.warn.
 

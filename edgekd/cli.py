@@ -57,8 +57,10 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     Writes recipe.yaml (resolved), split.json, metrics.jsonl, last.pt (every
     epoch), student.pt, summary.json and reliability diagrams into the run
     directory (and TensorBoard event files in tensorboard/ with
-    train.log: [tensorboard]). The last line says where the run is and the student's
-    accuracy and ECE on the evaluation split (train.eval_split: val or tune).
+    train.log: [tensorboard]). The first line says what train.channels_last,
+    train.compile and train.amp resolved to and why; the last line says where the run
+    is and the student's accuracy and ECE on the evaluation split (train.eval_split:
+    val or tune).
     """
     if allow_recipe_change and not resume:
         raise click.UsageError("--allow-recipe-change only makes sense with --resume")

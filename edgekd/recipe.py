@@ -11,12 +11,29 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgekd.errors import RecipeError
+
+
+def _auto_or_bool(value: Any) -> Any:
+    # Checked before pydantic's own bool parsing, which would also take "yes", "1", "on".
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise ValueError(f"must be auto, true or false, got {value!r}")
+
+
+def _yaml_off(value: Any) -> Any:
+    # YAML 1.1 reads a bare `off` as false: `amp: off` and `--set train.amp=off` mean "off".
+    return "off" if value is False else value
+
+
+# A speed setting that `auto` resolves from the device and the run (edgekd.distill.setup,
+# resolve_speed_settings); true / false force it.
+AutoBool = Annotated[Union[Literal["auto"], bool], BeforeValidator(_auto_or_bool)]
 
 
 class _Strict(BaseModel):
@@ -170,9 +187,12 @@ class TrainConfig(_Strict):
     epochs: int = Field(..., ge=1)
     seed: int = Field(0, ge=0)
     device: str = "auto"
-    amp: Literal["off", "bf16", "fp16", "auto"] = "auto"
-    channels_last: bool = False
-    compile: bool = False
+    # Speed settings; auto picks what was measured faster on the device (distill/setup.py,
+    # resolve_speed_settings; docs/performance.md, "CPU training settings"); summary.json
+    # records what ran and why.
+    amp: Annotated[Literal["off", "bf16", "fp16", "auto"], BeforeValidator(_yaml_off)] = "auto"
+    channels_last: AutoBool = "auto"
+    compile: AutoBool = "auto"
     eval_split: Literal["val", "tune"] = "val"
     # Under torchrun: convert BatchNorm to SyncBatchNorm (statistics over the global batch).
     sync_bn: bool = False

@@ -374,6 +374,18 @@ def test_bf16_forced_on_a_cpu_without_bf16(tmp_path, monkeypatch, capfd):
                     capfd)
 
 
+def test_compile_forced_without_a_cpp_compiler(tmp_path, monkeypatch, capfd):
+    """Inductor's own compiler search is pointed at a compiler that does not exist."""
+    from torch._inductor import config
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.compile=true", "--set", "train.device=cpu"]
+    with config.patch({"cpp.cxx": ("edgekd-no-such-c++",)}):  # torch's own way to set it for a while
+        _assert_refused("compile without a C++ compiler", tmp_path, argv,
+                        ["train.compile: true, but torch.compile on the CPU needs a C++ compiler", "auto or false"],
+                        capfd)
+
+
 # The same cases from Python (edgekd.api): the call that does what the command line does
 # raises an EdgeKDError, never SystemExit: the very error (class and one-line message) that
 # the command prints, unless click refused the command line before it reached the API.

@@ -166,6 +166,7 @@ def test_finetune_recipe_runs_end_to_end_on_stand_in_files(tmp_path, monkeypatch
     out, err = capfd.readouterr()
     assert e.value.code == 0, err[-2000:]
     lines = out.splitlines()
+    assert lines.pop(0).startswith("speed settings: channels_last on (auto: faster on ")
     assert lines[0] == (f"student.init backbone from {student_file}: loaded 312 of 314 tensors, 100.0% of the "
                         f"2,223,872 parameters outside the classifier")  # fmt: skip
     assert lines[1].startswith("student.init backbone: not loaded: 2 freshly initialised (the classifier: class count "

@@ -43,6 +43,20 @@ def test_defaults_and_overrides(tmp_path):
     assert Recipe.model_validate(r.to_dict()).digest() == r.digest()
 
 
+def test_speed_settings_are_auto_unless_forced():
+    """train.channels_last / train.compile default to auto (resolved per run by distill/setup.py);
+    an explicit true or false is kept as written, so a recipe that forces one still means it."""
+    r = load_recipe(REPO / "recipes/quickstart.yaml")
+    assert (r.train.channels_last, r.train.compile, r.train.amp) == ("auto", "auto", "auto")
+    for value in (True, False):
+        r = load_recipe(REPO / "recipes/quickstart.yaml", [f"train.channels_last={value}", f"train.compile={value}"])
+        assert r.train.channels_last is value and r.train.compile is value
+        assert Recipe.model_validate(r.to_dict()).train.compile is value  # a saved recipe loads back the same
+    assert load_recipe(REPO / "recipes/cifar10-distill.yaml").train.channels_last is True
+    # YAML reads a bare `off` as false; for train.amp it is the word off.
+    assert load_recipe(REPO / "recipes/quickstart.yaml", ["train.amp=off"]).train.amp == "off"
+
+
 def _bad(tmp_path, mutate=None, text=None):
     p = tmp_path / "bad.yaml"
     if text is None:
@@ -76,6 +90,9 @@ BAD = {
     "crop_scale_range": (lambda r: r["data"]["augment"].update(crop="resized", crop_padding=4, crop_scale=[0.5, 1.5]),
                          "crop_scale must be [min, max] with 0 < min <= max <= 1"),
     "unknown_crop": (lambda r: r["data"]["augment"].update(crop="center"), "data.augment.crop"),
+    "channels_last_word": (lambda r: r["train"].update(channels_last="fast"),
+                           "train.channels_last: must be auto, true or false, got 'fast'"),
+    "compile_number": (lambda r: r["train"].update(compile=1), "train.compile: must be auto, true or false, got 1"),
 }
 
 

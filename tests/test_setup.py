@@ -82,3 +82,89 @@ def test_bf16_on_the_cpu_follows_the_cpu_capability_probe(monkeypatch, has_bf16)
     assert resolve_amp("auto", CPU) is None and resolve_amp("off", CPU) is None
     with pytest.raises(RecipeError, match="train.amp: fp16 needs a CUDA device"):
         resolve_amp("fp16", CPU)
+
+
+# -- train.channels_last / train.compile / train.amp: auto (resolve_speed_settings) ----------------
+
+from edgekd.distill import setup as setup_mod  # noqa: E402
+from edgekd.distill.setup import (  # noqa: E402
+    AUTO_COMPILE_MIN_STEPS, compile_break_even_steps, compile_unavailable, resolve_speed_settings)
+from edgekd.recipe import load_recipe  # noqa: E402
+
+QUICKSTART = "recipes/quickstart.yaml"
+
+
+def _recipe(*overrides: str):
+    from pathlib import Path
+
+    return load_recipe(Path(__file__).resolve().parents[1] / QUICKSTART, list(overrides))
+
+
+def test_compile_break_even_is_compile_time_over_seconds_saved_per_step():
+    # 100 images a step: 1.0 s eager, 0.5 s compiled, so 0.5 s saved a step; 10 s of compiling = 20 steps.
+    assert compile_break_even_steps(10.0, eager_img_s=100.0, compiled_img_s=200.0, batch_size=100) == 20
+    assert compile_break_even_steps(10.0, 100.0, 201.0, 100) == 20  # rounded up: 19.9 steps do not repay it
+    assert compile_break_even_steps(10.0, 100.0, 100.0, 100) is None  # no faster: never repays
+    assert compile_break_even_steps(10.0, 100.0, 90.0, 100) is None
+    # The CPU constant: issue 15's probe (70 s, 380 img/s eager, 1.12x compiled, batch 128).
+    assert AUTO_COMPILE_MIN_STEPS["cpu"] == 1940 and AUTO_COMPILE_MIN_STEPS["cuda"] is None
+
+
+def test_auto_on_the_cpu_follows_the_constants():
+    r = _recipe()
+    below = resolve_speed_settings(r, CPU, total_steps=1939)
+    assert below.to_dict() == {
+        "channels_last": True, "channels_last_reason": "auto: faster on cpu",
+        "compile": False, "compile_reason": "auto: run of 1,939 steps < 1,940 break-even",
+        "amp": "off", "amp_reason": ("auto: bf16 not faster on CPUs" if cpu_has_bf16()
+                                     else "auto: this CPU has no bf16 instructions"),
+    }
+    assert below.amp_dtype is None
+    assert below.line().startswith("speed settings: channels_last on (auto: faster on cpu), compile off (auto: run "
+                                   "of 1,939 steps < 1,940 break-even), amp off (auto: ")
+    at = resolve_speed_settings(r, CPU, total_steps=1940)
+    why_not = compile_unavailable(CPU)
+    assert at.compile is (why_not is None)
+    assert at.reasons["compile"] == ("auto: run of 1,940 steps >= 1,940 break-even" if why_not is None
+                                     else f"auto: {why_not}")
+
+
+def test_forced_settings_are_kept():
+    r = _recipe("train.channels_last=false", "train.compile=false", "train.amp=off")
+    s = resolve_speed_settings(r, CPU, total_steps=10**6)
+    assert (s.channels_last, s.compile, s.amp) == (False, False, "off")
+    assert set(s.reasons.values()) == {"set in the recipe"}
+    assert resolve_speed_settings(_recipe("train.channels_last=true"), CPU, 1).channels_last is True
+
+
+def test_auto_on_cuda_keeps_compile_off_until_measured():
+    s = resolve_speed_settings(_recipe(), CUDA, total_steps=10**6)  # resolving touches no GPU
+    assert (s.channels_last, s.compile, s.amp) == (True, False, "bf16")
+    assert s.reasons["compile"] == "auto: no measured break-even on cuda"
+
+
+@pytest.mark.parametrize("has_bf16", [True, False])
+def test_cpu_bf16_under_auto_needs_the_constant_and_the_instructions(monkeypatch, has_bf16):
+    """AUTO_CPU_BF16 (off: bf16 measured no faster) is the switch the benchmark's figures set."""
+    caps = {**torch.cpu.get_capabilities(), **{name: has_bf16 for name in _BF16_FEATURES}}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+    monkeypatch.setattr(setup_mod, "AUTO_CPU_BF16", True)
+    s = resolve_speed_settings(_recipe(), CPU, total_steps=1)
+    assert s.amp == ("bf16" if has_bf16 else "off")
+    assert s.reasons["amp"] == ("auto: bf16 measured faster on this CPU" if has_bf16
+                                else "auto: this CPU has no bf16 instructions")
+
+
+def test_compile_without_a_cpp_compiler():
+    """Inductor's own compiler search, pointed at a compiler that does not exist: forced is refused
+    in one line, auto falls back to eager and says why."""
+    from torch._inductor import config
+
+    why = "torch.compile on the CPU needs a C++ compiler (g++, or $CXX), and none was found"
+    with config.patch({"cpp.cxx": ("edgekd-no-such-c++",)}):  # torch's own way to set it for a while
+        assert compile_unavailable(CPU) == why
+        with pytest.raises(RecipeError) as e:
+            resolve_speed_settings(_recipe("train.compile=true"), CPU, total_steps=1)
+        assert str(e.value) == f"train.compile: true, but {why}; use train.compile: auto or false"
+        s = resolve_speed_settings(_recipe(), CPU, total_steps=10**6)
+        assert s.compile is False and s.reasons["compile"] == f"auto: {why}"

@@ -45,6 +45,18 @@ def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
 
 
+def _per_rank(n: int, world_size: int) -> int:
+    # Like DistributedSampler: pad the epoch by wrapping around so every rank
+    # gets the same number of samples (and so of batches, keeping collectives in step).
+    return math.ceil(n / world_size)
+
+
+def batches_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Batches each rank takes in one epoch of n images (batch_size per rank)."""
+    full, rem = divmod(_per_rank(n, world_size), batch_size)
+    return full if drop_last or rem == 0 else full + 1
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """Everything that decides which images a batch holds and how they are augmented, except the pixels.
@@ -71,13 +83,10 @@ class BatchPlan:
 
     @property
     def per_rank(self) -> int:
-        # Like DistributedSampler: pad the epoch by wrapping around so every rank
-        # gets the same number of samples (and so of batches, keeping collectives in step).
-        return math.ceil(self.n / self.world_size)
+        return _per_rank(self.n, self.world_size)
 
     def num_batches(self) -> int:
-        full, rem = divmod(self.per_rank, self.batch_size)
-        return full if self.drop_last or rem == 0 else full + 1
+        return batches_per_epoch(self.n, self.batch_size, self.world_size, self.drop_last)
 
     def batch_slice(self, i: int) -> slice:
         return slice(i * self.batch_size, (i + 1) * self.batch_size)

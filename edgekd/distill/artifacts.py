@@ -44,6 +44,8 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         "device": str(setup.device),
         "loader": loader_kind,
         "processes": setup.dist.world_size,
+        # What train.channels_last / compile / amp resolved to, and why (auto or the recipe).
+        "speed_settings": setup.speed.to_dict(),
     }
     last_epoch = history[-1] if history else {}
     for role, net in (("teacher", setup.teacher), ("student", setup.student)):

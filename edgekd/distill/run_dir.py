@@ -81,12 +81,13 @@ def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progre
               modules: Mapping[str, nn.Module] | None = None) -> tuple[dict[str, Any], Setup]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind. Under torchrun every rank calls this;
-    all of them check the run directory, rank 0 alone changes it. `note` gets what
-    init: backbone loaded; `modules`: user modules for "teacher"/"student" (see prepare).
-    Returns the summary (an empty dict on ranks other than 0) and the Setup, whose
-    teacher and student are the trained nets."""
+    all of them check the run directory, rank 0 alone changes it. `note` gets the resolved
+    speed settings (the run's first line) and what init: backbone loaded; `modules`: user
+    modules for "teacher"/"student" (see prepare). Returns the summary (an empty dict on
+    ranks other than 0) and the Setup, whose teacher and student are the trained nets."""
     setup = prepare(recipe, dist, modules)
     if note and dist.is_main:
+        note(setup.speed.line())
         for role, report in setup.init_reports.items():
             for line in report.lines(role):
                 note(line)

@@ -1,11 +1,14 @@
-"""Everything a run needs before its first step: device, mixed precision,
-determinism, seeds, data, models, the method and the optimizers. Nothing here
-writes a file, so a bad recipe fails before a run directory exists."""
+"""Everything a run needs before its first step: device, the speed settings
+(mixed precision, channels_last, torch.compile), determinism, seeds, data, models,
+the method and the optimizers. Nothing here writes a file, so a bad recipe fails
+before a run directory exists."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import platform
 import random
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from edgekd.data import DataModule, build_data
+from edgekd.data.loader import batches_per_epoch
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
@@ -36,10 +40,18 @@ class Setup:
     student: nn.Module
     method: Distiller
     device: torch.device
-    amp_dtype: torch.dtype | None
+    speed: SpeedSettings
     dist: Dist = SINGLE
     # What student.init / teacher.init: backbone loaded, by role (full loads leave none).
     init_reports: dict[str, InitReport] = field(default_factory=dict)
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return self.speed.amp_dtype
+
+    @property
+    def channels_last(self) -> bool:
+        return self.speed.channels_last
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,6 +84,8 @@ def cpu_has_bf16() -> bool:
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
+        if mode == "auto":
+            return torch.bfloat16 if AUTO_CPU_BF16 and device.type == "cpu" and cpu_has_bf16() else None
         if mode == "fp16":
             raise RecipeError("train.amp: fp16 needs a CUDA device; use off, auto or (on a CPU with bf16) bf16")
         if mode == "bf16":
@@ -89,6 +103,141 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# -- train.channels_last / train.compile / train.amp: auto ----------------------------------------
+# What `auto` picks, in one place. The figures come from benchmarks/bench_cpu_settings.py
+# (docs/performance.md, "CPU training settings", has the command and the table); when a new
+# measurement says otherwise, change them here. The choice depends only on the recipe and the
+# hardware, never on timings taken during the run, so a fixed seed and thread count still
+# give the same run.
+
+
+def compile_break_even_steps(compile_seconds: float, eager_img_s: float, compiled_img_s: float,
+                             batch_size: int) -> int | None:
+    """Optimizer steps after which torch.compile has repaid its compile time: the compile
+    seconds over the seconds each compiled step saves (a batch at the eager rate minus a batch
+    at the compiled rate; i.e. step seconds x (1 - 1/speed-up)). None if compiled steps are
+    no faster: it never repays."""
+    saved = batch_size / eager_img_s - batch_size / compiled_img_s
+    return math.ceil(compile_seconds / saved) if saved > 0 else None
+
+
+# channels_last (NHWC) convolutions: 1.16x (resnet20 -> resnet8) and 1.14x (resnet18 ->
+# mobilenet_v2) training images/s over NCHW on a 2-core CPU (issue 15's probe, to be confirmed
+# by the benchmark); on CUDA it is the usual layout for convnets (tensor cores).
+AUTO_CHANNELS_LAST = {"cpu": True, "cuda": True}
+
+# torch.compile under auto: on when the run's optimizer steps (per process) reach the
+# break-even. From issue 15's probe until the benchmark replaces it: ~70 s of compiling, then
+# 1.12x over channels_last for the resnet20 -> resnet8 pair at batch 128 (380 img/s eager):
+# 70 / (128/380 - 128/425.6) = 1,940 steps. That pair has the cheapest steps of those measured,
+# so it needs the most of them: heavier nets repay sooner. CUDA: None (never under auto)
+# until benchmarks/gpu_check.py's compiled vs eager figures give a break-even there.
+AUTO_COMPILE_MIN_STEPS: dict[str, int | None] = {
+    "cpu": compile_break_even_steps(compile_seconds=70.0, eager_img_s=380.0, compiled_img_s=380.0 * 1.12,
+                                    batch_size=128),
+    "cuda": None,
+}
+
+# bf16 autocast on a CPU with bf16 instructions (AVX512-BF16 here): 0.77-1.00x of fp32 in
+# issue 15's probe, i.e. not faster, so auto trains in fp32 on every CPU. Set True only if
+# the benchmark measures bf16 faster (auto then uses it where cpu_has_bf16()).
+AUTO_CPU_BF16 = False
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run on device here (None if it can): its Python support,
+    and the code generator inductor needs (a C++ compiler on the CPU, Triton on CUDA)."""
+    try:
+        from torch._dynamo import is_dynamo_supported
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.compile"
+    if not is_dynamo_supported():
+        return f"torch {torch.__version__} does not support torch.compile on Python {platform.python_version()}"
+    try:
+        if device.type == "cuda":
+            from torch.utils._triton import has_triton
+            return None if has_triton() else "torch.compile on CUDA needs Triton, which is not installed"
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        get_cpp_compiler()
+    except ImportError:
+        return None  # the check moved in this torch; the compile itself will say what is missing
+    except Exception:  # noqa: BLE001 - inductor's InvalidCxxCompiler and kin
+        return "torch.compile on the CPU needs a C++ compiler (g++, or $CXX), and none was found"
+    return None
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """What train.channels_last, train.compile and train.amp resolved to for a run, and why
+    (summary.json's speed_settings, and the run's first printed line)."""
+
+    channels_last: bool
+    compile: bool
+    amp_dtype: torch.dtype | None
+    reasons: dict[str, str]  # channels_last / compile / amp -> why
+
+    @property
+    def amp(self) -> str:
+        return {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for key, value in (("channels_last", self.channels_last), ("compile", self.compile), ("amp", self.amp)):
+            out[key], out[f"{key}_reason"] = value, self.reasons[key]
+        return out
+
+    def line(self) -> str:
+        on = {True: "on", False: "off"}
+        return (f"speed settings: channels_last {on[self.channels_last]} ({self.reasons['channels_last']}), "
+                f"compile {on[self.compile]} ({self.reasons['compile']}), amp {self.amp} ({self.reasons['amp']})")
+
+
+def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: int) -> SpeedSettings:
+    """Resolve train.channels_last, train.compile and train.amp for a run of total_steps optimizer
+    steps (per process) on device. An explicit true / false / dtype is kept (a forced setting that
+    cannot run is a RecipeError); auto follows the AUTO_* constants above."""
+    t = recipe.train
+    kind = device.type
+    reasons: dict[str, str] = {}
+
+    if t.channels_last == "auto":
+        channels_last = AUTO_CHANNELS_LAST.get(kind, False)
+        reasons["channels_last"] = f"auto: {'faster' if channels_last else 'not faster'} on {kind}"
+    else:
+        channels_last = t.channels_last
+        reasons["channels_last"] = "set in the recipe"
+
+    if t.compile is True:
+        why_not = compile_unavailable(device)
+        if why_not:
+            raise RecipeError(f"train.compile: true, but {why_not}; use train.compile: auto or false")
+        compile_on, reasons["compile"] = True, "set in the recipe"
+    elif t.compile is False:
+        compile_on, reasons["compile"] = False, "set in the recipe"
+    else:
+        min_steps = AUTO_COMPILE_MIN_STEPS.get(kind)
+        if min_steps is None:
+            compile_on, reasons["compile"] = False, f"auto: no measured break-even on {kind}"
+        elif total_steps < min_steps:
+            compile_on, reasons["compile"] = False, f"auto: run of {total_steps:,} steps < {min_steps:,} break-even"
+        else:
+            why_not = compile_unavailable(device)
+            compile_on = why_not is None
+            reasons["compile"] = (f"auto: run of {total_steps:,} steps >= {min_steps:,} break-even"
+                                  if compile_on else f"auto: {why_not}")
+
+    amp_dtype = resolve_amp(t.amp, device)
+    if t.amp != "auto":
+        reasons["amp"] = "set in the recipe"
+    elif kind == "cuda":
+        reasons["amp"] = "auto: bf16 on cuda"
+    elif not cpu_has_bf16():
+        reasons["amp"] = "auto: this CPU has no bf16 instructions"
+    else:
+        reasons["amp"] = "auto: bf16 measured faster on this CPU" if amp_dtype else "auto: bf16 not faster on CPUs"
+    return SpeedSettings(channels_last, compile_on, amp_dtype, reasons)
 
 
 def apply_determinism(deterministic: bool, device: torch.device) -> None:
@@ -135,8 +284,8 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         user.require_module(role, getattr(recipe, role).arch, modules.get(role))
     d = recipe.data
     device = distributed.local_device(dist, resolve_device(recipe.train.device))
-    amp_dtype = resolve_amp(recipe.train.amp, device)
-    distributed.per_rank_batch(d.batch_size, dist)
+    resolve_amp(recipe.train.amp, device)  # a forced precision this device lacks fails before the data loads
+    per_rank = distributed.per_rank_batch(d.batch_size, dist)
     if dist.enabled and recipe.train.sync_bn and device.type != "cuda":
         # torch's SyncBatchNorm runs on GPUs only; DDP would fail on every rank with a traceback.
         raise RecipeError(f"train.sync_bn: true needs CUDA devices (SyncBatchNorm runs on GPUs only), "
@@ -149,6 +298,8 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     )
     if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):
         raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
+    total_steps = recipe.train.epochs * batches_per_epoch(len(data.train.labels), per_rank, dist.world_size)
+    speed = resolve_speed_settings(recipe, device, total_steps)
     apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)
 
@@ -174,7 +325,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         raise RecipeError(f"teacher.init: backbone left the teacher's classifier untrained ({t_init.classifier}: the "
                           f"file has another class count), but distill.method {recipe.distill.method} keeps the "
                           f"teacher frozen; give a teacher trained on these classes or a method that trains it")
-    if recipe.train.channels_last:
+    if speed.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
     teacher.to(device)
@@ -186,12 +337,12 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     sync_bn = recipe.train.sync_bn
     t_run = distributed.wrap(teacher, dist, device, sync_bn) if method_cls.trains_teacher else teacher
     s_run = distributed.wrap(student, dist, device, sync_bn)
-    if recipe.train.compile:
+    if speed.compile:
         t_run, s_run = torch.compile(t_run), torch.compile(s_run)
     method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
     if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
         seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
-    return Setup(recipe, data, teacher, student, method, device, amp_dtype, dist, init_reports)
+    return Setup(recipe, data, teacher, student, method, device, speed, dist, init_reports)
 
 
 def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -182,7 +182,7 @@ class Trainer:
         """Forward, loss, backward and update on one batch (step: 1-based within the epoch).
         Returns the method's output, or None for a non-finite step that was skipped
         (nothing updated); raises NonFiniteLoss past train.max_bad_steps."""
-        if self.recipe.train.channels_last:
+        if self.setup.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.setup.device, self.setup.amp_dtype):
             out = self.setup.method.forward_train(x, y)
@@ -254,7 +254,7 @@ class Trainer:
     def evaluate(self) -> Evals:
         out = {}
         for role, net in (("teacher", self.setup.teacher), ("student", self.setup.student)):
-            logits, labels = predict(net, self.eval_loader, self.setup.amp_dtype, self.recipe.train.channels_last)
+            logits, labels = predict(net, self.eval_loader, self.setup.amp_dtype, self.setup.channels_last)
             out[role] = (logits, labels, calibration.calibration_metrics(logits, labels))
             if role == "teacher":
                 faults.hit("eval")
