@@ -45,6 +45,7 @@ import onnxruntime as ort
 from edgekd.deploy import export_bundle
 from edgekd.deploy.bundle import calibration_images, search_data
 from edgekd.deploy.int8 import CPU_INT8, WEIGHTED_OPS, Int8Settings, quantize_int8
+from edgekd.deploy.int8_search import search_thresholds
 from edgekd.deploy.source import load_run_student, split_images
 from edgekd.errors import Int8SearchError
 from edgekd.recipe import saved_sections
@@ -123,7 +124,7 @@ def main() -> None:
 
     student = load_run_student(args.run)
     sections = saved_sections(student.recipe, str(args.run / "student.pt"))
-    thresholds = {k: v for k, v in sections.gate.model_dump().items() if v is not None}
+    thresholds = search_thresholds(sections.gate.thresholds())  # what the search judges with
     with tempfile.TemporaryDirectory(prefix="int8-search-demo-") as tmp:
         tmp = Path(tmp)
         bundle = tmp / "bundle"

@@ -10,8 +10,9 @@ edgekd.export, edgekd.validate, edgekd.Run, edgekd.Bundle and edgekd.Report.
 Nothing here prints unless asked (`progress=`, `log=`). Every error edgekd raises on
 purpose is an edgekd.errors.EdgeKDError subclass carrying the one-line message the
 command prints (RecipeError, DataError, ModelError, CheckpointError, ExportError,
-BundleError, MissingDependencyError, ParityError, GateError, ...); nothing raises
-SystemExit. Importing this module imports neither torch nor matplotlib: validate runs
+BundleError, MissingDependencyError, ...; a FailedCheck, exit code 1, for a result that
+fails on good input: ParityError, Int8SearchError, PeerLostError, GateError); nothing
+raises SystemExit. Importing this module imports neither torch nor matplotlib: validate runs
 on a device with only numpy and ONNX Runtime; distill and export import torch when
 called.
 """
@@ -243,8 +244,8 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
 
     Returns the Bundle (checked like validate reads it). Raises EdgeKDError (no such run),
     CheckpointError, ExportError (bad format or setting), ParityError (a file disagrees
-    with PyTorch; exit code 1), Int8SearchError (a ParityError: no INT8 file passed the
-    search, raised after the bundle is written without it), MissingDependencyError (no
+    with PyTorch; exit code 1), Int8SearchError (no INT8 file passed the search; exit code
+    1, raised after the bundle is written without it), MissingDependencyError (no
     PyTorch/ONNX; or trt=True without TensorRT, raised after the ONNX bundle is
     written). Any other failure leaves no bundle.
     """

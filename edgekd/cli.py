@@ -16,7 +16,8 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, first_line
+from edgekd.errors import EdgeKDError, ModelError, first_line
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 
 
@@ -239,7 +240,8 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
 @click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
               help="Training-split images used to calibrate int8 and int8_cpu (never val images).")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
-              show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration).")
+              show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration; "
+                   "--int8-search tries every method, starting with this one).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Largest batch of the TensorRT optimization profile (min 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
@@ -248,9 +250,10 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
                    "and calibration), judged on the tune split (else training images held apart from calibration; "
                    "never val): calibration methods x per-channel weights, then the most harmful nodes back to "
                    "float. Default: the recipe's export.int8_search (false).")
-@click.option("--search-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
-              help="Time for the whole --int8-search (no candidate starts after it). Default: the recipe's "
-                   "export.search_budget (600).")
+@click.option("--search-budget", type=click.FloatRange(min=0, min_open=True, max=MAX_SEARCH_BUDGET_S), default=None,
+              metavar="SECONDS", help=f"Time for the whole --int8-search (no candidate starts after it), > 0 and at "
+                                      f"most {MAX_SEARCH_BUDGET_S:g} (a day). Default: the recipe's "
+                                      f"export.search_budget ({DEFAULT_SEARCH_BUDGET_S:g}).")
 def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite, int8_search,
            search_budget) -> int:
     """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines).
@@ -325,12 +328,13 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
     source: built in, or the installed package that registers it through the
     `edgekd.models` entry point group (see README, "Bring your own model").
     A plugin that cannot be imported, or has a bad factory, is one line naming its
-    package, exit 2.
+    package, exit 2. A name two packages (or a package and edgekd) claim is
+    ambiguous: the others are listed, then one line names it, exit 2.
     """
     from edgekd.api import need_torch
 
     need_torch("models")
-    from edgekd.models import model_catalog
+    from edgekd.models import ambiguous_models, model_catalog
 
     rows = model_catalog(num_classes, in_channels, image_size)
     table = [("model", "parameters", "options", "source")] + [
@@ -342,6 +346,9 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
                f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
     for name, params, options, source in table:
         click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
+    ambiguous = ambiguous_models()
+    if ambiguous:  # every other model works; a recipe naming this one gets the same line
+        raise ModelError("; ".join(ambiguous.values()))
     return 0
 
 
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"edgekd: error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
-    except EdgeKDError as e:
+    except EdgeKDError as e:  # FailedCheck too: its exit_code is 1
         if debug:
             raise
         msg = first_line(e)

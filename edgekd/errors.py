@@ -2,10 +2,11 @@
 
 Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle, flag or
 API argument) raises an EdgeKDError subclass with a one-line message that names
-what is wrong and what is allowed; exit_code 2. A result that fails (an export that
-disagrees with PyTorch, a lost training process, a failed gate) has exit_code 1.
-The CLI prints the message as one line on stderr and exits with exit_code, never
-a traceback (unless --debug); the Python API (edgekd.api) raises it as it is.
+what is wrong and what is allowed; exit_code 2. A check of the result that fails on
+good input (parity, the INT8 search, a lost training peer, a validation gate) is a
+FailedCheck, an EdgeKDError with exit_code 1. The CLI prints the message as one line
+on stderr and exits with exit_code, never a traceback (unless --debug); the Python
+API (edgekd.api) raises it as it is.
 """
 
 from __future__ import annotations
@@ -53,27 +54,30 @@ class MissingDependencyError(EdgeKDError):
     """An optional package (torch, onnxruntime, tensorrt) or a GPU is missing."""
 
 
-class ParityError(EdgeKDError):
-    """Export produced a model that disagrees with PyTorch. Exit code 1: not the user's input."""
+class FailedCheck(EdgeKDError):
+    """The input was fine, but a check of the result failed. Exit code 1.
+
+    An EdgeKDError too (the CLI prints every one as one line and exits with its
+    exit_code); a caller that must tell a failed result from bad input catches this."""
 
     exit_code = 1
 
 
-class PeerLostError(EdgeKDError):
-    """Under torchrun, another training process died (killed, pre-empted, crashed).
-    Exit code 1: not the user's input; the run resumes from its last checkpoint."""
-
-    exit_code = 1
+class ParityError(FailedCheck):
+    """Export produced a model that disagrees with PyTorch: not the user's input."""
 
 
-class GateError(EdgeKDError):
-    """A validated bundle failed its gate (Report.raise_for_gate). Exit code 1. The command
-    `edgekd validate` prints the verdict and exits 1 instead of raising it."""
-
-    exit_code = 1
+class PeerLostError(FailedCheck):
+    """Under torchrun, another training process died (killed, pre-empted, crashed):
+    not the user's input; the run resumes from its last checkpoint."""
 
 
-class Int8SearchError(ParityError):
-    """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate. Exit code 1,
-    like a parity failure: the input was fine, the model does not survive INT8 within the gate.
-    The bundle is written without that file (every candidate's figures in its manifest)."""
+class Int8SearchError(FailedCheck):
+    """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate: the input
+    was fine, the model does not survive INT8 within the gate. The bundle is written without
+    that file (every candidate's figures in its manifest)."""
+
+
+class GateError(FailedCheck):
+    """A validated bundle failed its gate (Report.raise_for_gate). The command `edgekd validate`
+    prints the verdict and exits 1 instead of raising it."""

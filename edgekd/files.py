@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -86,7 +87,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON: a NaN or infinity is refused (Python's json would write NaN/Infinity, which
+    other readers reject); a writer records None for a figure that is not finite (finite_or_none)."""
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+    except ValueError as e:  # a bug in the writer, not the user's input: keep the traceback
+        raise ValueError(f"{path}: {e} (record None for a NaN or infinite figure)") from e
+    atomic_write_text(path, text + "\n")
+
+
+def finite_or_none(x: float | None) -> float | None:
+    """A figure for a JSON file: None where it is missing, NaN or infinite (strict JSON has neither)."""
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def write_yaml(path: str | Path, obj: Any) -> None:

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
+from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
 from edgekd.errors import RecipeError
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 
 def _auto_or_bool(value: Any) -> Any:
@@ -46,18 +49,15 @@ class AugmentConfig(_Strict):
     # the area at aspect ratio crop_ratio, resized back to the image size), for photos.
     crop: Literal["pad", "resized"] = "pad"
     crop_padding: int = Field(4, ge=0, le=16)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
     hflip: bool = True
 
     @model_validator(mode="after")
     def _crop_settings(self) -> "AugmentConfig":
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop_scale must be [min, max] with 0 < min <= max <= 1, got {list(self.crop_scale)}")
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi < float("inf"):
-            raise ValueError(f"crop_ratio must be [min, max] with 0 < min <= max, got {list(self.crop_ratio)}")
+        problem = crop_range_problem(self.crop_scale, self.crop_ratio)
+        if problem:
+            raise ValueError(problem)
         # A value the chosen crop never reads would be a dead setting: refuse it. Compared
         # with the defaults (not "was it written") so saved recipes, which spell out every
         # key, load again.
@@ -226,6 +226,10 @@ class ValidateConfig(_Strict):
     min_agreement: Optional[float] = Field(None, ge=0, le=1)
     max_ece_drift: Optional[float] = Field(None, ge=0, le=1)
 
+    def thresholds(self) -> dict[str, float]:
+        """The thresholds that are set, name -> value: what a gate checks (None: not checked)."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
 
 class ExportConfig(_Strict):
     """How `edgekd export` treats this recipe's runs; its flags override these."""
@@ -233,7 +237,8 @@ class ExportConfig(_Strict):
     # Search, per INT8 file, for the fastest one that passes the validate: gate (accuracy and
     # calibration, judged on the tune split): edgekd/deploy/int8_search.py.
     int8_search: bool = False
-    search_budget: float = Field(600.0, gt=0, le=86400, description="seconds for the whole INT8 search")
+    search_budget: float = Field(DEFAULT_SEARCH_BUDGET_S, gt=0, le=MAX_SEARCH_BUDGET_S,
+                                 description="seconds for the whole INT8 search")
 
 
 class Recipe(_Strict):
@@ -383,19 +388,17 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         raise RecipeError(f"{source}: {_format_error(e)}") from e
 
 
-class _SavedSections(_Strict):
-    """The sections `edgekd export` reads back from the recipe a run saved in its student.pt,
-    under the same names and schema as in Recipe (so errors name the same keys)."""
-
-    gate: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
-    export: ExportConfig = ExportConfig()
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+# The sections `edgekd export` reads back from the recipe a run saved in its student.pt: Recipe's
+# own field definitions (names, the `validate` alias, defaults, schema), so errors name the same keys.
+_SavedSections = create_model(
+    "_SavedSections", __config__=ConfigDict(extra="forbid", populate_by_name=True),
+    **{name: (Recipe.model_fields[name].annotation, Recipe.model_fields[name]) for name in ("gate", "export")})
 
 
-def saved_sections(recipe: dict[str, Any], source: str) -> _SavedSections:
+def saved_sections(recipe: dict[str, Any], source: str) -> Any:
     """A run's saved validate: and export: sections, checked as at training time (a student.pt
-    from an older edgekd lacks newer sections: their defaults apply)."""
+    from an older edgekd lacks newer sections: their defaults apply): `.gate` (a ValidateConfig)
+    and `.export` (an ExportConfig). The one reading of them: export's manifest and search use it."""
     raw = {k: recipe[k] for k in ("validate", "export") if recipe.get(k) is not None}
     try:
         return _SavedSections.model_validate(raw)

@@ -199,8 +199,9 @@ def test_every_error_shares_the_base_and_says_its_exit_code():
 
     kinds = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, Exception)]
     assert all(issubclass(c, EdgeKDError) for c in kinds), kinds
-    assert {c.__name__ for c in kinds if c.exit_code == 1} == {"ParityError", "PeerLostError", "GateError",
-                                                                "Int8SearchError"}
+    failed = {c.__name__ for c in kinds if c.exit_code == 1}
+    assert failed == {"FailedCheck", "ParityError", "PeerLostError", "Int8SearchError", "GateError"}
+    assert all(issubclass(getattr(errors, name), errors.FailedCheck) for name in failed)
 
 
 # ------------------------------------------------------------------ user models, end to end

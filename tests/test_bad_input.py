@@ -179,6 +179,9 @@ CASES = {
     "recipe: a directory": _c(lambda w, m: ["distill", "."], "."),
     "recipe: INT8 search budget 0": _c(lambda w, m: ["distill", recipe(w, QUICKSTART + "export:\n  search_budget: 0\n")],
                                        "export.search_budget"),
+    "recipe: INT8 search budget over a day": _c(
+        lambda w, m: ["distill", recipe(w, QUICKSTART + "export:\n  search_budget: 86401\n")],
+        "export.search_budget", "86400"),
     "recipe: --set without =": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs"], "KEY=VALUE"),
     "recipe: --set unknown key": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epoch=3"], "train.epoch"),
     # data
@@ -192,12 +195,12 @@ CASES = {
     "data: --int8-search with no tune split and no training image left after calibration": _c(
         lambda w, m: search_into_bundle(w, m, "--calib-samples", "1400"), "no data to search on"),
     # checkpoints
-    "checkpoint: --int8-search, the run's recipe has no gate": _c(
+    "recipe: --int8-search, the gate the run saved is missing": _c(
         lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {})), "needs the recipe's gate"),
-    "checkpoint: --int8-search, the run's recipe has an impossible gate (negative tolerance)": _c(
+    "recipe: --int8-search, the gate the run saved is impossible (negative tolerance)": _c(
         lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {"max_acc_drop": -0.01, "max_ece": 0.05})),
         "validate.max_acc_drop", "greater than or equal to 0"),
-    "checkpoint: --int8-search, the run's recipe asks for agreement above 100%": _c(
+    "recipe: --int8-search, the gate the run saved asks for agreement above 100%": _c(
         lambda w, m: search_into_bundle(w, m, run=run_with_gate(w, m, {"min_agreement": 1.5, "max_ece": 0.05})),
         "validate.min_agreement"),
     "checkpoint: truncated teacher": _c(
@@ -285,6 +288,8 @@ CASES = {
     "flag: unknown export format": _c(lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--formats", "fp64"], "fp64"),
     "flag: --search-budget 0": _c(lambda w, m: search_into_bundle(w, m, "--search-budget", "0"), "--search-budget"),
     "flag: --search-budget -5": _c(lambda w, m: search_into_bundle(w, m, "--search-budget=-5"), "--search-budget"),
+    "flag: --search-budget over a day": _c(lambda w, m: search_into_bundle(w, m, "--search-budget", "90000"),
+                                           "--search-budget", "86400"),
     "flag: --search-budget without --int8-search": _c(
         lambda w, m: ["export", str(run_copy(w, m)), "--out", "b", "--search-budget", "60"], "--int8-search"),
     "flag: --int8-search without an INT8 format": _c(
@@ -312,6 +317,19 @@ def _snapshot(w: Path) -> dict[str, str]:
 
 def test_there_are_at_least_30_cases():
     assert len(CASES) >= 30
+
+
+def test_docs_reliability_counts_these_cases():
+    """docs/reliability.md's count and table of bad-input cases are the CASES here, category by category."""
+    text = (REPO / "docs/reliability.md").read_text()
+    total = re.search(r"`tests/test_bad_input.py`: (\d+) cases", text)
+    assert total and int(total.group(1)) == len(CASES)
+    table = {m.group(1).split()[0].lower().rstrip("s"): int(m.group(2))
+             for m in re.finditer(r"^\| ([^|]+?): [^|]*\| (\d+) \|$", text, re.M)}
+    counted: dict[str, int] = {}
+    for name in CASES:
+        counted[name.split(":")[0]] = counted.get(name.split(":")[0], 0) + 1
+    assert table == counted
 
 
 @pytest.mark.parametrize("name", list(CASES))

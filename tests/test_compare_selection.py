@@ -48,3 +48,20 @@ def test_bad_window_and_bad_file_are_one_line_exit_2(tmp_path, capsys):
     path.write_text(json.dumps(_summary({"dml:a": (0.6, 0.05, 1.0)})))
     assert main([str(path), "--within", "-0.5"]) == 2
     assert "fraction" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, problem", [
+    ([], "expected an object with a 'summary' object, got list"),
+    ({"runs": []}, "expected an object with a 'summary' object, got an object without 'summary'"),
+    ({"summary": {"a": 3}}, "summary['a'].student.accuracy.mean is not a finite number"),
+    ({"summary": {"dml:a": {"student": {"accuracy": {"mean": 0.6}, "ece": {"mean": "low"}, "nll": {"mean": 1}}}}},
+     "summary['dml:a'].student.ece.mean is not a finite number"),
+    ({"summary": {}}, "its summary has no trained variant"),
+])
+def test_valid_json_of_the_wrong_shape_is_one_line_exit_2(tmp_path, capsys, content, problem):
+    path = tmp_path / "comparison.json"
+    path.write_text(json.dumps(content))
+    assert main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"edgekd: {path} is not a readable comparison.json ({problem})\n"

@@ -21,11 +21,12 @@ from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy import export_bundle
 from edgekd.deploy.bundle import parse_formats
-from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, pick_calibration, quantization_entry,
-                                quantize_int8)
+from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Settings, activation_ranges, pick_calibration,
+                                quantization_entry, quantize_int8)
 from edgekd.deploy.parity import require_fp32_parity
 from edgekd.deploy.tensorrt import builder_flags, find_target, profile_shapes
-from edgekd.errors import ExportError, MissingDependencyError, ParityError
+from edgekd.errors import (ExportError, FailedCheck, Int8SearchError, MissingDependencyError, ParityError,
+                           PeerLostError)
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 from edgekd.runtime import TRT_MISSING
@@ -461,6 +462,28 @@ def test_calibration_images_are_a_seeded_sample_not_the_first_n():
     assert np.array_equal(picked, pick_calibration(1000, s))  # same images every export
     assert not np.array_equal(picked, np.arange(100))  # the train split is stored class by class
     assert len(pick_calibration(30, s)) == 30  # fewer training images than asked: all of them
+
+
+def test_ranges_record_none_for_a_range_that_is_not_finite():
+    """int8_calibration.json is strict JSON: an activation that overflowed on a calibration image is None."""
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.calibrate import TensorData
+
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [helper.make_tensor_value_info("q", TensorProto.INT8, [1])],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]), helper.make_tensor("z", TensorProto.INT8, [], [0])])
+    calibrated = {"x": TensorData(lowest=np.float32(-np.inf), highest=np.float32(3.0))}
+    assert activation_ranges(helper.make_model(graph), calibrated) == \
+        {"x": {"min": None, "max": 3.0, "scale": 0.5, "zero_point": 0}}
+
+
+def test_failed_checks_share_one_base_with_exit_1_bad_input_exits_2():
+    """The CLI exits with an EdgeKDError's exit_code: 1 for every FailedCheck, 2 for bad input."""
+    for failed in (ParityError, PeerLostError, Int8SearchError):
+        assert issubclass(failed, FailedCheck) and failed("x").exit_code == 1
+    assert not issubclass(Int8SearchError, ParityError)  # an unpassed search is not a parity failure
+    assert ExportError("x").exit_code == 2 and not issubclass(ExportError, FailedCheck)
 
 
 def test_fp32_parity_rule():

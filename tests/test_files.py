@@ -25,6 +25,21 @@ def _umask():
     return m
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_json_is_strict_a_nan_or_infinity_is_refused_and_nothing_written(tmp_path, bad):
+    p = tmp_path / "manifest.json"
+    files.write_json(p, {"kl": 0.5})
+    with pytest.raises(ValueError, match=r"manifest.json: Out of range float values are not JSON compliant"):
+        files.write_json(p, {"kl": None, "sensitivity": [{"kl_gain": bad}]})
+    assert json.loads(p.read_text()) == {"kl": 0.5}
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_finite_or_none_is_how_a_writer_records_a_figure_strict_json_cannot_hold():
+    assert [files.finite_or_none(x) for x in (0.25, 3, None, float("nan"), float("inf"), -float("inf"))] == \
+        [0.25, 3.0, None, None, None, None]
+
+
 def test_disk_full_keeps_previous_file(tmp_path, monkeypatch):
     p = tmp_path / "summary.json"
     files.write_json(p, {"good": True})

@@ -30,16 +30,20 @@ from edgekd.data.preprocess import normalize
 from edgekd.data.split import make_split, split_fingerprint
 from edgekd.deploy import int8_search as search
 from edgekd.deploy.bundle import search_data
-from edgekd.deploy.int8 import Int8Settings, pick_calibration
+from edgekd.deploy.int8 import CPU_INT8, Int8Settings, pick_calibration
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import load_run_student
 from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
+from edgekd.files import write_json
+from edgekd.recipe import ExportConfig, ValidateConfig
+from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = {"max_ece": None, "max_acc_drop": 0.03, "min_agreement": 0.9, "max_ece_drift": 0.03}
 # Met by no INT8 file that quantizes anything (ECE moves with any change of the logits), yet a valid gate.
 UNREACHABLE = {"max_ece": None, "max_acc_drop": 0.0, "min_agreement": 1.0, "max_ece_drift": 0.0}
+UNREACHABLE_THRESHOLDS = {k: v for k, v in UNREACHABLE.items() if v is not None}
 
 
 def edgekd(*args, timeout=900):
@@ -69,23 +73,38 @@ def test_train_slice_is_held_apart_from_calibration():
     assert len(capped) == 100 and set(capped) <= set(rest) and np.all(np.diff(capped) > 0)
 
 
-def test_too_few_images_is_no_data_to_search_on():
-    with pytest.raises(DataError, match="no data to search on: .* gives 99 images"):
-        search.SearchData("tune", np.zeros((99, 1, 8, 8), np.float32), np.zeros(99, np.int64), "the tune split")
+def test_too_few_images_is_no_data_to_search_on_with_the_fix_for_that_split():
+    images, labels = np.zeros((99, 1, 8, 8), np.float32), np.zeros(99, np.int64)
+    with pytest.raises(DataError, match="no data to search on: the tune split gives 99 images") as e:
+        search.SearchData("tune", images, labels, "the tune split")
+    # --calib-samples does not change the tune split: only a larger one, when training, helps.
+    assert "train with a larger tune split (data.tune_fraction or data.tune_size)" in str(e.value)
+    assert "--calib-samples" not in str(e.value)
+    with pytest.raises(DataError, match="gives 99 images") as e:
+        search.SearchData("train", images, labels, "training images held apart from the 1400 calibration images")
+    assert "lower --calib-samples, or train with a tune split" in str(e.value)
 
 
 def test_the_gate_must_bound_accuracy_and_calibration():
-    assert search.search_thresholds({"max_acc_drop": 0.01, "max_ece": 0.05, "min_agreement": None}) == \
-        {"max_acc_drop": 0.01, "max_ece": 0.05}
+    gate = ValidateConfig(max_acc_drop=0.01, max_ece=0.05, min_agreement=None)
+    assert search.search_thresholds(gate.thresholds()) == {"max_acc_drop": 0.01, "max_ece": 0.05}
     for incomplete in ({}, {"max_acc_drop": 0.01, "min_agreement": 0.9}, {"max_ece_drift": 0.01}):
         with pytest.raises(ExportError, match="needs the recipe's gate to bound accuracy"):
-            search.search_thresholds(incomplete)
+            search.search_thresholds(ValidateConfig(**incomplete).thresholds())
 
 
-@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "60"])
-def test_budget_must_be_positive_seconds(budget):
-    with pytest.raises(ExportError, match="--search-budget must be a number of seconds > 0"):
+@pytest.mark.parametrize("budget", [0, -1, float("nan"), float("inf"), True, "60", MAX_SEARCH_BUDGET_S + 1])
+def test_budget_must_be_positive_seconds_up_to_a_day(budget):
+    with pytest.raises(ExportError, match="--search-budget must be a number of seconds > 0 and <= 86400"):
         search.check_budget(budget)
+
+
+def test_the_recipe_and_the_search_share_the_budget_limits():
+    assert search.check_budget(MAX_SEARCH_BUDGET_S) == MAX_SEARCH_BUDGET_S == 86400
+    assert ExportConfig(search_budget=MAX_SEARCH_BUDGET_S).search_budget == MAX_SEARCH_BUDGET_S
+    assert ExportConfig().search_budget == DEFAULT_SEARCH_BUDGET_S
+    with pytest.raises(ValueError, match="less than or equal to 86400"):
+        ExportConfig(search_budget=MAX_SEARCH_BUDGET_S + 1)
 
 
 def test_judge_applies_the_validate_gate_to_edgekd_drift_figures():
@@ -107,6 +126,31 @@ def test_judge_applies_the_validate_gate_to_edgekd_drift_figures():
     assert not search.judge(np.full_like(noisy, np.nan), ref, {"max_acc_drop": 0.5}).passed
 
 
+def test_sensitivity_of_a_candidate_with_nan_logits_is_none_and_the_record_is_strict_json(tmp_path):
+    """A node whose candidate gives NaN logits has no KL: the manifest records None, never -Infinity."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 200)
+    ref_logits = rng.normal(size=(200, 5)) + 4 * np.eye(5)[labels]
+    ref = search.Reference.of(ref_logits, labels)
+    thresholds = {"max_acc_drop": 0.0, "min_agreement": 1.0, "max_ece_drift": 0.0}
+    s = Int8Settings()
+    base = search.Candidate(0, "settings", s, [], 0.0,
+                            judgement=search.judge(ref_logits + rng.normal(size=ref_logits.shape), ref, thresholds))
+    nan = search.Candidate(1, "sensitivity", s, ["n1"], 1.0,
+                           judgement=search.judge(np.full_like(ref_logits, np.nan), ref, thresholds))
+    better = search.Candidate(2, "sensitivity", s, ["n2"], 2.0,
+                              judgement=search.judge(ref_logits + 0.1 * rng.normal(size=ref_logits.shape), ref,
+                                                     thresholds))
+    assert base.kl > 0 and nan.kl == float("inf")
+    assert search.sensitivity_entry("n1", base, nan) == {"node": "n1", "kl": None, "kl_gain": None, "candidate": 1}
+    entry = search.sensitivity_entry("n2", base, better)
+    assert entry["kl"] == better.kl and entry["kl_gain"] == pytest.approx(base.kl - better.kl) and entry["kl_gain"] > 0
+    flavour = search.FlavourSearch(CPU_INT8, [base, nan, better], [search.sensitivity_entry("n1", base, nan), entry])
+    write_json(tmp_path / "m.json", flavour.record())  # strict: raises on a NaN or infinity
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["candidates"][1]["metrics"] is None and record["sensitivity"][0]["kl_gain"] is None
+
+
 def test_fallback_pool_lists_weighted_nodes_first_in_graph_order():
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="c0"), helper.make_node("Relu", ["a"], ["b"], name="r"),
              helper.make_node("Add", ["b", "b"], ["c"], name="add"), helper.make_node("Conv", ["c", "w1"], ["d"], name="c1"),
@@ -114,6 +158,100 @@ def test_fallback_pool_lists_weighted_nodes_first_in_graph_order():
     graph = helper.make_graph(nodes, "g", [], [])
     assert search.fallback_pool(helper.make_model(graph), exclude=[]) == ["c0", "c1", "fc", "add"]
     assert search.fallback_pool(helper.make_model(graph), exclude=["c1"]) == ["c0", "fc", "add"]
+    # keep_first_last_fp32: the stem conv and the classifier are in float already, never candidates.
+    assert search.fallback_pool(helper.make_model(graph), exclude=[], keep_first_last_fp32=True) == ["c1", "add"]
+
+
+# ---------------------------------------------------------------- the budget, on a tiny ONNX model and a test's clock
+
+
+def tiny_fp32(path: Path) -> Path:
+    """A real FP32 ONNX classifier, [N, 1, 8, 8] -> [N, 3]: conv, relu, conv, relu, pool, gemm."""
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["input", "w0", "b0"], ["a"], name="conv0", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"], name="relu0"),
+             helper.make_node("Conv", ["b", "w1", "b1"], ["c"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["d"], name="relu1"),
+             helper.make_node("GlobalAveragePool", ["d"], ["e"], name="pool"),
+             helper.make_node("Flatten", ["e"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w2", "b2"], ["logits"], name="fc", transB=1)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["batch", 3])],
+        [init("w0", 4, 1, 3, 3), init("b0", 4), init("w1", 4, 4, 3, 3), init("b1", 4), init("w2", 3, 4), init("b2", 3)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+class TestClock:
+    """The search's timer in these tests: time moves only when the test says (a candidate takes `step`
+    seconds; `jump` adds a delay), so what the budget allows does not depend on the machine."""
+
+    __test__ = False
+
+    def __init__(self, step: float = 1.0):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def candidate_done(self, c, elapsed) -> None:
+        self.now += self.step
+
+
+def budget_search(tmp_path: Path, budget: float, thresholds: dict, clock: TestClock, log=lambda line: None):
+    fp32 = tiny_fp32(tmp_path / "model_fp32.onnx")
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(160, 1, 8, 8)).astype(np.float32)
+    labels = onnxruntime_logits(fp32, images).argmax(1)
+    data = search.SearchData("tune", images, labels, "the tune split")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    plan = search.SearchPlan(budget, thresholds, data)
+    return search.run_search(plan, fp32, images[:64], Int8Settings(samples=64), {"model_int8_cpu.onnx": CPU_INT8},
+                             workdir, log=log, on_candidate=clock.candidate_done, timer=clock)
+
+
+def test_no_candidate_starts_after_the_budget_and_failures_are_not_timed(tmp_path):
+    clock = TestClock(step=1.0)
+    outcome = budget_search(tmp_path, 2.5, UNREACHABLE_THRESHOLDS, clock)
+    found = outcome.flavours["model_int8_cpu.onnx"]
+    assert [c.started_s for c in found.candidates] == [0.0, 1.0, 2.0]  # the 4th would start at 3.0 > 2.5
+    assert found.stopped == "budget" and found.chosen is None and not outcome.passed
+    assert all(c.judgement is not None and not c.passed for c in found.candidates)
+    assert all(c.images_per_s is None for c in found.candidates)  # failing candidates are not timed
+    assert "within the budget (3 tried)" in found.failure()
+
+
+def test_a_budget_spent_before_any_candidate_is_a_clear_failure(tmp_path):
+    clock = TestClock()
+
+    def log(line: str) -> None:  # preparing and timing the FP32 file took 5 s of a 2 s budget
+        if line.startswith("INT8 search:"):
+            clock.now += 5.0
+
+    outcome = budget_search(tmp_path, 2.0, UNREACHABLE_THRESHOLDS, clock, log=log)
+    found = outcome.flavours["model_int8_cpu.onnx"]
+    assert found.candidates == [] and found.stopped == "budget" and found.chosen is None and found.best is None
+    assert outcome.failure() == ("the budget ran out before any INT8 (CPU) candidate was tried (preparing and timing "
+                                 "the FP32 file count too); raise --search-budget")
+    write_json(tmp_path / "m.json", outcome.record())
+    assert json.loads((tmp_path / "m.json").read_text())["files"]["model_int8_cpu.onnx"]["candidates"] == []
+
+
+def test_a_chosen_candidate_is_passed_even_when_the_budget_then_runs_out(tmp_path):
+    lax = {"max_acc_drop": 1.0, "max_ece_drift": 1.0}  # every INT8 file passes
+    outcome = budget_search(tmp_path, 1.5, lax, TestClock(step=1.0))
+    found = outcome.flavours["model_int8_cpu.onnx"]
+    assert len(found.candidates) == 2 and all(c.passed for c in found.candidates)
+    # The settings grid was cut short by the budget, but a file was chosen: the search passed.
+    assert found.stopped == "passed" and found.record()["stopped"] == "passed" and outcome.passed
+    assert all(c.images_per_s > 0 for c in found.candidates)  # passing candidates are timed
+    assert found.chosen.path is not None and found.chosen.path.is_file()
 
 
 # ---------------------------------------------------------------- on a real model
@@ -201,7 +339,7 @@ def test_search_keeps_the_hostile_conv_in_float_and_passes(searched):
         assert (first["method"], first["per_channel"], first["float_nodes"]) == ("minmax", True, [])
         assert record["passed"] and chosen["passed"] and chosen["float_nodes"] == [node]
         entry = manifest["files"][name]["quantization"]
-        assert entry["excluded_nodes"] == [node] and entry["search"]["candidate"] == record["chosen"]
+        assert entry["excluded_nodes"] == [node] and entry["search"] == {"candidate": record["chosen"]}
         # The file in the bundle: that conv reads float weights, every other conv dequantized INT8 ones.
         model = onnx.load(str(out / name))
         produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
@@ -226,8 +364,9 @@ def test_search_judged_on_the_tune_split_against_the_fp32_file(searched):
     assert s["gate"] == {k: v for k, v in GATE.items() if v is not None}
     for record in s["files"].values():
         for c in record["candidates"]:
-            assert c["images_per_s"] > 0 and c["seconds"] > 0 and set(c["metrics"]) == \
-                {"accuracy", "ece", "acc_drop", "ece_drift", "agreement", "kl"}
+            assert c["seconds"] > 0 and set(c["metrics"]) == {"accuracy", "ece", "acc_drop", "ece_drift", "agreement", "kl"}
+            # Only a candidate that passes the gate is timed (speed chooses among those alone).
+            assert (c["images_per_s"] > 0) if c["passed"] else (c["images_per_s"] is None)
 
 
 def test_validate_lists_the_float_nodes(searched):
@@ -278,19 +417,19 @@ def test_no_candidate_passes_exits_1_without_an_int8_file(trained):
     assert edgekd("validate", out).returncode in (0, 1)  # a complete bundle: checksums, manifest
 
 
-def test_the_budget_stops_the_search(hostile, searched):
+def test_a_budget_shorter_than_timing_the_fp32_file_tries_nothing_and_exits_1(hostile):
+    """Timing the FP32 file alone takes at least SPEED_MIN_S (0.3 s), so a 0.01 s budget is spent
+    before the first candidate on any machine: no timing race."""
+    assert search.SPEED_MIN_S > 0.01
     out = hostile.parent / "budget-bundle"
-    budget = 1.0
-    res = edgekd("export", hostile, "--out", out, "--int8-search", "--search-budget", budget,
-                 "--formats", "fp32,int8_cpu")
-    assert res.returncode == 1, res.stdout[-2000:] + res.stderr
+    res = edgekd("export", hostile, "--out", out, "--int8-search", "--search-budget", 0.01, "--formats", "fp32,int8_cpu")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stdout[-2000:] + res.stderr
+    assert "the budget ran out before any INT8 (CPU) candidate was tried" in lines[0]
     s = json.loads((out / "manifest.json").read_text())["int8_search"]
     record = s["files"]["model_int8_cpu.onnx"]
-    assert record["stopped"] == "budget" and s["budget_s"] == budget
-    assert all(c["started_s"] < budget for c in record["candidates"])  # none started after the budget
-    assert s["seconds"] <= budget + max(c["seconds"] for c in record["candidates"]) + 0.5
-    unbounded = searched[1]["int8_search"]["files"]["model_int8_cpu.onnx"]
-    assert len(record["candidates"]) < len(unbounded["candidates"])
+    assert s["budget_s"] == 0.01 and record["stopped"] == "budget" and record["candidates"] == []
+    assert set(json.loads((out / "manifest.json").read_text())["files"]) == {"model_fp32.onnx"}
 
 
 def test_validate_refuses_a_manifest_whose_float_nodes_are_not_names(searched, tmp_path):

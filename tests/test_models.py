@@ -202,6 +202,18 @@ def test_load_weights_round_trip():
         assert torch.equal(source(x), target(x))
 
 
+def test_load_weights_takes_a_file_without_batchnorm_counters():
+    """Files saved before PyTorch 0.4.1 have no num_batches_tracked; torch's loading keeps the model's."""
+    source, target = _build("resnet20", seed=1), _build("resnet20", seed=2)
+    old = {k: v for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert len(old) < len(source.state_dict())
+    load_weights(target, old, "old.pt")
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in old.items())
+    # Any other missing tensor is still refused.
+    del old["fc.bias"]
+    assert "1 missing key (e.g. 'fc.bias')" in _checkpoint_error(target, old)
+
+
 def test_load_weights_missing_and_unexpected_keys():
     message = _checkpoint_error(_build("resnet32"), _build("resnet20").state_dict())
     assert message.startswith("checkpoint teacher.pt does not fit resnet32: ")

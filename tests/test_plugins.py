@@ -113,8 +113,11 @@ BROKEN = {
                       "...), not fn(num_classes, in_channels, image_size, width=4)"),
     "not callable": ({"broken": "edgekd_broken:build"}, {"edgekd_broken": "build = 42\n"},
                      "factory for 'broken' is a int, not a callable"),
-    "built-in name": ({"cnn_tiny": "edgekd_broken:build"}, {"edgekd_broken": GOOD_FACTORY},
-                      "edgekd already has a model named 'cnn_tiny' (built in); rename the entry point"),
+    # Imported and signature-checked fine; the call itself raises (a bug in the plugin, not the recipe).
+    "factory raises": ({"broken": "edgekd_broken:build"},
+                       {"edgekd_broken": "def build(num_classes, in_channels, image_size):\n"
+                                         "    raise RuntimeError('weights file missing\\nsecond line')\n"},
+                       "building 'broken' failed: RuntimeError: weights file missing"),
 }
 
 
@@ -141,16 +144,47 @@ def test_recipe_naming_a_broken_plugin_fails_before_the_run_exists(site, capsys,
         build_model("broken", 10)
 
 
-def test_two_packages_registering_one_name_is_one_line_naming_both(site, capsys):
+def listed_models(out: str) -> set[str]:
+    """The model names of `edgekd models`' table."""
+    return {line.split()[0] for line in out.splitlines()[2:]}
+
+
+def test_two_packages_registering_one_name_refuse_only_that_name(site, capsys):
     install(site, "first-plugin", "1.0", {"twin": "edgekd_first:build"}, {"edgekd_first": GOOD_FACTORY})
     install(site, "second-plugin", "2.0", {"twin": "edgekd_second:build"}, {"edgekd_second": GOOD_FACTORY})
-    code, _, err = cli(capsys, "models")
-    assert code == 2 and err.count("\n") == 1
-    assert "the name 'twin' is also registered by model plugin 'twin'" in err
-    assert "package first-plugin 1.0" in err and "package second-plugin 2.0" in err
-    # A clash makes every lookup ambiguous, so even a built-in name is refused until it is fixed.
-    with pytest.raises(ModelError, match="uninstall one of them or rename an entry point"):
+    install(site, "solo-plugin", "3.0", {"solo": "edgekd_solo:build"}, {"edgekd_solo": GOOD_FACTORY})
+    # Every other model, built-in or plugin, still builds ...
+    assert isinstance(build_model("cnn_tiny", 10), torch.nn.Module)
+    assert isinstance(build_model("solo", 10, 1, 8), torch.nn.Module)
+    assert "twin" not in available_models() and set(registry.ambiguous_models()) == {"twin"}
+    # ... and only the ambiguous name is refused, naming both packages.
+    with pytest.raises(ModelError, match="the name 'twin' is also registered by model plugin 'twin'") as e:
+        build_model("twin", 10)
+    assert "package first-plugin 1.0" in str(e.value) and "package second-plugin 2.0" in str(e.value)
+    # `edgekd models` lists the others, then names the ambiguous one in one line, exit 2.
+    code, out, err = cli(capsys, "models")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("edgekd: error: model plugin 'twin'")
+    assert "uninstall one of them or rename an entry point" in err
+    assert listed_models(out) == set(available_models()) and {"solo", "cnn_tiny"} <= listed_models(out)
+    assert out.splitlines()[0].startswith(f"{len(available_models())} models;")
+
+
+def test_a_plugin_claiming_a_built_in_name_refuses_only_that_name(site, capsys):
+    install(site, "my-models", "1.0", {"cnn_tiny": "edgekd_mine:build"}, {"edgekd_mine": GOOD_FACTORY})
+    assert isinstance(build_model("cnn_small", 10), torch.nn.Module)
+    with pytest.raises(ModelError, match=r"^model plugin 'cnn_tiny' \(package my-models 1.0, entry point "
+                                         r"cnn_tiny = edgekd_mine:build\): edgekd already has a model named "
+                                         r"'cnn_tiny' \(built in\); rename the entry point$"):
         build_model("cnn_tiny", 10)
+    code, out, err = cli(capsys, "models")
+    assert code == 2 and err.count("\n") == 1 and "edgekd already has a model named 'cnn_tiny'" in err
+    assert "cnn_tiny" not in listed_models(out) and "cnn_small" in listed_models(out)
+
+
+def test_a_plugin_factory_raising_a_model_error_keeps_its_own_line(site):
+    install_example(site)  # sepnet checks its option with registry.require_positive_int
+    with pytest.raises(ModelError, match="^sepnet option width must be a positive integer, got -1$"):
+        build_model("sepnet", 10, 1, 32, {"width": -1})
 
 
 def test_factory_returning_something_else_than_a_module(site):

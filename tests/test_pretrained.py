@@ -67,6 +67,36 @@ def test_a_1000_class_torchvision_mobilenet_v2_file_starts_a_10_class_student(tm
     assert model(torch.zeros(2, 3, 96, 96)).shape == (2, 10)
 
 
+def _without_batch_counters(state: dict) -> dict:
+    """A state_dict as PyTorch before 0.4.1 saved it (torchvision's older ImageNet files): no num_batches_tracked."""
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def test_a_file_without_batchnorm_counters_loads_in_both_modes(tmp_path):
+    torch.manual_seed(123)
+    old = _without_batch_counters(tvm.mobilenet_v2(num_classes=1000).state_dict())
+    assert len(old) == 314 - 52  # mobilenet_v2 has 52 BatchNorms
+    torch.save(old, tmp_path / "old.pth")
+    model = _fresh("mobilenet_v2", 96)
+    counters = {k: v.clone() for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}
+    report = init_weights(model, ckpt.load_net_weights(tmp_path / "old.pth"), "backbone", "old.pth", num_classes=10)
+    # Only the classifier is fresh (the counters are not 52 "freshly initialised" tensors burying it) ...
+    assert [n for n, _ in report.fresh] == ["classifier.1.weight", "classifier.1.bias"]
+    assert len(report.loaded) == 312 and report.backbone_share == 1.0
+    assert report.lines("student")[1].startswith("student.init backbone: not loaded: 2 freshly initialised (the "
+                                                 "classifier: class count differs): classifier.1.weight")
+    # ... and the counters keep the model's own values, as torch's loading leaves them.
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in counters.items())
+    # init: full takes such a file whole (here one with the student's 10 classes).
+    torch.manual_seed(7)
+    ten = build_model("mobilenet_v2", 10, 3, 96)
+    torch.save(_without_batch_counters(ten.state_dict()), tmp_path / "old10.pth")
+    full = _fresh("mobilenet_v2", 96)
+    assert init_weights(full, ckpt.load_net_weights(tmp_path / "old10.pth"), "full", "old10.pth", 10) is None
+    assert all(torch.equal(v, ten.state_dict()[k]) for k, v in full.state_dict().items()
+               if not k.endswith("num_batches_tracked"))
+
+
 @pytest.mark.slow  # two resnet18s and a 45 MB file per case
 @pytest.mark.parametrize("image_size, stem_loaded", [(32, False), (96, True)])
 def test_resnet18_small_input_stem_is_reinitialised_and_reported(tmp_path, image_size, stem_loaded):

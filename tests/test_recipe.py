@@ -161,3 +161,23 @@ def test_missing_recipe_and_unknown_flag_cli(tmp_path):
     _assert_clean_failure(res, "does not exist", tmp_path)
     res = run_cli("distill", str(REPO / "recipes/quickstart.yaml"), "--epochs", "3", cwd=tmp_path)
     _assert_clean_failure(res, "--epochs", tmp_path)
+
+
+def test_saved_sections_are_read_with_the_recipes_own_schema():
+    """export reads a run's saved validate: and export: once, with Recipe's field definitions."""
+    from edgekd.recipe import saved_sections
+    from edgekd.validate.gate import CHECKS
+
+    full = Recipe.model_validate(quickstart())
+    s = saved_sections({"name": "x", "validate": {"max_ece": 0.05, "max_acc_drop": 0.01}}, "student.pt")
+    assert type(s.gate) is type(full.gate) and type(s.export) is type(full.export)
+    # Every key, unset ones None (what manifest.json's gate holds), and the set ones as the gate reads them.
+    assert s.gate.model_dump() == {"max_ece": 0.05, "max_acc_drop": 0.01, "min_agreement": None, "max_ece_drift": None}
+    assert s.gate.thresholds() == {"max_ece": 0.05, "max_acc_drop": 0.01}
+    assert set(s.gate.model_dump()) == set(CHECKS)  # the recipe's gate keys are the checks validate applies
+    assert saved_sections({}, "old.pt").export == full.export.__class__()  # an older student.pt: defaults
+    with pytest.raises(RecipeError, match=r"^student.pt: validate.max_acc_drop: input should be greater than or equal to 0"):
+        saved_sections({"validate": {"max_acc_drop": -0.1}}, "student.pt")
+    with pytest.raises(RecipeError, match=r"^student.pt: unknown key 'export.budget' \(a typo\?\); allowed here: "
+                                          r"int8_search, search_budget$"):
+        saved_sections({"export": {"budget": 5}}, "student.pt")

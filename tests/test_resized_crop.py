@@ -8,6 +8,7 @@ same bytes on both loader paths and for a seed.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
+from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
 from edgekd.data.loader import DeviceLoader, HostLoader, resized_crop_boxes
 from edgekd.errors import DataError
+from edgekd.recipe import AugmentConfig
 
 SIZE = 40
 
@@ -122,6 +125,24 @@ def test_bad_crop_arguments_are_data_errors(images):
         DeviceLoader(images, np.arange(len(images)), **_kw(crop="random"))
     with pytest.raises(DataError, match="crop_scale"):
         DeviceLoader(images, np.arange(len(images)), **_kw(crop_scale=(0.5, 0.2)))
+
+
+@pytest.mark.parametrize("scale, ratio", [((0.5, 0.2), (3 / 4, 4 / 3)), ((0.0, 1.0), (1.0, 1.0)),
+                                          ((0.08, 1.0), (1.0, math.inf)), ((0.08, 1.0), (4 / 3, 3 / 4))])
+def test_the_recipe_and_the_loader_refuse_a_crop_range_with_one_check(images, scale, ratio):
+    problem = crop_range_problem(scale, ratio)
+    assert problem is not None
+    with pytest.raises(DataError) as e:
+        DeviceLoader(images, np.arange(len(images)), **_kw(crop_scale=scale, crop_ratio=ratio))
+    assert str(e.value) == problem
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        AugmentConfig(crop="resized", crop_scale=scale, crop_ratio=ratio)
+
+
+def test_the_recipe_and_the_loader_share_the_crop_defaults(images):
+    plan = DeviceLoader(images, np.arange(len(images)), **_kw(crop_scale=CROP_SCALE)).plan
+    assert AugmentConfig().crop_scale == plan.crop_scale == CROP_SCALE == (0.08, 1.0)
+    assert AugmentConfig().crop_ratio == plan.crop_ratio == CROP_RATIO == (3 / 4, 4 / 3)
 
 
 def test_full_scale_square_boxes_give_the_image_back(images):

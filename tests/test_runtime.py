@@ -79,9 +79,11 @@ def test_openvino_runner_is_loaded_inside_with_and_released_after(tiny_model):
         np.testing.assert_array_equal(first, [[4, 5], [1.5, 1]])
         compiled.run(np.zeros((5, 3), np.float32))  # another batch size; earlier outputs are copies, not reused
         np.testing.assert_array_equal(first, [[4, 5], [1.5, 1]])
-    assert not runner.is_active and runner._compiled is None and runner._request is None
+    # Every OpenVINO handle is dropped (the output port alone keeps the compiled model alive).
+    assert not runner.is_active and runner._compiled is None and runner._request is None and runner._output is None
     with runner as again:
         assert again.run(np.ones((1, 3), np.float32)).shape == (1, 2)
+    assert runner._compiled is None and runner._request is None and runner._output is None
 
 
 def test_a_file_openvino_cannot_load_is_one_line(tmp_path):

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from edgekd.compare.variants import POSTHOC_SUFFIX
 from edgekd.errors import EdgeKDError, first_line
@@ -26,22 +28,51 @@ def base_method(label: str) -> str:
     return label.split(":", 1)[0]
 
 
-def select(comparison: dict, within: float) -> dict[str, str]:
+METRICS = ("accuracy", "ece", "nll")  # the student's seed means the rule reads
+
+
+def _grid_points(comparison: Any, source: str) -> dict[str, dict[str, float]]:
+    """{label: {metric: mean}} of the trained variants; a file of any other shape (valid JSON
+    all the same: a list, a summary without the student's means) is one EdgeKDError."""
+
+    def bad(detail: str) -> EdgeKDError:
+        return EdgeKDError(f"{source} is not a readable comparison.json ({detail})")
+
+    summary = comparison.get("summary") if isinstance(comparison, dict) else None
+    if not isinstance(summary, dict):
+        what = type(comparison).__name__ if not isinstance(comparison, dict) else "an object without 'summary'"
+        raise bad(f"expected an object with a 'summary' object, got {what}")
+    points: dict[str, dict[str, float]] = {}
+    for label, row in summary.items():
+        if label.endswith(POSTHOC_SUFFIX):
+            continue
+        student = row.get("student") if isinstance(row, dict) else None
+        means = {}
+        for metric in METRICS:
+            stat = student.get(metric) if isinstance(student, dict) else None
+            mean = stat.get("mean") if isinstance(stat, dict) else None
+            if isinstance(mean, bool) or not isinstance(mean, (int, float)) or not math.isfinite(mean):
+                raise bad(f"summary[{label!r}].student.{metric}.mean is not a finite number")
+            means[metric] = float(mean)
+        points[label] = means
+    if not points:
+        raise bad("its summary has no trained variant")
+    return points
+
+
+def select(comparison: Any, within: float, source: str = "comparison.json") -> dict[str, str]:
     """{method: selected variant label} over the trained variants of a comparison.json."""
     if not 0 <= within < 1:
         raise EdgeKDError(f"--within is a fraction of accuracy in [0, 1), got {within}")
-    by_method: dict[str, list[tuple[str, dict]]] = {}
-    for label, s in comparison["summary"].items():
-        if label.endswith(POSTHOC_SUFFIX):
-            continue
-        student = s["student"]
-        by_method.setdefault(base_method(label), []).append((label, student))
+    by_method: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for label, means in _grid_points(comparison, source).items():
+        by_method.setdefault(base_method(label), []).append((label, means))
     chosen = {}
     for method, points in by_method.items():
-        best = max(st["accuracy"]["mean"] for _, st in points)
+        best = max(m["accuracy"] for _, m in points)
         # A small tolerance so a grid point exactly `within` below the best is not lost to float rounding.
-        near = [(lab, st) for lab, st in points if st["accuracy"]["mean"] >= best - within - 1e-12]
-        chosen[method] = min(near, key=lambda p: (p[1]["ece"]["mean"], p[1]["nll"]["mean"]))[0]
+        near = [(lab, m) for lab, m in points if m["accuracy"] >= best - within - 1e-12]
+        chosen[method] = min(near, key=lambda p: (p[1]["ece"], p[1]["nll"]))[0]
     return chosen
 
 
@@ -53,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         comparison = json.loads(args.comparison.read_text())
-        chosen = select(comparison, args.within)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError) as e:
         print(f"edgekd: {args.comparison} is not a readable comparison.json ({first_line(e)})", file=sys.stderr)
         return 2
+    try:
+        chosen = select(comparison, args.within, source=str(args.comparison))
     except EdgeKDError as e:
         print(f"edgekd: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgekd.data.crop import CROP_RATIO, CROP_SCALE
 from edgekd.data.preprocess import preprocessing_spec
 from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, ImageSet, channel_stats, load_source
 from edgekd.data.split import load_split_images, make_split, split_fingerprint
@@ -77,7 +78,7 @@ class DataModule:
 
     def train_loader(
         self, batch_size, device, seed, augment=True, crop_padding=4, hflip=True, rank=0, world_size=1, drop_last=False,
-        loader: str = "device", workers: int = 2, crop: str = "pad", crop_scale=(0.08, 1.0), crop_ratio=(3 / 4, 4 / 3),
+        loader: str = "device", workers: int = 2, crop: str = "pad", crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO,
     ) -> "DeviceLoader | HostLoader":  # fmt: skip
         """loader: 'device' (train set on the device) or 'host' (workers feed it); resolve 'auto' with choose_loader.
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
 from edgekd.errors import DataError
 
 # (indices, row offsets, col offsets, flips, crop heights, crop widths); the crop sizes
@@ -78,8 +79,8 @@ class BatchPlan:
     height: int = 0  # the images' size: where crop="resized" draws its boxes
     width: int = 0
     crop: str = "pad"
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    crop_scale: tuple[float, float] = CROP_SCALE
+    crop_ratio: tuple[float, float] = CROP_RATIO
 
     @property
     def per_rank(self) -> int:
@@ -255,8 +256,8 @@ class _PlannedLoader:
         rank: int = 0,
         world_size: int = 1,
         crop: str = "pad",
-        crop_scale: tuple[float, float] = (0.08, 1.0),
-        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        crop_scale: tuple[float, float] = CROP_SCALE,
+        crop_ratio: tuple[float, float] = CROP_RATIO,
     ):
         name = type(self).__name__
         images = np.asarray(images_uint8_nhwc)
@@ -270,9 +271,8 @@ class _PlannedLoader:
             raise DataError(f"need 0 <= rank < world_size, got rank {rank} world_size {world_size}")
         if crop not in CROPS:
             raise DataError(f"unknown crop {crop!r}; allowed: {', '.join(CROPS)}")
-        if not (0 < crop_scale[0] <= crop_scale[1] <= 1 and 0 < crop_ratio[0] <= crop_ratio[1]):
-            raise DataError(f"need 0 < crop_scale min <= max <= 1 and 0 < crop_ratio min <= max, "
-                            f"got {list(crop_scale)} and {list(crop_ratio)}")
+        if problem := crop_range_problem(crop_scale, crop_ratio):
+            raise DataError(problem)
         channels = images.shape[3]
         if len(mean) != channels or len(std) != channels:
             raise DataError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")

@@ -89,7 +89,9 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     run = resolve_run(run_dir, log)
     out = Path(out) if out is not None else Path("export") / run.name
     student = load_run_student(run, model)
-    search = _search_request(student, chosen, int8_search, search_budget)
+    # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
+    sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
+    search = _search_request(sections, chosen, int8_search, search_budget)
 
     trt_target, trt_missing = None, None
     if trt:
@@ -113,7 +115,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
         files, searched = writer.write_onnx(chosen, int8, calibration, plan)
         if trt_target is not None:  # from the INT8 file only if the search kept one
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
-        manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target)
+        manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target, sections.gate.model_dump())
         if searched is not None:
             manifest["int8_search"] = searched.record()
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -127,7 +129,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     return out
 
 
-def _search_request(student: Student, chosen: list[str], flag: bool | None,
+def _search_request(sections, chosen: list[str], flag: bool | None,
                     budget: float | None) -> tuple[float, dict] | None:
     """(budget, gate thresholds) when the INT8 search is on (the flag, else the run's recipe), else None."""
     int8_files = [p for p in INT8_FLAVOURS if p in chosen]
@@ -135,7 +137,6 @@ def _search_request(student: Student, chosen: list[str], flag: bool | None,
         raise ExportError("--int8-search searches the int8 and int8_cpu files; add one of them to --formats")
     if flag is False and budget is not None:
         raise ExportError("--search-budget is the time of the INT8 search, which --no-int8-search turns off")
-    sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
     on = sections.export.int8_search if flag is None else flag
     if budget is not None and not on:
         raise ExportError("--search-budget is the time of the INT8 search, which is off: add --int8-search "
@@ -143,7 +144,7 @@ def _search_request(student: Student, chosen: list[str], flag: bool | None,
     if not on or not int8_files:
         return None
     return (check_budget(sections.export.search_budget if budget is None else budget),
-            search_thresholds(sections.gate.model_dump()))
+            search_thresholds(sections.gate.thresholds()))
 
 
 def calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +258,7 @@ class BundleWriter:
                     continue  # no file that fails the gate is written
                 shutil.move(pick.path, self.folder / name)  # the temp folder may be on another file system
                 files.update(self._int8_entry(name, pick.result, pick.settings, picked,
-                                              search={"candidate": pick.index, "passed": True}))
+                                              search={"candidate": pick.index}))
         return files, outcome
 
     def _write_int8(self, fp32: Path, s: Int8Settings, chosen: list[str],
@@ -306,7 +307,8 @@ def _tool_versions(trt_target) -> dict[str, str | None]:
             "tensorrt": trt_target.version if trt_target is not None else None}
 
 
-def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict, files: dict, trt_target) -> dict:
+def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict, files: dict, trt_target,
+              gate: dict) -> dict:
     ck, recipe = student.ckpt, student.recipe
     c, k, size = int(ck["in_channels"]), int(ck["num_classes"]), int(ck["image_size"])
     return {
@@ -324,7 +326,7 @@ def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict
         "data": student.split_info,
         "reference": {"runtime": "pytorch", "split": "val", "n": int(len(labels)),
                       **{m: ref_metrics[m] for m in REFERENCE_METRICS}},
-        "gate": dict(recipe.get("validate") or {}),
+        "gate": gate,  # the recipe's validate: section as the schema read it (saved_sections)
         "files": files,
         "tools": _tool_versions(trt_target),
     }

@@ -1,14 +1,15 @@
 """FP32 ONNX -> INT8 QDQ ONNX files, calibrated on training images, plus the ranges used.
 
-Two flavours (Int8Flavour), calibrated identically (same training images, method and
-measured ranges), both written by `quantize_int8`:
+Two flavours (Int8Flavour), both written by `quantize_int8`; a plain export calibrates them
+identically (same training images, method and measured ranges), the INT8 search
+(int8_search.py) picks each file's settings on its own:
 
 - TENSORRT_INT8 (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
   each quantized op) with symmetric INT8 activations (zero point 0) and per-channel
   symmetric INT8 weights: what TensorRT's explicit-quantization mode reads, so the
   file serves TensorRT on a GPU (and runs, slowly, in ONNX Runtime on a CPU).
 - CPU_INT8 (model_int8_cpu.onnx): QDQ with asymmetric UINT8 activations (per
-  tensor, with a zero point) and the same per-channel symmetric INT8 weights:
+  tensor, with a zero point) and symmetric INT8 weights (per channel by default):
   what ONNX Runtime's CPU kernels are fast with (ReLU6 folds into the activation
   range, every Conv becomes a QLinearConv). TensorRT rejects non-zero zero points,
   so this file is for ONNX Runtime on CPUs only.
@@ -42,6 +43,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgekd.deploy.onnx_export import INPUT_NAME
 from edgekd.errors import ExportError, first_line
+from edgekd.files import finite_or_none
 
 CALIB_METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -138,11 +140,13 @@ class Int8Result:
 
 
 def quantization_entry(result: Int8Result, s: Int8Settings, samples: int, ranges_file: str | None = None) -> dict:
-    """The manifest's files.<INT8 file>.quantization object.
+    """The manifest's files.<INT8 file>.quantization object: `s` is what this file was quantized with.
 
-    model_int8_cpu.onnx has no ranges file: its min/max are the same measurements as
-    model_int8.onnx's (int8_calibration.json), and the scale and zero point of every
-    activation are in the file's own QuantizeLinear nodes.
+    model_int8_cpu.onnx has no ranges file. In a plain export its min/max are the same
+    measurements as model_int8.onnx's (int8_calibration.json, the same method and
+    per-channel weights); under --int8-search each file is the candidate chosen for it,
+    so its method and weights may differ and this entry records its own. Either way the
+    scale and zero point of every activation are in the file's own QuantizeLinear nodes.
     """
     f = result.flavour
     entry = {"method": s.method, "samples": samples, "split": "train", "seed": s.seed,
@@ -296,10 +300,12 @@ def activation_ranges(quantized: onnx.ModelProto, calibrated) -> dict[str, dict]
         tensor = node.input[0]
         scale = consts[node.input[1]]
         zero = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros((), np.int8)
-        entry = {"scale": float(scale), "zero_point": int(zero)}
+        # None where a figure is not finite (an activation that overflows on a calibration image):
+        # int8_calibration.json is strict JSON.
+        entry = {"scale": finite_or_none(float(scale)), "zero_point": int(zero)}
         if tensor in calibrated:
             low, high = calibrated[tensor].range_value
-            entry = {"min": float(np.min(low)), "max": float(np.max(high)), **entry}
+            entry = {"min": finite_or_none(float(np.min(low))), "max": finite_or_none(float(np.max(high))), **entry}
         ranges[tensor] = entry
     return ranges
 

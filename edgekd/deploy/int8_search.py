@@ -13,6 +13,8 @@ calibration:
    by how much that lowers the output KL divergence from the FP32 file;
 3. greedy fallback: the most harmful nodes to float, one more per candidate, until the
    gate passes (at most MAX_FLOAT_FRACTION of them: beyond that it is not an INT8 file).
+   Nodes already in float (Int8Settings.keep_first_last_fp32's first and last layers) are
+   not in that pool.
 
 Judged on: the run's tune split, or without one a slice of the training split held apart
 from the calibration images (SEARCH_SPLITS). Never val: the bundle's figures are measured
@@ -22,12 +24,15 @@ Judged how: against the FP32 ONNX file's logits and metrics on the same images, 
 edgekd.drift's figures (top-1 agreement, accuracy drop, ECE drift) and the gate's own
 checks (edgekd.validate.gate): the same definitions `edgekd validate` applies, here on
 the search images instead of val. Speed: images/s in ONNX Runtime on the CPU, the median
-of timed batches of SPEED_BATCH (measured, not assumed from the number of float nodes);
-passing candidates within SPEED_TIE of the fastest count as tied. model_int8.onnx is meant
-for TensorRT, but it is timed in ONNX Runtime on the CPU too: the machine export runs on.
+of timed batches of SPEED_BATCH (measured, not assumed from the number of float nodes), of
+the candidates that pass the gate only (speed only decides among those; a failing one
+records null); passing candidates within SPEED_TIE of the fastest count as tied.
+model_int8.onnx is meant for TensorRT, but it is timed in ONNX Runtime on the CPU too: the
+machine export runs on.
 
 Bounded: a candidate starts only while the budget lasts (the one running finishes), and
-the flavours share it. Everything tried goes into manifest.json's int8_search.
+the flavours share it; preparing the FP32 file and timing it count too. Everything tried
+goes into manifest.json's int8_search.
 """
 
 from __future__ import annotations
@@ -42,10 +47,13 @@ import numpy as np
 import onnx
 
 from edgekd import calibration
-from edgekd.deploy.int8 import WEIGHTED_OPS, Int8Flavour, Int8Result, Int8Settings, prepare, quantize_prepared
+from edgekd.deploy.int8 import (WEIGHTED_OPS, Int8Flavour, Int8Result, Int8Settings, first_and_last_layers, prepare,
+                                quantize_prepared)
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.errors import DataError, ExportError, first_line
+from edgekd.files import finite_or_none
 from edgekd.runtime import OnnxRuntimeSession
+from edgekd.search_budget import MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 from edgekd.validate import gate
 from edgekd.validate.metrics import comparisons
@@ -81,10 +89,10 @@ CALIBRATION_CHECKS = ("max_ece_drift", "max_ece")
 # ---------------------------------------------------------------- what the search is asked, and on what
 
 
-def search_thresholds(gate_section: dict[str, Any]) -> dict[str, float]:
-    """The gate thresholds the search judges with (the recipe's validate: section, already
-    checked by its schema); one accuracy and one calibration check are required."""
-    thresholds = {k: v for k, v in gate_section.items() if k in gate.CHECKS and v is not None}
+def search_thresholds(thresholds: dict[str, float]) -> dict[str, float]:
+    """The gate thresholds the search judges with: the set ones of the recipe's validate: section
+    (ValidateConfig.thresholds, checked by its schema); one accuracy and one calibration check
+    are required."""
     if not any(k in thresholds for k in ACCURACY_CHECKS) or not any(k in thresholds for k in CALIBRATION_CHECKS):
         have = ", ".join(f"{k}={v}" for k, v in thresholds.items()) or "none"
         raise ExportError(
@@ -95,8 +103,10 @@ def search_thresholds(gate_section: dict[str, Any]) -> dict[str, float]:
 
 
 def check_budget(budget: Any) -> float:
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
-        raise ExportError(f"--search-budget must be a number of seconds > 0, got {budget!r}")
+    """The same limits as the recipe's export.search_budget and the --search-budget flag."""
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= MAX_SEARCH_BUDGET_S:
+        raise ExportError(f"--search-budget must be a number of seconds > 0 and <= {MAX_SEARCH_BUDGET_S:g} "
+                          f"(a day), got {budget!r}")
     return float(budget)
 
 
@@ -128,9 +138,11 @@ class SearchData:
             raise ExportError(f"the INT8 search judges on the {' or '.join(SEARCH_SPLITS)} split, never on "
                               f"{self.split!r}")
         if len(self.labels) < MIN_SEARCH_IMAGES:
+            # A tune split is fixed when training; the held-apart training images are what calibration leaves.
+            fix = ("train with a larger tune split (data.tune_fraction or data.tune_size)" if self.split == "tune"
+                   else "lower --calib-samples, or train with a tune split (data.tune_fraction or data.tune_size)")
             raise DataError(f"no data to search on: {self.note} gives {len(self.labels)} images, the INT8 search "
-                            f"needs at least {MIN_SEARCH_IMAGES}; set data.tune_fraction (or data.tune_size) when "
-                            "training, or lower --calib-samples")
+                            f"needs at least {MIN_SEARCH_IMAGES}; {fix}")
 
     def record(self) -> dict:
         return {"split": self.split, "n": int(len(self.labels)), "note": self.note}
@@ -250,15 +262,16 @@ class Candidate:
         if j.figures is None:
             return f"  #{self.index} {self.describe()}: NaN or infinite logits"
         f = j.figures
-        verdict = "PASS" if j.passed else f"fail: {j.failed_text()}"
+        verdict = f"PASS, {self.images_per_s:.0f} img/s" if self.passed else f"fail: {j.failed_text()}"
         return (f"  #{self.index} {self.describe()}: acc {pct(f['accuracy'])} ECE {pct(f['ece'])} agree "
-                f"{pct(f['agreement'])} ECE drift {pct(f['ece_drift'])}, {self.images_per_s:.0f} img/s: {verdict}")
+                f"{pct(f['agreement'])} ECE drift {pct(f['ece_drift'])}: {verdict}")
 
     def record(self) -> dict:
         j = self.judgement
+        figures = None if j is None or j.figures is None else {k: finite_or_none(v) for k, v in j.figures.items()}
         return {"index": self.index, "stage": self.stage, "method": self.settings.method,
                 "per_channel": self.settings.per_channel, "float_nodes": list(self.float_nodes),
-                "metrics": None if j is None else j.figures,
+                "metrics": figures,
                 "passed": self.passed, "failed_checks": None if j is None else
                 [c.as_dict() for c in j.checks if c.status == "fail"],
                 "images_per_s": self.images_per_s, "seconds": round(self.seconds, 3),
@@ -299,6 +312,9 @@ class FlavourSearch:
 
     def failure(self) -> str:
         """One line: why nothing passed, with the best candidate's figures."""
+        if not self.candidates and self.stopped == "budget":
+            return (f"the budget ran out before any {self.flavour.what} candidate was tried (preparing and timing "
+                    "the FP32 file count too); raise --search-budget")
         best = self.best
         why = {"budget": "within the budget", "exhausted": "among the settings and float fallbacks tried"}
         head = f"no {self.flavour.what} candidate passes the gate {why.get(self.stopped, '')} ({len(self.candidates)} tried)"
@@ -307,8 +323,21 @@ class FlavourSearch:
         return f"{head}; best: #{best.index} {best.describe()}: {best.judgement.failed_text()}"
 
 
-def fallback_pool(model: onnx.ModelProto, exclude: list[str]) -> list[str]:
-    """Node names that may fall back to float, weighted nodes first, each group in graph order."""
+def sensitivity_entry(node: str, base: Candidate, c: Candidate) -> dict:
+    """One node's sensitivity: the output's KL from FP32 with `node` alone in float (candidate c), and
+    how much lower than the base's. None where either is unknown: c or the base failed, or gave NaN
+    or infinite logits (no KL; and strict JSON has no Infinity)."""
+    kl, base_kl = finite_or_none(c.kl), finite_or_none(base.kl)
+    return {"node": node, "kl": kl, "kl_gain": None if kl is None or base_kl is None else base_kl - kl,
+            "candidate": c.index}
+
+
+def fallback_pool(model: onnx.ModelProto, exclude: list[str], keep_first_last_fp32: bool = False) -> list[str]:
+    """Node names that may fall back to float, weighted nodes first, each group in graph order. Left
+    out: `exclude` (already in float) and, with keep_first_last_fp32, the first and last layers
+    (quantize_prepared keeps those in float anyway: a candidate for them would change nothing)."""
+    if keep_first_last_fp32:
+        exclude = [*exclude, *first_and_last_layers(model)]
     named = [n for n in model.graph.node if n.name and n.op_type in FALLBACK_OPS and n.name not in exclude]
     return [n.name for n in named if n.op_type in WEIGHTED_OPS] + [n.name for n in named if n.op_type not in WEIGHTED_OPS]
 
@@ -330,10 +359,12 @@ class Int8Search:
         return self.clock() >= self.deadline
 
     def run(self) -> FlavourSearch:
-        start = time.perf_counter()
-        self.out.stopped = self._search()
-        self.out.seconds = time.perf_counter() - start
+        start = self.clock()
+        stopped = self._search()
         chosen = self.out.chosen
+        # A settings candidate may pass and the budget run out while faster ones are tried: it passed.
+        self.out.stopped = "passed" if chosen is not None else stopped
+        self.out.seconds = self.clock() - start
         for c in self.out.candidates:
             if c.path is not None and c is not chosen:
                 c.path.unlink(missing_ok=True)
@@ -359,15 +390,13 @@ class Int8Search:
         return [replace(self.base, method=m, per_channel=pc) for m, pc in [first, *rest]]
 
     def _fallback(self, base: Candidate) -> str:
-        pool = fallback_pool(onnx.load(str(self.prepared)), base.float_nodes)
+        pool = fallback_pool(onnx.load(str(self.prepared)), base.float_nodes, base.settings.keep_first_last_fp32)
         cap = max(1, int(MAX_FLOAT_FRACTION * len(pool)))
         for node in pool:  # sensitivity: each node alone kept in float
             if self.out_of_time():
                 return "budget"
             c = self._try("sensitivity", base.settings, [*base.float_nodes, node])
-            self.out.sensitivity.append({"node": node, "kl": None if c.judgement is None else c.kl,
-                                         "kl_gain": None if c.judgement is None else base.kl - c.kl,
-                                         "candidate": c.index})
+            self.out.sensitivity.append(sensitivity_entry(node, base, c))
             if c.passed:
                 return "passed"
         harmful = sorted((s for s in self.out.sensitivity if s["kl_gain"] is not None and s["kl_gain"] > 0),
@@ -386,15 +415,15 @@ class Int8Search:
     def _try(self, stage: str, s: Int8Settings, float_nodes: list[str]) -> Candidate:
         c = Candidate(len(self.out.candidates), stage, s, float_nodes, started_s=self.clock())
         path = self.workdir / f"{self.flavour.precision}-{c.index}.onnx"
-        t0 = time.perf_counter()
         try:
             c.result = quantize_prepared(self.prepared, path, self.calib, s, self.flavour, self.caches[s.method],
                                          float_nodes)
             c.judgement = judge(onnxruntime_logits(path, self.data.images), self.ref, self.thresholds)
-            c.images_per_s = measure_speed(path, self.data.images)
+            if c.judgement.passed:  # speed only chooses among passing files: the others are not timed
+                c.images_per_s = measure_speed(path, self.data.images)
         except Exception as e:  # noqa: BLE001 - one candidate the quantizer or ONNX Runtime refuses: record it, go on
             c.error = first_line(e, 200)
-        c.seconds = time.perf_counter() - t0
+        c.seconds = self.clock() - c.started_s
         self.out.candidates.append(c)
         if c.passed:  # kept until the end: which one is chosen depends on those still to come
             c.path = path
@@ -452,14 +481,16 @@ class SearchOutcome:
 
 def run_search(plan: SearchPlan, fp32: Path, calib: np.ndarray, base: Int8Settings,
                flavours: dict[str, Int8Flavour], workdir: Path, log: Callable[[str], Any] = print,
-               on_candidate: Callable[[Candidate, float], Any] = lambda c, elapsed: None) -> SearchOutcome:
+               on_candidate: Callable[[Candidate, float], Any] = lambda c, elapsed: None,
+               timer: Callable[[], float] = time.perf_counter) -> SearchOutcome:
     """Search every flavour (file name -> flavour) within plan.budget_s, the time left shared
     evenly by the flavours still to search. Each flavour's chosen file is left in `workdir`
-    (FlavourSearch.chosen.path)."""
-    began = time.perf_counter()
+    (FlavourSearch.chosen.path). `timer`: the seconds every budget decision reads (a test's
+    own clock makes them independent of how fast the machine is)."""
+    began = timer()
 
     def clock() -> float:
-        return time.perf_counter() - began
+        return timer() - began
 
     prepared = workdir / "prepared.onnx"
     prepare(fp32, prepared)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import ExportError, first_line
+from edgekd.models.registry import arch_name
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -45,8 +46,7 @@ def export_fp32(model: nn.Module, path: Path, in_channels: int, image_size: int)
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # noqa: BLE001 - torch.export/onnx raise many unrelated types
         first = first_line(e)
-        arch = getattr(model, "edgekd_arch", type(model).__name__)
-        raise ExportError(f"ONNX export of {arch} failed: {first[:200]}") from e
+        raise ExportError(f"ONNX export of {arch_name(model)} failed: {first[:200]}") from e
 
 
 def opset_of(path: Path) -> int:

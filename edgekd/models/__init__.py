@@ -10,6 +10,7 @@ group (plugins.py); they are found when a model is first looked up or listed.
 from . import cifar_resnet, small_cnn, torchvision_models, wrn  # noqa: F401  (fill the registry)
 from .catalog import ModelInfo, model_catalog
 from .registry import (
+    ambiguous_models,
     available_models,
     build_model,
     count_parameters,
@@ -21,6 +22,7 @@ from .registry import (
 
 __all__ = [
     "ModelInfo",
+    "ambiguous_models",
     "available_models",
     "build_model",
     "count_parameters",

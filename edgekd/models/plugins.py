@@ -12,9 +12,11 @@ checked by the same register_model as the built-in models. A recipe names a mode
 never an import path: it can only choose among packages the user installed.
 
 The names are read from the installed packages' metadata (no plugin code runs) the
-first time edgekd looks up or lists a model, never at ``import edgekd``; a name that
-edgekd or another plugin already has is refused then. A plugin's code is imported
-only when its model is built or its options are read (``edgekd models`` reads all).
+first time edgekd looks up or lists a model, never at ``import edgekd``. A name that
+edgekd or another plugin already has is ambiguous: it is recorded, and only a lookup
+of that name fails (every other model, built-in or plugin, still works); ``edgekd
+models`` lists the others, then names it (exit 2). A plugin's code is imported only
+when its model is built or its options are read (``edgekd models`` reads all).
 """
 
 from __future__ import annotations
@@ -55,18 +57,31 @@ class Plugin:
             raise ModelError(f"{self.describe()} cannot be imported: {type(e).__name__}: {first_line(e)}") from e
 
 
-def discover(taken: Mapping[str, str]) -> dict[str, Plugin]:
+@dataclass(frozen=True)
+class Discovered:
+    """What the installed packages' metadata says: the usable plugins, and the names that
+    more than one source claims (each with the one line a lookup of it raises)."""
+
+    plugins: dict[str, Plugin]
+    clashes: dict[str, str]
+
+
+def discover(taken: Mapping[str, str]) -> Discovered:
     """Every installed plugin by model name. ``taken`` maps the names edgekd already
     has to their source; a plugin claiming one of them, or a name another plugin
-    claims, is a ModelError naming both."""
-    found: dict[str, Plugin] = {}
+    claims, makes that name a clash (naming both), not a plugin."""
+    claims: dict[str, list[Plugin]] = {}
     for ep in entry_points(group=GROUP):
-        plugin = Plugin(ep)
-        if ep.name in taken:
-            raise ModelError(f"{plugin.describe()}: edgekd already has a model named '{ep.name}' "
-                             f"({taken[ep.name]}); rename the entry point")
-        if ep.name in found:
-            raise ModelError(f"{plugin.describe()}: the name '{ep.name}' is also registered by "
-                             f"{found[ep.name].describe()}; uninstall one of them or rename an entry point")
-        found[ep.name] = plugin
-    return found
+        claims.setdefault(ep.name, []).append(Plugin(ep))
+    plugins: dict[str, Plugin] = {}
+    clashes: dict[str, str] = {}
+    for name, (first, *others) in claims.items():
+        if name in taken:
+            clashes[name] = (f"{first.describe()}: edgekd already has a model named '{name}' ({taken[name]}); "
+                             "rename the entry point")
+        elif others:
+            clashes[name] = (f"{others[0].describe()}: the name '{name}' is also registered by "
+                             f"{first.describe()}; uninstall one of them or rename an entry point")
+        else:
+            plugins[name] = first
+    return Discovered(plugins, clashes)

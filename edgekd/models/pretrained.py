@@ -19,6 +19,11 @@ classifier (counted in parameters, BatchNorm statistics excluded). A file for
 another architecture matches almost no names; one of another width matches the
 names but few shapes; both stay far below it.
 
+BatchNorm's ``num_batches_tracked`` counters are no weights: a file saved before PyTorch
+0.4.1 (torchvision's older ImageNet files) has none, and a missing one counts as loaded
+with the net's own value, in both modes, as torch's own loading treats it
+(registry.fit_state).
+
 Names: edgekd's torchvision models are torchvision's own classes built in place,
 so their tensor names are torchvision's and its state-dict files load as they
 are. Files saved from a DistributedDataParallel or torch.compile wrapper carry
@@ -38,11 +43,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from edgekd.errors import CheckpointError, ModelError
-from edgekd.models.registry import load_weights
+from edgekd.models.registry import NOT_IN_FILE, arch_name, check_state_dict, fit_state, load_weights
 
 INIT_MODES = ("full", "backbone")
 MIN_BACKBONE_SHARE = 0.5
@@ -109,7 +113,7 @@ def strip_wrapper_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def find_classifier(model: nn.Module, num_classes: int) -> str:
     """Module name of the classifier: the last layer holding parameters, an nn.Linear with num_classes outputs."""
-    arch = getattr(model, "edgekd_arch", type(model).__name__)
+    arch = arch_name(model)
     layers = [(name, m) for name, m in model.named_modules() if next(m.parameters(recurse=False), None) is not None]
     if not layers:
         raise ModelError(f"init: backbone cannot find the classifier of {arch}: it has no parameters")
@@ -121,10 +125,6 @@ def find_classifier(model: nn.Module, num_classes: int) -> str:
     return name
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
-
-
 def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: str, num_classes: int) -> InitReport | None:
     """Load ``state`` (read by distill.checkpoint.load_net_weights) into ``model`` as ``mode`` says.
 
@@ -133,8 +133,7 @@ def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: 
     """
     if mode not in INIT_MODES:
         raise ModelError(f"init {mode!r} is not one of {', '.join(INIT_MODES)}")
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"checkpoint {source} holds a {type(state).__name__}, expected a state_dict (name -> tensor)")
+    check_state_dict(state, source)
     state = strip_wrapper_prefix(state)
     if mode == "full":
         try:
@@ -142,23 +141,9 @@ def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: 
         except CheckpointError as e:
             raise CheckpointError(f"{e} (init: backbone loads only the tensors that fit)") from None
         return None
-    arch = getattr(model, "edgekd_arch", type(model).__name__)
     classifier = find_classifier(model, num_classes)
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"checkpoint {source} entry {key!r} is a {type(value).__name__}, expected a tensor")
-    expected = model.state_dict()
-    take: dict[str, torch.Tensor] = {}
-    fresh: list[tuple[str, str]] = []
-    for name, tensor in expected.items():
-        got = state.get(name)
-        if got is None:
-            fresh.append((name, "not in the file"))
-        elif got.shape != tensor.shape:
-            fresh.append((name, f"file {_shape(got)}, model {_shape(tensor)}"))
-        else:
-            take[name] = got
-    unused = tuple(k for k in state if k not in expected)
+    fit = fit_state(model, state)
+    take, fresh, unused = fit.fits, fit.fresh, tuple(fit.unused)
     in_classifier = lambda name: name.startswith(classifier + ".")  # noqa: E731
     params = {name: p.numel() for name, p in model.named_parameters() if not in_classifier(name)}
     report = InitReport(
@@ -169,9 +154,9 @@ def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: 
     )  # fmt: skip
     if report.backbone_share < MIN_BACKBONE_SHARE:
         name, why = next((f for f in fresh if not in_classifier(f[0])), fresh[0])
-        hint = f"; the file has e.g. '{next(iter(state))}'" if why == "not in the file" and state else ""
+        hint = f"; the file has e.g. '{next(iter(state))}'" if why == NOT_IN_FILE and state else ""
         raise CheckpointError(
-            f"checkpoint {source} does not fit {arch} (init: backbone): it fills {report.share_text()} "
+            f"checkpoint {source} does not fit {arch_name(model)} (init: backbone): it fills {report.share_text()} "
             f"of the parameters outside the classifier, at least {100 * MIN_BACKBONE_SHARE:.0f}% needed; "
             f"e.g. '{name}' {why}{hint}"
         )

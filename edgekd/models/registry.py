@@ -9,15 +9,16 @@ add factories through the ``edgekd.models`` entry point group (plugins.py).
 from __future__ import annotations
 
 import difflib
-import re
 import inspect
+import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from edgekd.errors import CheckpointError, ModelError, first_line
-from edgekd.models.plugins import Plugin, discover
+from edgekd.errors import CheckpointError, EdgeKDError, ModelError, first_line
+from edgekd.models.plugins import Discovered, Plugin, discover
 
 _FIXED_PARAMS = ("num_classes", "in_channels", "image_size")
 
@@ -27,7 +28,7 @@ BUILT_IN = "built in"
 # and with a plugin's factory the first time its model is looked up.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _SOURCES: dict[str, str] = {}  # name -> BUILT_IN or a plugin's '<package> <version>'
-_PLUGINS: dict[str, Plugin] | None = None  # installed plugins by name, read on the first lookup
+_PLUGINS: Discovered | None = None  # installed plugins (and clashing names), read on the first lookup
 
 
 def register_model(name: str, source: str = BUILT_IN):
@@ -58,8 +59,8 @@ def register_model(name: str, source: str = BUILT_IN):
     return decorator
 
 
-def _plugins() -> dict[str, Plugin]:
-    """Installed plugins by name (read once; a clash with a registered name is a ModelError)."""
+def _plugins() -> Discovered:
+    """Installed plugins by name and the ambiguous names (read once)."""
     global _PLUGINS
     if _PLUGINS is None:
         _PLUGINS = discover(_SOURCES)
@@ -76,8 +77,16 @@ def _load_plugin(plugin: Plugin) -> None:
 
 
 def available_models() -> list[str]:
-    """Built-in and installed plugin models (plugins are not imported for this)."""
-    return sorted({*_REGISTRY, *_plugins()})
+    """Built-in and installed plugin models a recipe can name (plugins are not imported for
+    this); an ambiguous name is not one of them (ambiguous_models)."""
+    found = _plugins()
+    return sorted({*_REGISTRY, *found.plugins} - set(found.clashes))
+
+
+def ambiguous_models() -> dict[str, str]:
+    """Names claimed by two sources (two plugins, or a plugin and edgekd), each with the
+    line that looking it up raises. Only these names are refused; the others work."""
+    return dict(sorted(_plugins().clashes.items()))
 
 
 def model_source(arch: str) -> str:
@@ -93,9 +102,11 @@ def model_options(arch: str) -> dict[str, Any]:
 
 
 def _lookup(arch: str) -> Callable[..., nn.Module]:
-    plugins = _plugins()
-    if isinstance(arch, str) and arch not in _REGISTRY and arch in plugins:
-        _load_plugin(plugins[arch])
+    found = _plugins()
+    if isinstance(arch, str) and arch in found.clashes:
+        raise ModelError(found.clashes[arch])
+    if isinstance(arch, str) and arch not in _REGISTRY and arch in found.plugins:
+        _load_plugin(found.plugins[arch])
     if isinstance(arch, str) and arch in _REGISTRY:
         return _REGISTRY[arch]
     names = available_models()
@@ -146,13 +157,29 @@ def build_model(
         if key not in allowed:
             allowed_text = ", ".join(sorted(allowed)) or "none"
             raise ModelError(f"model '{arch}' has no option {key!r}; allowed: {allowed_text}")
-    model = factory(num_classes, in_channels, image_size, **options)
+    if _SOURCES[arch] == BUILT_IN:
+        model = factory(num_classes, in_channels, image_size, **options)
+    else:
+        model = _build_plugin_model(arch, factory, num_classes, in_channels, image_size, options)
     if not isinstance(model, nn.Module):  # a plugin's factory may return anything
         raise ModelError(f"model '{arch}' ({_SOURCES[arch]}): its factory returned a "
                          f"{type(model).__name__}, not a torch.nn.Module")
     # Plain instance attribute (not a buffer) so error messages can name the architecture.
     model.edgekd_arch = arch
     return model
+
+
+def _build_plugin_model(arch: str, factory: Callable[..., nn.Module], num_classes: int, in_channels: int,
+                        image_size: int, options: dict) -> Any:
+    """A plugin's factory call: its own EdgeKDError (e.g. require_positive_int) goes through as
+    it is; anything else it raises is a bug in that package, so the one line names the package."""
+    try:
+        return factory(num_classes, in_channels, image_size, **options)
+    except EdgeKDError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a third-party factory raises
+        raise ModelError(f"{_plugins().plugins[arch].describe()}: building '{arch}' failed: "
+                         f"{type(e).__name__}: {first_line(e)}") from e
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -164,13 +191,17 @@ def _plural(n: int, word: str, plural: str | None = None) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "[" + ", ".join(str(d) for d in t.shape) + "]"
+def arch_name(model: nn.Module) -> str:
+    """The name error messages give a model: its registry name (build_model sets it), else its class."""
+    return getattr(model, "edgekd_arch", type(model).__name__)
 
 
-def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
-    """Strictly load ``state_dict`` into ``model``; any misfit is one CheckpointError line."""
-    arch = getattr(model, "edgekd_arch", type(model).__name__)
+def shape_text(shape: torch.Size) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_state_dict(state_dict: Any, source: str) -> None:
+    """A state_dict is a mapping of names to tensors; anything else is one CheckpointError line."""
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(
             f"checkpoint {source} holds a {type(state_dict).__name__}, expected a state_dict (name -> tensor)"
@@ -180,29 +211,75 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -
             raise CheckpointError(
                 f"checkpoint {source} entry {key!r} is a {type(value).__name__}, expected a tensor"
             )
+
+
+def _batch_counter(name: str) -> bool:
+    """BatchNorm's num_batches_tracked: a count of training steps, no weight. Files saved before
+    PyTorch 0.4.1 lack it (torchvision's older ImageNet files among them) and torch's own loading
+    then keeps the model's value, so a file without it still fits."""
+    return name.rsplit(".", 1)[-1] == "num_batches_tracked"
+
+
+NOT_IN_FILE = "not in the file"
+
+
+@dataclass(frozen=True)
+class StateFit:
+    """A state_dict against a model, name by name: what load_weights (all must fit) and
+    pretrained.init_weights (backbone: what fits loads) both decide on."""
+
+    fits: dict[str, torch.Tensor]  # the model's name -> the file's tensor of that name and shape
+    fresh: list[tuple[str, str]]  # the model's names the file cannot fill, in model order, with why
+    mismatched: list[tuple[str, torch.Size, torch.Size]]  # (name, file shape, model shape)
+    unused: list[str]  # the file's names the model has no place for
+
+    @property
+    def missing(self) -> list[str]:
+        return [name for name, why in self.fresh if why == NOT_IN_FILE]
+
+
+def fit_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> StateFit:
+    """Match a state_dict (checked by check_state_dict) to the model's tensors. A BatchNorm counter
+    the file lacks fits as the model's own value (_batch_counter)."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [
-        k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape
-    ]
+    fits: dict[str, torch.Tensor] = {}
+    fresh: list[tuple[str, str]] = []
+    mismatched: list[tuple[str, torch.Size, torch.Size]] = []
+    for name, tensor in expected.items():
+        got = state_dict.get(name)
+        if got is None and _batch_counter(name):
+            fits[name] = tensor
+        elif got is None:
+            fresh.append((name, NOT_IN_FILE))
+        elif got.shape != tensor.shape:
+            fresh.append((name, f"file {shape_text(got.shape)}, model {shape_text(tensor.shape)}"))
+            mismatched.append((name, got.shape, tensor.shape))
+        else:
+            fits[name] = got
+    return StateFit(fits, fresh, mismatched, [k for k in state_dict if k not in expected])
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, Any], source: str) -> None:
+    """Strictly load ``state_dict`` into ``model``; any misfit is one CheckpointError line."""
+    check_state_dict(state_dict, source)
+    fit = fit_state(model, state_dict)
     problems = []
-    if missing:
-        problems.append(f"{_plural(len(missing), 'missing key')} (e.g. '{missing[0]}')")
-    if unexpected:
-        problems.append(f"{_plural(len(unexpected), 'unexpected key')} (e.g. '{unexpected[0]}')")
-    if mismatched:
-        k = mismatched[0]
+    if fit.missing:
+        problems.append(f"{_plural(len(fit.missing), 'missing key')} (e.g. '{fit.missing[0]}')")
+    if fit.unused:
+        problems.append(f"{_plural(len(fit.unused), 'unexpected key')} (e.g. '{fit.unused[0]}')")
+    if fit.mismatched:
+        k, file_shape, model_shape = fit.mismatched[0]
         problems.append(
-            f"{_plural(len(mismatched), 'shape mismatch', 'shape mismatches')}"
-            f" (e.g. {k}: checkpoint {_shape(state_dict[k])} vs model {_shape(expected[k])})"
+            f"{_plural(len(fit.mismatched), 'shape mismatch', 'shape mismatches')}"
+            f" (e.g. {k}: checkpoint {shape_text(file_shape)} vs model {shape_text(model_shape)})"
         )
     if problems:
-        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {', '.join(problems)}")
+        raise CheckpointError(f"checkpoint {source} does not fit {arch_name(model)}: {', '.join(problems)}")
     try:
-        model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(fit.fits, strict=True)
     except RuntimeError as exc:  # torch's message spans many lines; keep the first
-        raise CheckpointError(f"checkpoint {source} does not fit {arch}: {first_line(exc)}") from None
+        raise CheckpointError(f"checkpoint {source} does not fit {arch_name(model)}: {first_line(exc)}") from None
 
 
 # Option value checks shared by the factories, so a bad recipe value is a ModelError

@@ -64,7 +64,7 @@ class OpenVinoCpu(Runner):
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self._compiled = self._request = None
+        self._compiled = self._request = self._output = None
 
     def _activate(self) -> None:
         ov = import_openvino()
@@ -97,8 +97,10 @@ class OpenVinoCpu(Runner):
         self._request = compiled.create_infer_request()
 
     def _deactivate(self) -> None:
-        # The only references: OpenVINO frees the request, then the compiled model and its memory.
+        # The only references: OpenVINO frees the request, then the compiled model and its memory
+        # (the output port holds the compiled model too, so it goes as well).
         self._request = None
+        self._output = None
         self._compiled = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from edgekd.bundle_schema import BUNDLE_KIND, CPU_ONLY_PRECISIONS, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
+from edgekd.validate.gate import CHECKS as GATE_CHECKS
 
 REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",
                  "data", "reference", "gate", "files")
@@ -27,7 +28,6 @@ ENGINE_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_ONLY_PRECISIONS)
 # because every other format is compared against it.
 FORMAT_ORDER = ("fp32", "fp16", "int8", "int8_cpu", "engine_fp16", "engine_int8", "engine_fp32")
 ENGINE_PREFIX = "engine_"
-GATE_KEYS = ("max_ece", "max_acc_drop", "min_agreement", "max_ece_drift")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -190,7 +190,7 @@ def check_manifest(m: dict) -> dict[str, str]:
              f"{where}: output.shape {oshape!r} disagrees with model.num_classes {c} (expected [batch, {c}])")
     _check_preprocessing(pre, shape[1], shape[2:], where)
     thresholds = m["gate"]
-    for key in GATE_KEYS:
+    for key in GATE_CHECKS:  # the thresholds the gate checks, by name
         v = thresholds.get(key)
         _require(v is None or _is_fraction(v), f"{where}: gate.{key} must be a fraction in [0, 1] or null, got {v!r}")
     ref = m["reference"]
