@@ -1,9 +1,9 @@
-"""The `edgekd` command line: one thin click command per verb.
+"""The `edgekd` command line: one thin click command per verb over the Python API (edgekd.api).
 
-Heavy imports (torch, onnx) happen inside the commands, so `edgekd validate` runs
-on a device that has only numpy and ONNX Runtime. Errors in the user's input
-(EdgeKDError) become one line on stderr and exit code 2; `--debug` shows the
-traceback instead.
+Heavy imports (torch, onnx) happen inside the API calls, so `edgekd validate` runs
+on a device that has only numpy and ONNX Runtime. Errors (EdgeKDError) become one
+line on stderr and their exit code (2 for the user's input, 1 for a failed result);
+`--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,19 +16,9 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, MissingDependencyError, ModelError, first_line
+from edgekd.errors import EdgeKDError, ModelError, first_line
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
-
-
-def _need_torch(verb: str) -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"edgekd {verb} needs PyTorch, which is not installed: pip install 'edgekd[train]'"
-        ) from e
-
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,49 +63,48 @@ def distill(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
     is and the student's accuracy and ECE on the evaluation split (train.eval_split:
     val or tune).
     """
-    from edgekd.recipe import load_recipe
-
     if allow_recipe_change and not resume:
         raise click.UsageError("--allow-recipe-change only makes sense with --resume")
-    r = load_recipe(recipe, overrides)
-    _need_torch("distill")
-    from edgekd.distill import distributed
-    from edgekd.distill.run_dir import default_run_dir, find_resumable, run_distill
-    from edgekd.distill.setup import join_process_group
-    from edgekd.progress import EpochReporter
-
-    dist = distributed.from_env()
     if nproc_per_node and nproc_per_node > 1:
-        if dist.enabled:
-            raise click.UsageError("--nproc-per-node launches processes; under torchrun leave it out")
-        distributed.per_rank_batch(r.data.batch_size, distributed.Dist(0, nproc_per_node, 0))
-        out = out or (find_resumable(r) if resume else default_run_dir(r))  # one name for every rank
-        argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
-        code = distributed.launch(nproc_per_node, rank_argv(argv, out))
-        if code:
-            click.echo(f"edgekd: error: the training processes failed (exit {code}); their message is above", err=True)
-        return code
-    join_process_group(r, dist)  # under torchrun: needed to agree on the run directory
-    if out is None:
-        out = distributed.broadcast(find_resumable(r) if resume else default_run_dir(r), dist)
-    main = dist.is_main
-    reporter = EpochReporter(r.train.epochs, quiet=quiet or not main)
-    with reporter, distributed.peer_errors(dist):
-        summary = run_distill(r, out, resume=resume, on_epoch=reporter.epoch_done if main else None,
-                              progress=reporter.step if main else None, allow_recipe_change=allow_recipe_change,
-                              warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True), dist=dist,
-                              note=reporter.note)
-    if not main:
+        return _launch(recipe, overrides, out, resume, nproc_per_node)
+    from edgekd import api  # here, not at the top: it imports numpy and the validate side, which --help never needs
+
+    run = api.distill(recipe, overrides=list(overrides), out=out, resume=resume,
+                      allow_recipe_change=allow_recipe_change, progress="epochs" if quiet else "bar",
+                      warn=lambda msg: click.echo(f"edgekd: warning: {msg}", err=True))
+    if not run.summary:  # a torchrun rank other than 0
         return 0
+    summary = run.summary
     s, t = summary["student"], summary["teacher"]
     click.echo(
         f"teacher {t['arch']}: acc {pct(t['accuracy'])} ECE {pct(t['ece'])} NLL {t['nll']:.4f} Brier {t['brier']:.4f}"
     )
     click.echo(
-        f"run {out} | student {s['arch']} ({summary['method']}): acc {pct(s['accuracy'])} "
+        f"run {run.path} | student {s['arch']} ({summary['method']}): acc {pct(s['accuracy'])} "
         f"ECE {pct(s['ece'])} NLL {s['nll']:.4f} Brier {s['brier']:.4f} on {summary['eval_images']} {summary['eval_split']} images"
     )
     return 0
+
+
+def _launch(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: bool, nproc: int) -> int:
+    """--nproc-per-node N: this same command in N processes through torch's launcher."""
+    from edgekd import api
+    from edgekd.recipe import load_recipe
+
+    r = load_recipe(recipe, overrides)
+    api.need_torch("distill")
+    from edgekd.distill import distributed
+    from edgekd.distill.run_dir import default_run_dir, find_resumable
+
+    if distributed.from_env().enabled:
+        raise click.UsageError("--nproc-per-node launches processes; under torchrun leave it out")
+    distributed.per_rank_batch(r.data.batch_size, distributed.Dist(0, nproc, 0))
+    out = out or (find_resumable(r) if resume else default_run_dir(r))  # one name for every rank
+    argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])
+    code = distributed.launch(nproc, rank_argv(argv, out))
+    if code:
+        click.echo(f"edgekd: error: the training processes failed (exit {code}); their message is above", err=True)
+    return code
 
 
 def rank_argv(argv: list[str], out: Path) -> list[str]:
@@ -217,7 +206,9 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     cmp = prepare_comparison(recipe, variants, seed_list, list(overrides), out, eval_split=eval_split,
                              reference=reference, replicates=replicates, overwrite=overwrite)
     if cmp.needs_work:
-        _need_torch("compare")
+        from edgekd.api import need_torch
+
+        need_torch("compare")
     on_epoch = None if quiet else (lambda rec: "student_accuracy" in rec and click.echo(
         f"  epoch {rec['epoch']}: student acc {pct(rec['student_accuracy'])} ECE {pct(rec['student_ece'])}"))
     command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -273,12 +264,11 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
     Exit 0 on success, 1 if an exported file disagrees with PyTorch or --int8-search
     finds no INT8 file that passes the gate (the bundle is written without it), 2 on bad input.
     """
-    _need_torch("export")
-    from edgekd.deploy import export_bundle
+    from edgekd import api
 
-    export_bundle(run_dir=run_dir, out=out, formats=_csv(formats), trt=trt, calib_samples=calib_samples,
-                  calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=click.echo,
-                  int8_search=int8_search, search_budget=search_budget)
+    api.export(run_dir, out=out, formats=_csv(formats), trt=trt, calib_samples=calib_samples,
+               calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, int8_search=int8_search,
+               search_budget=search_budget, log=click.echo)
     return 0
 
 
@@ -316,13 +306,13 @@ def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max
     recorded in the manifest. Exit 0 if every check passes, 1 if a gate fails,
     2 on bad input.
     """
-    from edgekd.validate import run_validation
+    from edgekd import api
 
-    thresholds = {"max_ece": max_ece, "max_acc_drop": max_acc_drop, "min_agreement": min_agreement,
-                  "max_ece_drift": max_ece_drift}
-    return run_validation(bundle=bundle, data_spec=data_spec, formats=_csv(formats), runtime=runtime,
-                          providers=_csv(providers), batch=batch, thresholds=thresholds, json_path=json_path,
-                          report_dir=report_dir, save_predictions=save_predictions, log=click.echo)
+    report = api.validate(bundle, data=data_spec, formats=_csv(formats), runtime=runtime, providers=_csv(providers),
+                          batch=batch, max_ece=max_ece, max_acc_drop=max_acc_drop, min_agreement=min_agreement,
+                          max_ece_drift=max_ece_drift, json_path=json_path, report_dir=report_dir,
+                          save_predictions=save_predictions, log=click.echo)
+    return 0 if report.passed else 1
 
 
 @cli.command("models")
@@ -341,7 +331,9 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
     package, exit 2. A name two packages (or a package and edgekd) claim is
     ambiguous: the others are listed, then one line names it, exit 2.
     """
-    _need_torch("models")
+    from edgekd.api import need_torch
+
+    need_torch("models")
     from edgekd.models import ambiguous_models, model_catalog
 
     rows = model_catalog(num_classes, in_channels, image_size)

@@ -1,11 +1,12 @@
-"""User-facing errors.
+"""User-facing errors: every error edgekd raises on purpose is an EdgeKDError.
 
-Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle or flag)
-raises an EdgeKDError subclass with a one-line message that names what is wrong
-and what is allowed. The CLI turns it into that line on stderr and exit code 2,
-never a traceback (unless --debug). A check of the result that fails on good input
-(parity, the INT8 search, a lost training peer) is a FailedCheck, an EdgeKDError
-with exit code 1.
+Anything the user can fix (a recipe, data, checkpoint, ONNX file, bundle, flag or
+API argument) raises an EdgeKDError subclass with a one-line message that names
+what is wrong and what is allowed; exit_code 2. A check of the result that fails on
+good input (parity, the INT8 search, a lost training peer, a validation gate) is a
+FailedCheck, an EdgeKDError with exit_code 1. The CLI prints the message as one line
+on stderr and exits with exit_code, never a traceback (unless --debug); the Python
+API (edgekd.api) raises it as it is.
 """
 
 from __future__ import annotations
@@ -20,33 +21,33 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
 
 
 class EdgeKDError(Exception):
-    """A problem with the user's input. Exit code 2."""
+    """The base of edgekd's errors. Without a subclass: a problem with the user's input. Exit code 2."""
 
     exit_code = 2
 
 
 class RecipeError(EdgeKDError):
-    pass
+    """A recipe or an override: unreadable or not YAML, an unknown key, a wrong type or value."""
 
 
 class DataError(EdgeKDError):
-    pass
+    """Images or a data folder: missing, empty, corrupt, or classes that do not match the model's."""
 
 
 class ModelError(EdgeKDError):
-    pass
+    """A model: an unknown arch or option, or a module passed in that does not fit the data."""
 
 
 class CheckpointError(EdgeKDError):
-    pass
+    """A checkpoint or run file: missing, truncated, unsafe, or not fitting the model or recipe."""
 
 
 class ExportError(EdgeKDError):
-    pass
+    """An export setting (format, calibration) or a file that cannot be exported."""
 
 
 class BundleError(EdgeKDError):
-    pass
+    """A bundle: no manifest, a file whose sha256 or shape disagrees with it, a format it lacks."""
 
 
 class MissingDependencyError(EdgeKDError):
@@ -75,3 +76,8 @@ class Int8SearchError(FailedCheck):
     """`edgekd export --int8-search` found no INT8 file that passes the recipe's gate: the input
     was fine, the model does not survive INT8 within the gate. The bundle is written without
     that file (every candidate's figures in its manifest)."""
+
+
+class GateError(FailedCheck):
+    """A validated bundle failed its gate (Report.raise_for_gate). The command `edgekd validate`
+    prints the verdict and exits 1 instead of raising it."""

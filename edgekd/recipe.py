@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator,
@@ -309,30 +309,51 @@ def _allowed_keys(loc: tuple) -> str:
     return ", ".join(model.model_fields)
 
 
+# What `--set` takes on the command line (KEY=VALUE strings, values parsed as YAML)
+# and what edgekd.distill takes from Python (those strings, or {dotted key: value}).
+Overrides = Union[Sequence[str], Mapping[str, Any]]
+
+
+def _key_path(key: Any, label: str) -> list[str]:
+    if not isinstance(key, str) or not key.strip() or any(not p for p in key.strip().split(".")):
+        raise RecipeError(f"{label}: KEY must be a dotted path like optim.lr")
+    return key.strip().split(".")
+
+
 def parse_override(item: str) -> tuple[list[str], Any]:
+    if not isinstance(item, str):
+        raise RecipeError(f"override {item!r} is not a KEY=VALUE string; pass ['train.epochs=5'] or {{'train.epochs': 5}}")
     if "=" not in item:
         raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
     key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise RecipeError(f"--set {item!r}: KEY must be a dotted path like optim.lr")
+    path = _key_path(key, f"--set {item!r}")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    return path, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
+def _override_items(overrides: Overrides) -> list[tuple[str, list[str], Any]]:
+    """(how an error names it, key path, value) per override, in order."""
+    if isinstance(overrides, Mapping):
+        return [(f"override {k!r}", _key_path(k, f"override {k!r}"), v) for k, v in overrides.items()]
+    if isinstance(overrides, str):  # iterating it would give one override per character
+        raise RecipeError(f"overrides {overrides!r} is one string; pass a list ['{overrides}'] or a dict")
+    return [(f"--set {item!r}", *parse_override(item)) for item in overrides]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
+    """Set each dotted key in `raw` (sections are created as needed); values from
+    KEY=VALUE strings are parsed as YAML scalars, values of a mapping are used as they are."""
+    for label, path, value in _override_items(overrides):
         node = raw
         for part in path[:-1]:
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise RecipeError(f"--set {item!r}: '{part}' is not a section")
+                raise RecipeError(f"{label}: '{part}' is not a section")
             node = child
         node[path[-1]] = value
     return raw
@@ -385,13 +406,18 @@ def saved_sections(recipe: dict[str, Any], source: str) -> Any:
         raise RecipeError(f"{source}: {_format_error(e)}") from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    raw = read_yaml_mapping(path)
-    raw = apply_overrides(raw, list(overrides))
-    recipe = validate_recipe(raw, source=str(path))
+def build_recipe(raw: dict[str, Any], overrides: Overrides = (), *, source: str = "recipe",
+                 default_name: str | None = None) -> Recipe:
+    """`raw` (a recipe mapping, changed in place) with `overrides` applied, validated; named
+    `default_name` when it has no name. Errors name `source` (the file, or "recipe")."""
+    recipe = validate_recipe(apply_overrides(raw, overrides), source=source)
     if recipe.name is None:
-        recipe.name = Path(path).stem
+        recipe.name = default_name
     return recipe
+
+
+def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
+    return build_recipe(read_yaml_mapping(path), overrides, source=str(path), default_name=Path(path).stem)
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ SLOW_FIXTURES = {
     "quickstart_run",  # test_distill: the full 25-epoch quickstart
     "torchrun_ref",    # test_distributed: a 2-process run
     "reference",       # test_reliability: a 4-epoch run
+    "user_run",        # test_api: a 2-epoch run of user modules and its bundle
     "trained",         # test_int8_search: a 4-epoch run with a tune split (searched, exported, broken copies)
 }
 

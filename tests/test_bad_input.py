@@ -1,7 +1,8 @@
 """The bad-input suite: every mistake a user can make in a recipe, data folder,
 checkpoint, ONNX file, bundle or flag gets exit code 2, at most 3 short lines on
 stderr naming the problem, no traceback, and leaves the working folder exactly as
-it was (nothing created, nothing overwritten).
+it was (nothing created, nothing overwritten). From Python, the same mistake is an
+EdgeKDError carrying that line.
 
 Each case builds its inputs inside a fresh working folder, snapshots every file
 in it (path -> sha256), runs the real `edgekd` entry point there, and compares.
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import click
 import numpy as np
 import onnx
 import pytest
@@ -27,8 +29,9 @@ import torch
 import torchvision.models as tvm
 from PIL import Image
 
+from edgekd import api
 from edgekd.cli import main
-from edgekd.errors import RecipeError
+from edgekd.errors import EdgeKDError, RecipeError
 from edgekd.models import register_model, registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -399,6 +402,68 @@ def test_compile_forced_without_a_cpp_compiler(tmp_path, monkeypatch, capfd):
         _assert_refused("compile without a C++ compiler", tmp_path, argv,
                         ["train.compile: true, but torch.compile on the CPU needs a C++ compiler", "auto or false"],
                         capfd)
+
+
+# The same cases from Python (edgekd.api): the call that does what the command line does
+# raises an EdgeKDError, never SystemExit: the very error (class and one-line message) that
+# the command prints, unless click refused the command line before it reached the API.
+API_KEYS = {"--set": "overrides", "--out": "out", "--resume": "resume", "--formats": "formats", "--data": "data",
+            "--runtime": "runtime", "--providers": "providers", "--overwrite": "overwrite",
+            "--int8-search": "int8_search", "--search-budget": "search_budget", "--calib-samples": "calib_samples"}
+SWITCHES = ("--resume", "--overwrite", "--int8-search")
+NUMBERS = {"--search-budget": float, "--calib-samples": int}  # click parses these; plain digits are passed on
+
+
+def api_call(argv: list[str]) -> Callable[[], object] | None:
+    """The API call for argv, or None if argv holds something only the command line parses
+    (a number in a flag, an unknown option, edgekd compare)."""
+    verb, *rest = argv
+    fn = {"distill": api.distill, "export": api.export, "validate": api.validate}.get(verb)
+    if fn is None:
+        return None
+    args, kwargs = [], {}
+    items = iter(rest)
+    for a in items:
+        key = API_KEYS.get(a)
+        if not a.startswith("--"):
+            args.append(a)
+        elif key is None:
+            return None
+        elif a in SWITCHES:
+            kwargs[key] = True
+        elif a == "--set":
+            kwargs.setdefault(key, []).append(next(items))
+        elif a in NUMBERS:
+            value = next(items)
+            if not value.replace(".", "", 1).isdigit():
+                return None
+            kwargs[key] = NUMBERS[a](value)
+        else:
+            value = next(items)
+            kwargs[key] = value.split(",") if a in ("--formats", "--providers") else value
+    return lambda: fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_from_python(name, made, tmp_path, monkeypatch, capfd):
+    build, _ = CASES[name]
+    w = tmp_path / "w"
+    w.mkdir()
+    monkeypatch.chdir(w)
+    argv = [str(a) for a in build(w, made)]
+    call = api_call(argv)
+    if call is None:
+        pytest.skip("a flag or command that only the command line parses")
+    before = _snapshot(w)
+    with pytest.raises(EdgeKDError) as e:
+        call()
+    assert e.value.exit_code == 2 and len(str(e.value).splitlines()) == 1, (name, str(e.value))
+    assert _snapshot(w) == before, f"{name}: the working folder changed"
+    with pytest.raises(Exception) as cli:  # --debug: main lets the error out instead of printing it
+        main(["--debug", *argv])
+    if isinstance(cli.value, click.UsageError):
+        return  # click refused the argument before the command called the API (a directory for a file, ...)
+    assert (type(cli.value), str(cli.value)) == (type(e.value), str(e.value)), name
 
 
 @pytest.mark.parametrize("debug", ["flag", "env"])

@@ -195,9 +195,10 @@ def test_validates_without_torch(full_run, bundle):
             assert fmt in out
 
 
-# What a device imports: the validate side, the runtime layer both sides share, and the contract modules.
-DEVICE_MODULES = ["edgekd.validate", "edgekd.runtime", "edgekd.runtime.base", "edgekd.runtime.onnxruntime_session",
-                  "edgekd.runtime.openvino_cpu", "edgekd.runtime.tensorrt_engine", "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
+# What a device imports: the validate side, the Python API, the runtime layer both sides share, and the contract modules.
+DEVICE_MODULES = ["edgekd.validate", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base",
+                  "edgekd.runtime.onnxruntime_session", "edgekd.runtime.openvino_cpu", "edgekd.runtime.tensorrt_engine",
+                  "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
                   "edgekd.drift", "edgekd.calibration"]
 
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 from edgekd.progress import SearchProgress
 from edgekd.recipe import saved_sections
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # model_fp32.onnx ... model_int8_cpu.onnx, in bundle order. int8_cpu: asymmetric uint8 activations,
 # fast in ONNX Runtime on CPUs; TensorRT cannot read it, so no engine is ever built from it
@@ -60,9 +63,12 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
                   formats: Sequence[str] | None = None, trt: bool = False, calib_samples: int = 512,
                   calib_method: str = "minmax", max_batch: int = 64, overwrite: bool = False,
                   log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None,
-                  int8_search: bool | None = None, search_budget: float | None = None) -> Path:
+                  int8_search: bool | None = None, search_budget: float | None = None,
+                  model: nn.Module | None = None) -> Path:
     """Write the bundle of RUN_DIR's student to OUT (default export/<run-name>/ under the current directory).
 
+    `model`: a module of the student's class, into a copy of which student.pt's weights
+    are loaded (required for a user model; by default the arch is rebuilt by name).
     Returns the bundle's path. With trt=True on a machine without TensorRT or a
     GPU, the ONNX bundle is still written, then MissingDependencyError is raised.
     int8_search / search_budget: None takes the run's recipe (export.int8_search,
@@ -82,7 +88,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
                           "cannot read); add one of them to --formats")
     run = resolve_run(run_dir, log)
     out = Path(out) if out is not None else Path("export") / run.name
-    student = load_run_student(run)
+    student = load_run_student(run, model)
     # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
     sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
     search = _search_request(sections, chosen, int8_search, search_budget)

@@ -5,6 +5,7 @@ Every problem with the run is found here, before anything is written.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from edgekd.distill.run_dir import newest_complete_run
 from edgekd.errors import CheckpointError, EdgeKDError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
+from edgekd.models.user import class_name, is_user_arch
 
 STUDENT_FILE = "student.pt"
 TORCH_BATCH = 256
@@ -68,12 +70,23 @@ def resolve_run(run_dir: str | Path | None, log: Callable[[str], Any]) -> Path:
     return run_dir
 
 
-def load_run_student(run_dir: Path) -> Student:
+def load_run_student(run_dir: Path, model: nn.Module | None = None) -> Student:
+    """The run's student.pt, its weights loaded into a model rebuilt from its arch, or into a
+    CPU copy of `model` (needed for a user model, which no name rebuilds; the caller's
+    module is left as it is)."""
     path = run_dir / STUDENT_FILE
     ckpt = load_student(path)
     if not isinstance(ckpt.get("split"), dict):
         raise CheckpointError(f"{path} does not record its data split; re-run edgekd distill to write a complete student.pt")
-    model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"], ckpt.get("options"))
+    if model is not None:
+        model = copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format)
+    elif is_user_arch(ckpt["arch"]):
+        raise CheckpointError(
+            f"the student of {run_dir} is a user model ({ckpt['arch']}), which edgekd cannot rebuild from a name; "
+            f"export it from Python with the module: edgekd.export(run, student={class_name(ckpt['arch'])}(...))")
+    else:
+        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"],
+                            ckpt.get("options"))
     load_weights(model, ckpt["state_dict"], source=str(path))
     return Student(run_dir, ckpt, sha256_file(path), model.eval())
 

@@ -13,7 +13,9 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
+
+from torch import nn
 
 from edgekd import files
 from edgekd.distill import checkpoint as ckpt
@@ -73,24 +75,31 @@ def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bo
     return diffs
 
 
-def run_distill(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
-                allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
-                dist: Dist = SINGLE, note: Callable[[str], None] | None = None) -> dict[str, Any]:
+def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
+              allow_recipe_change: bool = False, warn: Callable[[str], None] | None = None,
+              dist: Dist = SINGLE, note: Callable[[str], None] | None = None,
+              modules: Mapping[str, nn.Module] | None = None) -> tuple[dict[str, Any], Setup]:
     """Prepare (no files yet), then train into run_dir. A run that fails before its
     first checkpoint leaves no directory behind. Under torchrun every rank calls this;
-    all of them check the run directory, rank 0 alone changes it. Returns the summary
-    (an empty dict on ranks other than 0). `note` gets the resolved speed settings (the run's
-    first line) and what init: backbone loaded."""
-    setup = prepare(recipe, dist)
+    all of them check the run directory, rank 0 alone changes it. `note` gets the resolved
+    speed settings (the run's first line) and what init: backbone loaded; `modules`: user
+    modules for "teacher"/"student" (see prepare). Returns the summary (an empty dict on
+    ranks other than 0) and the Setup, whose teacher and student are the trained nets."""
+    setup = prepare(recipe, dist, modules)
     if note and dist.is_main:
         note(setup.speed.line())
         for role, report in setup.init_reports.items():
             for line in report.lines(role):
                 note(line)
     try:
-        return _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
+        return _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn), setup
     finally:
         distributed.shutdown(dist)
+
+
+def run_distill(recipe: Recipe, run_dir: Path, resume: bool, **kwargs) -> dict[str, Any]:
+    """train_run's summary alone: what edgekd compare and the tests need."""
+    return train_run(recipe, run_dir, resume, **kwargs)[0]
 
 
 def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, allow_recipe_change: bool,

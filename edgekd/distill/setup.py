@@ -11,6 +11,7 @@ import os
 import platform
 import random
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill import tensorboard_log
 from edgekd.distill.methods import Distiller, get_method
 from edgekd.errors import MissingDependencyError, RecipeError
-from edgekd.models import build_model
+from edgekd.models import build_model, user
 from edgekd.models.pretrained import InitReport, init_weights
 from edgekd.recipe import OptimConfig, Recipe
 
@@ -273,9 +274,14 @@ def join_process_group(recipe: Recipe, dist: Dist) -> None:
     distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
 
 
-def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
+def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module] | None = None) -> Setup:
     """Build data, models and the method; raise a clean error for any bad input, write nothing.
-    Under torchrun (dist.enabled) this also joins the process group."""
+    Under torchrun (dist.enabled) this also joins the process group. `modules` maps "teacher"
+    and/or "student" to user modules (models/user.py), used (and trained) in place of building
+    the recipe's arch; they keep their weights unless the recipe names a checkpoint (and init)."""
+    modules = dict(modules or {})
+    for role in ("teacher", "student"):
+        user.require_module(role, getattr(recipe, role).arch, modules.get(role))
     d = recipe.data
     device = distributed.local_device(dist, resolve_device(recipe.train.device))
     resolve_amp(recipe.train.amp, device)  # a forced precision this device lacks fails before the data loads
@@ -300,8 +306,11 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE) -> Setup:
     init_reports: dict[str, InitReport] = {}
 
     def net(role: str) -> nn.Module:
-        cfg = getattr(recipe, role)
-        model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
+        cfg, model = getattr(recipe, role), modules.get(role)
+        if model is not None:
+            user.check_output(role, model, data.num_classes, data.in_channels, data.image_size)
+        else:
+            model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
         if cfg.checkpoint:
             state = ckpt.load_net_weights(cfg.checkpoint, role)
             report = init_weights(model, state, cfg.init, source=cfg.checkpoint, num_classes=data.num_classes)

@@ -39,8 +39,9 @@ from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bund
                                     select_formats)
 from edgekd.validate.data import EvalData, load_eval_data
 from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
+from edgekd.validate.report import Report
 
-__all__ = ["run_validation", "open_runtimes", "validate_formats"]
+__all__ = ["Report", "run_validation", "open_runtimes", "validate_formats"]
 
 
 @contextmanager
@@ -93,11 +94,11 @@ def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dic
 def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[str] | None, runtime: str,
                    providers: list[str] | None, batch: int, thresholds: dict[str, float | None],
                    json_path: Path | None, report_dir: Path | None, save_predictions: Path | None,
-                   log: Callable[[str], Any] = print, budget: TimingBudget | None = None) -> int:
-    """Validate BUNDLE; print a table, one line per gate check and the verdict.
-
-    Returns 0 if every check passes, 1 if one fails; bad input raises EdgeKDError (exit 2).
-    """
+                   log: Callable[[str], Any] = print, budget: TimingBudget | None = None) -> Report:
+    """Validate BUNDLE; log a table, one line per gate check and the verdict; write the
+    files asked for. Returns the Report (report.passed: every check passed); bad input
+    raises EdgeKDError. A failed gate is not raised: the caller decides (exit 1, or
+    Report.raise_for_gate)."""
     b = load_bundle(bundle, log)
     selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
     with open_runtimes(b, selected, providers, runtime) as runtimes:
@@ -112,25 +113,20 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
         used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
     limits = gate.resolve_thresholds(thresholds, b.gate)
     checks = gate.evaluate(results, limits)
-    passed = gate.passed(checks)
     gate_lines = gate.report_lines(checks)
     log(report.console_table(results))
     for line in gate_lines:
         log(line)
-
-    if json_path or report_dir:
-        document = report.results_document(
-            results, limits, checks, passed,
-            data={"spec": data.spec, "n": data.n, "classes": data.classes},
-            device=report.device_info(runtime, used, onnxruntime_version(), openvino_version()),
-            bundle=report.bundle_info(b),
-        )
-        if json_path:
-            write_json(json_path, document)
-            log(f"wrote {json_path}")
-        if report_dir:
-            log(f"wrote {report.write_report(report_dir, document, logits, data.labels, gate_lines)}")
+    result = Report(b, results, limits, checks, gate.passed(checks), gate_lines[-1],
+                    data={"spec": data.spec, "n": data.n, "classes": data.classes},
+                    device=report.device_info(runtime, used, onnxruntime_version(), openvino_version()),
+                    labels=data.labels, logits=logits)
+    if json_path:
+        write_json(json_path, result.as_dict())
+        log(f"wrote {json_path}")
+    if report_dir:
+        log(f"wrote {report.write_report(report_dir, result.as_dict(), logits, data.labels, gate_lines)}")
     if save_predictions:
         report.save_predictions(save_predictions, data.labels, logits)
         log(f"wrote {save_predictions}")
-    return 0 if passed else 1
+    return result

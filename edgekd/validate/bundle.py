@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,42 +33,60 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass
 class Bundle:
+    """A checked bundle (what `edgekd.export` returns, and what validate reads).
+
+    path: the bundle folder. manifest: manifest.json (export/README.md describes it;
+    manifest["files"][name] holds each file's export-time metrics, drift and parity
+    against PyTorch). formats: format name ("fp32", "int8_cpu", "engine_fp16", ...) ->
+    file name, FP32 first (the order validate reports them in).
+    """
+
     path: Path
-    manifest: dict
+    manifest: dict = field(repr=False)
     formats: dict[str, str]  # format name -> file name, in FORMAT_ORDER
 
     @property
     def class_names(self) -> list[str]:
+        """The class names, in the order of the model's outputs."""
         return self.manifest["class_names"]
 
     @property
     def num_classes(self) -> int:
+        """The number of classes (outputs)."""
         return int(self.manifest["model"]["num_classes"])
 
     @property
     def preprocessing(self) -> dict:
+        """How an image becomes the model's input (resize, mean, std, ...: manifest["preprocessing"])."""
         return self.manifest["preprocessing"]
 
     @property
     def image_size(self) -> int:
+        """The input's height and width, in pixels."""
         return int(self.manifest["input"]["shape"][2])
 
     @property
     def channels(self) -> int:
+        """The input's channels (1 or 3)."""
         return int(self.manifest["input"]["shape"][1])
 
     @property
     def gate(self) -> dict:
+        """The recipe's validate: thresholds, recorded at export (validate's defaults)."""
         return self.manifest["gate"]
 
     @property
     def reference(self) -> dict:
+        """PyTorch's metrics on the run's val split (runtime, split, n, accuracy, ece, ...)."""
         return self.manifest["reference"]
 
     def file(self, fmt: str) -> Path:
+        """The path of format `fmt`'s file."""
         return self.path / self.formats[fmt]
 
     def entry(self, fmt: str) -> dict:
+        """Format `fmt`'s manifest entry: sha256, bytes, and for an exported ONNX file its metrics,
+        drift and parity against PyTorch on the val split."""
         return self.manifest["files"][self.formats[fmt]]
 
     def float_nodes(self, fmt: str) -> list[str] | None:

@@ -1,19 +1,23 @@
-"""What validate writes: the console table, --json, --report DIR and --save-predictions. All atomic."""
+"""What validate returns (Report) and writes: the console table, --json, --report DIR and
+--save-predictions. All writes atomic."""
 
 from __future__ import annotations
 
 import io
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgekd import calibration
 from edgekd.calibration import METRIC_KEYS
-from edgekd.errors import EdgeKDError
+from edgekd.errors import EdgeKDError, GateError
 from edgekd.files import atomic_write_bytes, atomic_write_text
 from edgekd.text import pct
+from edgekd.validate.bundle import Bundle
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
@@ -56,6 +60,46 @@ def results_document(results: dict[str, dict], thresholds: dict, checks: list[Ch
         "device": device,
         "bundle": bundle,
     }
+
+
+@dataclass(frozen=True)
+class Report:
+    """What `edgekd.validate` returns: every figure the command prints or writes.
+
+    formats: per format ("fp32", "int8", "engine_fp16", ...), the --json keys: accuracy,
+      ece, mce, adaptive_ece, classwise_ece, nll, brier (raw softmax, fractions), agreement
+      (top-1 with the FP32 ONNX file; None without it), acc_drop and ece_drift (against
+      the manifest's PyTorch reference on the run's val split, else against FP32 ONNX;
+      None if unknown), latency_ms (p50/p90/p99 per batch), throughput (images/s),
+      ts_headroom (temperature diagnostic).
+    thresholds: the gate's limits (arguments first, else the manifest's; None: not checked).
+    checks: one gate.Check per (format, threshold set): value, threshold, status pass/fail/skip.
+    passed: no check failed. verdict: the command's last line ("VERDICT: PASS (4 checks)").
+    data: spec, n (images), classes. device: platform, cpu, runtime, providers, onnxruntime,
+      openvino (versions; None if not installed).
+    labels, logits: the images' labels and each format's logits (float32 [n, classes]).
+    """
+
+    bundle: Bundle
+    formats: dict[str, dict[str, Any]] = field(repr=False)
+    thresholds: dict[str, float | None] = field(repr=False)
+    checks: list[Check] = field(repr=False)
+    passed: bool
+    verdict: str
+    data: dict[str, Any] = field(repr=False)
+    device: dict[str, Any] = field(repr=False)
+    labels: np.ndarray = field(repr=False)
+    logits: dict[str, np.ndarray] = field(repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The document `--json FILE` writes (formats, gate, data, device, bundle)."""
+        return results_document(self.formats, self.thresholds, self.checks, self.passed, self.data, self.device,
+                                bundle_info(self.bundle))
+
+    def raise_for_gate(self) -> None:
+        """Raise GateError (the verdict line, exit code 1) if a check failed; else do nothing."""
+        if not self.passed:
+            raise GateError(self.verdict)
 
 
 # ---------------------------------------------------------------- console and Markdown tables
