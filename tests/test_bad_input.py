@@ -332,12 +332,18 @@ def test_docs_reliability_counts_these_cases():
     assert table == counted
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_input(name, made, tmp_path, monkeypatch, capfd):
-    build, needles = CASES[name]
+@pytest.fixture
+def w(tmp_path, monkeypatch):
+    """An empty working directory, the current one for the test: whatever a case writes lands here."""
     w = tmp_path / "w"
     w.mkdir()
     monkeypatch.chdir(w)
+    return w
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name, made, w, capfd):
+    build, needles = CASES[name]
     _assert_refused(name, w, build(w, made), needles, capfd)
 
 
@@ -445,11 +451,8 @@ def api_call(argv: list[str]) -> Callable[[], object] | None:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_from_python(name, made, tmp_path, monkeypatch, capfd):
+def test_bad_input_from_python(name, made, w, capfd):
     build, _ = CASES[name]
-    w = tmp_path / "w"
-    w.mkdir()
-    monkeypatch.chdir(w)
     argv = [str(a) for a in build(w, made)]
     call = api_call(argv)
     if call is None:
