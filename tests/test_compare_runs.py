@@ -107,6 +107,7 @@ def test_reuse_from_prediction_files_without_run_folders(tmp_path):
     md = (out / "comparison.md").read_text()
     assert "### vs ce (students)" in md and "400 images per run" in md and "3 seeds" in md and "**" not in md
     assert "not a finding" in md
+    assert "rows ending in +ts" in md and "never on the test split" in md
     # The same comparison again (e.g. in a later session): identical statistics.
     again = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2], SPLITS, out, log=logs.append,
                     eval_split="test", replicates=200)
@@ -118,6 +119,15 @@ def test_reuse_from_prediction_files_without_run_folders(tmp_path):
     more = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2, 3], SPLITS, out, log=logs.append,
                    eval_split="test", replicates=200)
     assert more["seeds"] == [0, 1, 2, 3] and more["vs_reference"]["bdkd"]["seeds"] == [0, 1, 2, 3]
+
+
+def test_markdown_names_the_ts_fit_only_when_there_are_ts_rows(tmp_path):
+    out = tmp_path / "cmp"
+    _write_predictions(out, ["ce", "bdkd"], [0, 1], SPLITS)
+    run_all(QUICK, parse_variants(["ce", "bdkd"]), [0, 1], SPLITS, out, log=lambda s: None,
+            eval_split="test", replicates=50)
+    md = (out / "comparison.md").read_text()
+    assert "Student metrics use the raw softmax." in md and "+ts" not in md
 
 
 def test_ts_row_fits_its_temperature_on_tune_only(tmp_path):

@@ -134,6 +134,15 @@ def _cell(k: str, st: dict) -> str:
     return f"{_num(k, st['mean'])} [{_num(k, st['ci'][0])}, {_num(k, st['ci'][1])}]"
 
 
+def _softmax_sentence(report: dict) -> str:
+    """What the student rows are scored on; the +ts clause only when there are +ts rows (compare
+    refuses +ts on the tune split itself, so its fitting split always differs from the reported one)."""
+    if not any(label.endswith("+ts") for label in report["variants"]):
+        return "Student metrics use the raw softmax."
+    return ("Student metrics use the raw softmax, except rows ending in +ts: their logits are divided by a "
+            f"temperature fitted (NLL) on each run's tune split, never on the {report['eval_split']} split.")
+
+
 def markdown(report: dict) -> str:
     lines = []
     if report.get("command"):
@@ -144,9 +153,7 @@ def markdown(report: dict) -> str:
     m = report["method"]
     lines += [
         f"Evaluated on the {split} split: {images} images per run, {len(seeds)} seed{'s' * (len(seeds) != 1)} "
-        f"({', '.join(map(str, seeds))}) per variant. Student metrics use the raw softmax, except rows ending in "
-        f"+ts: their logits are divided by a temperature fitted (NLL) on each run's tune split, never on the "
-        f"{split} split.", "",
+        f"({', '.join(map(str, seeds))}) per variant. {_softmax_sentence(report)}", "",
         "Each cell is the mean over seeds with its 95% confidence interval in brackets (t interval over seeds; "
         "one seed gives no interval). ECE floor: the mean 15-bin ECE a perfectly calibrated model with the same "
         f"confidences would show on this many images ({m['noise_floor_replicates']} simulations); an ECE near "
