@@ -130,6 +130,25 @@ def test_markdown_names_the_ts_fit_only_when_there_are_ts_rows(tmp_path):
     assert "Student metrics use the raw softmax." in md and "+ts" not in md
 
 
+def test_a_pinned_speed_setting_matches_runs_whose_auto_resolved_to_it(tmp_path):
+    """Runs trained with train.amp: auto that resolved to off (recorded in their summary) are the
+    runs of a recipe that pins amp: off; not of one that pins bf16."""
+    out = tmp_path / "cmp"
+    _write_predictions(out, ["ce"], [0], SPLITS)
+    for meta in (out / "predictions").glob("*.json"):
+        m = json.loads(meta.read_text())
+        assert m["recipe"]["train"]["amp"] == "auto"
+        m["summary"]["speed_settings"] = {"channels_last": True, "compile": False, "amp": "off"}
+        meta.write_text(json.dumps(m))
+    report = run_all(QUICK, parse_variants(["ce"]), [0], [*SPLITS, "train.amp=off", "train.channels_last=true"],
+                     out, log=lambda s: None, eval_split="test", replicates=50)
+    assert report["seeds"] == [0] and not (out / "runs").exists()  # reused, nothing trained
+    (out / "comparison.json").unlink()  # else that comparison's recipe is what differs first
+    with pytest.raises(RecipeError, match=r"was made with another recipe \(keys differ: train.amp\)"):
+        run_all(QUICK, parse_variants(["ce"]), [0], [*SPLITS, "train.amp=bf16"], out, log=lambda s: None,
+                eval_split="test", replicates=50)
+
+
 def test_ts_row_fits_its_temperature_on_tune_only(tmp_path):
     out = tmp_path / "cmp"
     made = _write_predictions(out, ["ce"], [0, 1], SPLITS, tune_scale=3.0)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from _cli import cli
-from edgekd.distill.setup import compile_unavailable
+from edgekd.distill.setup import compile_unavailable, cpu_has_bf16
 from edgekd.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,10 +46,11 @@ def test_auto_settings_give_identical_runs_for_one_seed(tmp_path, capsys, one_th
     # 1,437 training images / 64 = 23 steps: far below the CPU's compile break-even.
     assert firsts[0] == firsts[1]
     assert firsts[0].startswith("speed settings: channels_last on (auto: faster on cpu), compile off (auto: run of "
-                                "23 steps < 1,940 break-even), amp off (auto: ")
+                                "23 steps < 12,909 break-even), amp ")
     speed = json.loads((tmp_path / "a" / "summary.json").read_text())["speed_settings"]
-    assert (speed["channels_last"], speed["compile"], speed["amp"]) == (True, False, "off")
-    assert speed["compile_reason"] == "auto: run of 23 steps < 1,940 break-even"
+    amp = "bf16" if cpu_has_bf16() else "off"  # auto: bf16 where the CPU has the instructions (this one does)
+    assert (speed["channels_last"], speed["compile"], speed["amp"]) == (True, False, amp)
+    assert speed["compile_reason"] == "auto: run of 23 steps < 12,909 break-even"
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 

@@ -82,8 +82,24 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
     return cmp
 
 
-def _differs(saved: dict, current: Recipe) -> list[str]:
-    return recipe_diff(with_defaults(saved), current.to_dict())
+# train keys whose `auto` the run resolved and recorded (summary.json's speed_settings)
+_RESOLVED_AUTO = ("channels_last", "compile", "amp")
+
+
+def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[str]:
+    """Keys of the saved recipe that differ from current. `speed`, the saved run's recorded
+    speed_settings: a saved `auto` then matches a current recipe that pins exactly what auto
+    resolved to for that run (e.g. amp: off after the CPU default became bf16), so pinning a
+    setting does not orphan runs that trained with it."""
+    saved = with_defaults(saved)
+    now = current.to_dict()
+    if speed:
+        train, now_train = dict(saved.get("train") or {}), now.get("train") or {}
+        for key in _RESOLVED_AUTO:
+            if train.get(key) == "auto" and now_train.get(key) != "auto" and key in speed:
+                train[key] = speed[key]
+        saved = {**saved, "train": train}
+    return recipe_diff(saved, now)
 
 
 def _check_previous_comparison(cmp: Comparison) -> None:
@@ -113,7 +129,7 @@ def _prediction_matches(cmp: Comparison, run: PlannedRun) -> bool:
     if meta is None:
         return False
     path = predictions.paths(cmp.out, run.variant.slug, run.seed)[1]
-    diffs = _differs(meta.get("recipe") or {}, run.recipe)
+    diffs = _differs(meta.get("recipe") or {}, run.recipe, (meta.get("summary") or {}).get("speed_settings"))
     problem = (f"was made with another recipe (keys differ: {describe_keys(diffs)})" if diffs else
                f"holds the {meta.get('eval_split')} split, not {cmp.eval_split}" if meta.get("eval_split") != cmp.eval_split
                else None)
@@ -129,7 +145,9 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return
-    diffs = _differs(read_yaml_mapping(saved), r)
+    summary = run_dir / "summary.json"
+    speed = json.loads(summary.read_text()).get("speed_settings") if summary.is_file() else None
+    diffs = _differs(read_yaml_mapping(saved), r, speed)
     if diffs:
         raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
                           f"remove it or choose another --out")

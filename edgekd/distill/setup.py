@@ -123,27 +123,32 @@ def compile_break_even_steps(compile_seconds: float, eager_img_s: float, compile
     return math.ceil(compile_seconds / saved) if saved > 0 else None
 
 
-# channels_last (NHWC) convolutions: 1.16x (resnet20 -> resnet8) and 1.14x (resnet18 ->
-# mobilenet_v2) training images/s over NCHW on a 2-core CPU (issue 15's probe, to be confirmed
-# by the benchmark); on CUDA it is the usual layout for convnets (tensor cores).
+# The figures below: benchmarks/bench_cpu_settings.py, 2026-11-29 04:18-04:30 UTC on a quiet 2-core
+# AMD EPYC (AVX512-BF16), torch 2.14.1, batch 128, medians of 5 rounds (results/bench-cpu-settings.json).
+#
+# channels_last (NHWC) convolutions: 1.40x (resnet20 -> resnet8, 451 vs 322 img/s) and 1.49x
+# (resnet18 -> mobilenet_v2, 31.9 vs 21.4 img/s) training images/s over NCHW; on CUDA it is the
+# usual layout for convnets (tensor cores).
 AUTO_CHANNELS_LAST = {"cpu": True, "cuda": True}
 
 # torch.compile under auto: on when the run's optimizer steps (per process) reach the
-# break-even. From issue 15's probe until the benchmark replaces it: ~70 s of compiling, then
-# 1.12x over channels_last for the resnet20 -> resnet8 pair at batch 128 (380 img/s eager):
-# 70 / (128/380 - 128/425.6) = 1,940 steps. That pair has the cheapest steps of those measured,
-# so it needs the most of them: heavier nets repay sooner. CUDA: None (never under auto)
-# until benchmarks/gpu_check.py's compiled vs eager figures give a break-even there.
+# break-even. The resnet20 -> resnet8 pair compiled in 37 s and then ran 1.01x channels_last
+# (456 vs 451 img/s): 12,909 steps to repay. resnet18 -> mobilenet_v2 repays after 164 (67 s,
+# 1.11x), but the constant takes the pair that needs the most steps, so auto never compiles a
+# run that would not repay. CUDA: None (never under auto) until benchmarks/gpu_check.py's
+# compiled vs eager figures give a break-even there.
 AUTO_COMPILE_MIN_STEPS: dict[str, int | None] = {
-    "cpu": compile_break_even_steps(compile_seconds=70.0, eager_img_s=380.0, compiled_img_s=380.0 * 1.12,
+    "cpu": compile_break_even_steps(compile_seconds=37.12611, eager_img_s=451.25729, compiled_img_s=455.87971,
                                     batch_size=128),
     "cuda": None,
 }
 
-# bf16 autocast on a CPU with bf16 instructions (AVX512-BF16 here): 0.77-1.00x of fp32 in
-# issue 15's probe, i.e. not faster, so auto trains in fp32 on every CPU. Set True only if
-# the benchmark measures bf16 faster (auto then uses it where cpu_has_bf16()).
-AUTO_CPU_BF16 = False
+# bf16 autocast (+ channels_last) on a CPU with bf16 instructions: 2.09x (resnet20 -> resnet8) and
+# 3.08x (resnet18 -> mobilenet_v2) fp32 NCHW, 1.49x and 2.07x channels_last in fp32; short real
+# runs ended with the same student accuracy and ECE within their spread over 3 seeds. So auto
+# trains in bf16 wherever cpu_has_bf16(); CPUs without the instructions would emulate it in fp32
+# (slower), so they stay fp32. (Issue 15's earlier probe had measured 0.77-1.00x.)
+AUTO_CPU_BF16 = True
 
 
 def compile_unavailable(device: torch.device) -> str | None:
