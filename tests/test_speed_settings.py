@@ -7,10 +7,13 @@ import functools
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from _cli import cli
+from edgekd import calibration
+from edgekd.deploy.source import load_run_student, split_images
 from edgekd.distill.setup import compile_unavailable, cpu_has_bf16
 from edgekd.models import build_model
 
@@ -53,6 +56,13 @@ def test_auto_settings_give_identical_runs_for_one_seed(tmp_path, capsys, one_th
     assert speed["compile_reason"] == "auto: run of 23 steps < 12,909 break-even"
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # Trained in bf16 or not, the run reports the FP32 student's figures: those export writes.
+    student = load_run_student(tmp_path / "a")
+    val = split_images(student, "val")
+    logits = student.logits(student.preprocess(val)).astype(np.float64)
+    reported = json.loads((tmp_path / "a" / "summary.json").read_text())["student"]
+    assert reported["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == val.labels)), abs=1e-12)
+    assert reported["ece"] == pytest.approx(calibration.ece(logits, val.labels), abs=1e-6)
 
 
 @pytest.mark.slow  # a compiled 1-epoch run, its resume to 2 epochs and an fp32 export

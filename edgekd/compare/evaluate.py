@@ -45,8 +45,8 @@ def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str
     out = {}
     for split in splits:
         loader = setup.data.eval_loader(split, recipe.data.eval_batch_size, setup.device)
-        t_logits, labels = predict(setup.teacher, loader, setup.amp_dtype, setup.channels_last)
-        s_logits, s_labels = predict(setup.student, loader, setup.amp_dtype, setup.channels_last)
+        t_logits, labels = predict(setup.teacher, loader, setup.channels_last)
+        s_logits, s_labels = predict(setup.student, loader, setup.channels_last)
         assert np.array_equal(labels, s_labels)  # one unshuffled loader: same order twice
         out[split] = {"labels": labels, "teacher": t_logits, "student": s_logits}
     return out
