@@ -22,9 +22,10 @@ demo: $(STAMP)
 	$(VENV)/bin/edgekd export runs/quickstart-demo --out export/quickstart-demo
 	$(VENV)/bin/edgekd validate export/quickstart-demo
 
-# The whole suite, CPU only: what CI runs.
+# The whole suite, CPU only: what CI runs. --durations lists the 25 slowest tests, to keep
+# the suite under ~15 minutes on 2 cores.
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=25
 
 # The edit-test loop: the in-process unit tests, meant to take under a minute on 2 quiet
 # cores. It leaves out every test marked `slow` (pytest -m "not slow"): whatever trains,
