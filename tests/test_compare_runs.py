@@ -52,7 +52,8 @@ def _write_predictions(out, methods, seeds, overrides, eval_split="test", n=400,
         meta = {"variant": v.label, "seed": seed, "recipe_hash": r.digest(), "recipe": r.to_dict(),
                 "eval_split": eval_split, "eval_images": n, "eval_images_digest": "same-images", "tune_images": n,
                 "teacher": calibration.calibration_metrics(z * 0.5, y),
-                "summary": {"student": {"train_accuracy": 0.9}, "teacher": {"train_accuracy": 0.95}}}
+                "summary": {"student": {"train_accuracy": 0.9, "params": 1000}, "train_seconds": 60.0 + seed,
+                            "teacher": {"train_accuracy": 0.95, "params": 16000}}}
         predictions.save(out, v.slug, seed, meta, y, z, yt, zt * tune_scale)
         made[(v.label, seed)] = (z, y, zt * tune_scale, yt)
     return made
@@ -108,6 +109,15 @@ def test_reuse_from_prediction_files_without_run_folders(tmp_path):
     assert "### vs ce (students)" in md and "400 images per run" in md and "3 seeds" in md and "**" not in md
     assert "not a finding" in md
     assert "rows ending in +ts" in md and "never on the test split" in md
+    # The regime, from the ce rows alone: teacher minus student accuracy, sizes, the longest run.
+    regime = report["regime"]
+    ce = [r for r in report["runs"] if r["method"] == "ce"]
+    assert regime["seeds"] == [0, 1, 2] and regime["params_ratio"] == 1000 / 16000
+    assert regime["accuracy_gap"]["mean"] == pytest.approx(
+        np.mean([r["teacher"]["accuracy"] - r["student"]["accuracy"] for r in ce]))
+    assert regime["student_ece"]["mean"] == pytest.approx(np.mean([r["student"]["ece"] for r in ce]))
+    assert regime["train_seconds_max"] == 62.0
+    assert "### the regime" in md and "1/16.0 of the teacher's" in md and "| longest run's training | 1.0 min |" in md
     # The same comparison again (e.g. in a later session): identical statistics.
     again = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2], SPLITS, out, log=logs.append,
                     eval_split="test", replicates=200)

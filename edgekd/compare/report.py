@@ -47,6 +47,8 @@ def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
                 "student": {**calibration.calibration_metrics(logits, p.labels),
                             "train_accuracy": summary["student"].get("train_accuracy")},
                 "teacher": {**p.meta["teacher"], "train_accuracy": summary["teacher"].get("train_accuracy")},
+                "params": {"teacher": summary["teacher"].get("params"), "student": summary["student"].get("params")},
+                "train_seconds": summary.get("train_seconds"),
             }
             if temperature is not None:
                 entry["temperature"] = temperature
@@ -68,7 +70,33 @@ def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
         "summary": _summaries(cmp, runs, rows),
         "vs_reference": _versus(cmp, preds, rows, cmp.replicates),
     }
+    regime = _regime(runs)
+    if regime:
+        result["regime"] = regime
     return result, rows
+
+
+def _regime(runs: list[dict]) -> dict | None:
+    """What the plain `ce` runs (both nets trained alone with cross-entropy) say about the
+    regime: is the teacher really better than the student, how much bigger is it, how
+    over-confident is the CE student, how long does a run take. None without `ce` rows."""
+    ce = [r for r in runs if r["method"] == "ce"]
+    if not ce:
+        return None
+    gap = [r["teacher"]["accuracy"] - r["student"]["accuracy"] for r in ce]
+    out = {
+        "seeds": [r["seed"] for r in ce],
+        "teacher_accuracy": stats.summarize([r["teacher"]["accuracy"] for r in ce]),
+        "student_accuracy": stats.summarize([r["student"]["accuracy"] for r in ce]),
+        "accuracy_gap": stats.summarize(gap),
+        "student_ece": stats.summarize([r["student"]["ece"] for r in ce]),
+        "params": ce[0]["params"],
+    }
+    t, st = out["params"].get("teacher"), out["params"].get("student")
+    out["params_ratio"] = st / t if t and st else None
+    secs = [r["train_seconds"] for r in ce if r.get("train_seconds") is not None]
+    out["train_seconds_max"] = max(secs) if secs else None
+    return out
 
 
 def _summaries(cmp, runs: list[dict], rows: dict) -> dict:
@@ -176,9 +204,32 @@ def markdown(report: dict) -> str:
             lines.append(f"| {label} | " + " | ".join(_cell(k, s["teacher"][k]) for k in METRICS) + " |")
     if any("teacher" not in report["summary"][v] for v in report["variants"]):
         lines += ["", "A +ts row shares the teacher of the variant it scales."]
+    lines += _regime_markdown(report)
     lines += _versus_markdown(report)
     lines += ["", "![student reliability, pooled over seeds](reliability_students.png)", ""]
     return "\n".join(lines)
+
+
+def _regime_markdown(report: dict) -> list[str]:
+    g = report.get("regime")
+    if not g:
+        return []
+    p = g["params"]
+    size = (f"teacher {p['teacher']:,} parameters, student {p['student']:,} (1/{1 / g['params_ratio']:.1f} of the "
+            f"teacher's)" if g.get("params_ratio") else "parameter counts not recorded")
+    secs = g.get("train_seconds_max")
+    return [
+        "", "### the regime (ce runs: both nets trained alone with cross-entropy)", "",
+        f"{len(g['seeds'])} seed{'s' * (len(g['seeds']) != 1)}; mean with 95% t interval, on the "
+        f"{report['eval_split']} split.", "",
+        "| | value |", "|---|---|",
+        f"| teacher accuracy % | {_cell('accuracy', g['teacher_accuracy'])} |",
+        f"| student accuracy % | {_cell('accuracy', g['student_accuracy'])} |",
+        f"| teacher minus student, points | {_cell('accuracy', g['accuracy_gap'])} |",
+        f"| student ECE % | {_cell('ece', g['student_ece'])} |",
+        f"| size | {size} |",
+        f"| longest run's training | {secs / 60:.1f} min |" if secs is not None else "| longest run's training | not recorded |",
+    ]
 
 
 def _versus_markdown(report: dict) -> list[str]:
