@@ -276,6 +276,21 @@ def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, met
     assert result.ranges and (tmp_path / "c.onnx").is_file()
 
 
+def test_entropy_calibration_clips_where_minmax_does_not(bundle, tmp_path):
+    """ONNX Runtime's EntropyCalibrater at its default bins (128 and 128) returns MinMax's ranges
+    exactly; edgekd's entropy ranges (int8.ENTROPY_BINS) cut the tails of some activations and
+    never reach outside MinMax's."""
+    calib = np.random.default_rng(0).normal(size=(128, 1, 32, 32)).astype(np.float32)
+    minmax = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "m.onnx", calib, Int8Settings(), CPU_INT8).ranges
+    entropy = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "e.onnx", calib, Int8Settings(method="entropy"),
+                            CPU_INT8).ranges
+    assert set(entropy) == set(minmax)
+    # The scale each activation's QuantizeLinear uses: its range over 255 levels.
+    scales = {t: (r["scale"], entropy[t]["scale"]) for t, r in minmax.items()}
+    assert all(e <= m * (1 + 1e-6) for m, e in scales.values()), scales
+    assert sum(e < 0.9 * m for m, e in scales.values()) >= len(scales) // 4, scales
+
+
 # ---------------------------------------------------------------- the manifest
 
 

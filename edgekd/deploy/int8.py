@@ -38,7 +38,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
-from onnxruntime.quantization.calibrate import load_tensors_data
+from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgekd.deploy.onnx_export import INPUT_NAME
@@ -51,6 +51,14 @@ CALIB_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 CALIB_BATCH = 64
+# Entropy (KL) calibration's histograms. ONNX Runtime's EntropyCalibrater defaults to 128
+# histogram bins and 128 quantized bins, and with the two equal its KL search has one candidate,
+# the full range: "entropy" then gives exactly MinMax's ranges (measured: 142 of 142 tensors of a
+# MobileNetV3-small), and quantize_static does not pass these two options on. So edgekd
+# calibrates entropy itself with a 2048-bin histogram (as ONNX Runtime's percentile and
+# TensorRT's entropy calibrators do) searched over 128-bin windows, and hands quantize_static the
+# ranges through its calibration cache.
+ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 # Ops whose weights make a "layer" for the keep-first/last-layer-in-FP32 option.
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _TYPE_NAMES = {QuantType.QInt8: "int8", QuantType.QUInt8: "uint8"}
@@ -264,6 +272,8 @@ def quantize_prepared(prepared: Path, dst: Path, calib_images: np.ndarray, s: In
     times), with `float_nodes` (node names of `prepared`) left in float: no QDQ around them.
     `calibration_cache` must be a path (read if it exists, else written)."""
     check_settings(s)
+    if s.method == "entropy" and not Path(calibration_cache).is_file():
+        calibrate_entropy(prepared, calib_images, Path(calibration_cache))
     with _quiet_quantizer():
         model = onnx.load(str(prepared))
         excluded = first_and_last_layers(model) if s.keep_first_last_fp32 else []
@@ -282,6 +292,20 @@ def quantize_prepared(prepared: Path, dst: Path, calib_images: np.ndarray, s: In
     onnx.checker.check_model(str(dst), full_check=True)
     ranges = activation_ranges(onnx.load(str(dst)), load_tensors_data(calibration_cache))
     return Int8Result(flavour=flavour, excluded_nodes=excluded, ranges=ranges)
+
+
+def calibrate_entropy(prepared: Path, calib_images: np.ndarray, cache: Path) -> None:
+    """Entropy ranges of every activation of `prepared`, with ENTROPY_BINS, written to `cache`
+    (ONNX Runtime's calibration-cache format, which quantize_static then reads)."""
+    with tempfile.TemporaryDirectory(prefix="edgekd-entropy-") as tmp, _quiet_quantizer():
+        try:
+            calibrator = create_calibrator(Path(prepared), [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                           calibrate_method=CalibrationMethod.Entropy, extra_options=dict(ENTROPY_BINS))
+            calibrator.collect_data(BatchReader(calib_images))
+            ranges = calibrator.compute_data()
+        except Exception as e:  # noqa: BLE001 - the calibrator raises many unrelated types
+            raise ExportError(f"entropy calibration failed: {first_line(e, 200)}") from e
+    save_tensors_data(ranges, cache, smooth_quant=False)
 
 
 def activation_ranges(quantized: onnx.ModelProto, calibrated) -> dict[str, dict]:

@@ -525,4 +525,8 @@ def run_search(plan: SearchPlan, fp32: Path, calib: np.ndarray, base: Int8Settin
         chosen = found.chosen
         log(f"  {name}: #{chosen.index} {chosen.describe()}, {chosen.images_per_s:.0f} img/s "
             f"({chosen.images_per_s / ref.images_per_s:.2f}x FP32)" if chosen else f"  {name}: {found.failure()}")
+        if chosen and ref.images_per_s and chosen.images_per_s < ref.images_per_s:
+            # It passes, so it is written; but a user choosing a file for speed should know.
+            log(f"  note: {name} is slower than {fp32.name} on this machine (ONNX Runtime CPU, batch {SPEED_BATCH}); "
+                f"INT8 does not pay off for this model here, serve the FP32 file unless memory decides")
     return SearchOutcome(plan, ref, results, clock(), fp32_judged)
