@@ -1,7 +1,8 @@
 """Naive INT8 vs `edgekd export --int8-search` vs NNCF's accuracy-controlled quantization, on one run.
 
     # issue 13 part 2: a real edge architecture (MobileNetV3-small) on the CIFAR-10 JPEGs.
-    # Hours on 2 CPU cores; the recipe carries the gate (drop <= 0.5 pt, ECE drift <= 0.5 pt).
+    # ~20 min of training on 2 CPU cores, then ~3.5 min here; the recipe carries the gate
+    # (drop <= 0.5 pt, ECE drift <= 0.5 pt). Figures: docs/performance.md.
     .venv/bin/edgekd distill recipes/cifar10-mobilenetv3-int8.yaml --out runs/mnv3-int8 --quiet
     .venv/bin/python benchmarks/int8_search_demo.py runs/mnv3-int8 --json results/int8-search-mnv3.json
 
