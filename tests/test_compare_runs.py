@@ -150,13 +150,18 @@ def test_a_pinned_speed_setting_matches_runs_whose_auto_resolved_to_it(tmp_path)
         assert m["recipe"]["train"]["amp"] == "auto"
         m["summary"]["speed_settings"] = {"channels_last": True, "compile": False, "amp": "off"}
         meta.write_text(json.dumps(m))
+    run_all(QUICK, parse_variants(["ce"]), [0], SPLITS, out, log=lambda s: None, eval_split="test", replicates=50)
+    assert json.loads((out / "comparison.json").read_text())["recipe"]["train"]["amp"] == "auto"
+    # The recipe now pins what auto resolved to: the comparison and its runs are still this one.
     report = run_all(QUICK, parse_variants(["ce"]), [0], [*SPLITS, "train.amp=off", "train.channels_last=true"],
                      out, log=lambda s: None, eval_split="test", replicates=50)
     assert report["seeds"] == [0] and not (out / "runs").exists()  # reused, nothing trained
-    (out / "comparison.json").unlink()  # else that comparison's recipe is what differs first
+    bf16 = [*SPLITS, "train.amp=bf16", "train.channels_last=true"]
+    with pytest.raises(RecipeError, match=r"compares another recipe \(keys differ: train.amp\)"):
+        run_all(QUICK, parse_variants(["ce"]), [0], bf16, out, log=lambda s: None, eval_split="test", replicates=50)
+    (out / "comparison.json").unlink()  # then the prediction file itself is what differs
     with pytest.raises(RecipeError, match=r"was made with another recipe \(keys differ: train.amp\)"):
-        run_all(QUICK, parse_variants(["ce"]), [0], [*SPLITS, "train.amp=bf16"], out, log=lambda s: None,
-                eval_split="test", replicates=50)
+        run_all(QUICK, parse_variants(["ce"]), [0], bf16, out, log=lambda s: None, eval_split="test", replicates=50)
 
 
 def test_ts_row_fits_its_temperature_on_tune_only(tmp_path):

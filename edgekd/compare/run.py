@@ -102,6 +102,21 @@ def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[st
     return recipe_diff(saved, now)
 
 
+def _common_speed(out: Path) -> dict:
+    """The speed settings every prediction file in `out` recorded alike (its runs' resolved
+    `auto`s), so a comparison made under `auto` matches a recipe that now pins those values."""
+    seen: dict[str, set] = {}
+    metas = sorted((out / predictions.FOLDER).glob("*.json")) if (out / predictions.FOLDER).is_dir() else []
+    for meta in metas:
+        try:
+            speed = (json.loads(meta.read_text()).get("summary") or {}).get("speed_settings") or {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+        for key in _RESOLVED_AUTO:
+            seen.setdefault(key, set()).add(json.dumps(speed.get(key)))
+    return {k: json.loads(next(iter(v))) for k, v in seen.items() if len(v) == 1 and v != {"null"}}
+
+
 def _check_previous_comparison(cmp: Comparison) -> None:
     """Re-running the same comparison (resume, more seeds, more variants) is fine; replacing
     another one (other recipe, other evaluation split) needs --overwrite."""
@@ -115,7 +130,7 @@ def _check_previous_comparison(cmp: Comparison) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise RecipeError(f"{path} is not a comparison edgekd can read; pass --overwrite to replace it or "
                           f"choose another --out") from None
-    diffs = _differs(old_recipe, cmp.base)
+    diffs = _differs(old_recipe, cmp.base, _common_speed(cmp.out))
     if diffs:
         raise RecipeError(f"{path} compares another recipe (keys differ: {describe_keys(diffs)}); pass "
                           f"--overwrite to replace it or choose another --out")
