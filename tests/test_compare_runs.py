@@ -164,6 +164,14 @@ def test_a_pinned_speed_setting_matches_runs_whose_auto_resolved_to_it(tmp_path)
         run_all(QUICK, parse_variants(["ce"]), [0], bf16, out, log=lambda s: None, eval_split="test", replicates=50)
 
 
+def test_what_auto_resolved_to_for_runs_with_and_without_a_record():
+    from edgekd.compare.run import resolved_speed
+    recorded = {"channels_last": True, "compile": False, "amp": "bf16"}
+    assert resolved_speed({"device": "cpu", "speed_settings": recorded}) == recorded
+    assert resolved_speed({"device": "cpu"}) == {"amp": "off"}  # before the record: auto was fp32 on CPUs
+    assert resolved_speed({"device": "cuda:0"}) is None and resolved_speed(None) is None
+
+
 def test_ts_row_fits_its_temperature_on_tune_only(tmp_path):
     out = tmp_path / "cmp"
     made = _write_predictions(out, ["ce"], [0, 1], SPLITS, tune_scale=3.0)

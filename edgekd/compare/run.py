@@ -102,6 +102,17 @@ def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[st
     return recipe_diff(saved, now)
 
 
+def resolved_speed(summary: dict | None) -> dict | None:
+    """What a run's `auto` speed settings resolved to: its recorded speed_settings; for a CPU run
+    made before edgekd recorded them, amp off (auto meant bf16 on CUDA only then)."""
+    summary = summary or {}
+    if summary.get("speed_settings"):
+        return summary["speed_settings"]
+    if str(summary.get("device", "")).startswith("cpu"):
+        return {"amp": "off"}
+    return None
+
+
 def _common_speed(out: Path) -> dict:
     """The speed settings every prediction file in `out` recorded alike (its runs' resolved
     `auto`s), so a comparison made under `auto` matches a recipe that now pins those values."""
@@ -109,7 +120,7 @@ def _common_speed(out: Path) -> dict:
     metas = sorted((out / predictions.FOLDER).glob("*.json")) if (out / predictions.FOLDER).is_dir() else []
     for meta in metas:
         try:
-            speed = (json.loads(meta.read_text()).get("summary") or {}).get("speed_settings") or {}
+            speed = resolved_speed(json.loads(meta.read_text()).get("summary")) or {}
         except (OSError, ValueError, AttributeError):
             return {}
         for key in _RESOLVED_AUTO:
@@ -144,7 +155,7 @@ def _prediction_matches(cmp: Comparison, run: PlannedRun) -> bool:
     if meta is None:
         return False
     path = predictions.paths(cmp.out, run.variant.slug, run.seed)[1]
-    diffs = _differs(meta.get("recipe") or {}, run.recipe, (meta.get("summary") or {}).get("speed_settings"))
+    diffs = _differs(meta.get("recipe") or {}, run.recipe, resolved_speed(meta.get("summary")))
     problem = (f"was made with another recipe (keys differ: {describe_keys(diffs)})" if diffs else
                f"holds the {meta.get('eval_split')} split, not {cmp.eval_split}" if meta.get("eval_split") != cmp.eval_split
                else None)
@@ -161,7 +172,7 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
     if not saved.is_file():
         return
     summary = run_dir / "summary.json"
-    speed = json.loads(summary.read_text()).get("speed_settings") if summary.is_file() else None
+    speed = resolved_speed(json.loads(summary.read_text())) if summary.is_file() else None
     diffs = _differs(read_yaml_mapping(saved), r, speed)
     if diffs:
         raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
