@@ -429,6 +429,23 @@ def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
 
 
+# train keys whose `auto` a run resolves and records (summary.json's and last.pt's speed_settings)
+RESOLVED_AUTO = ("channels_last", "compile", "amp")
+
+
+def with_resolved_auto(saved: dict[str, Any], current: dict[str, Any], speed: dict[str, Any] | None) -> dict[str, Any]:
+    """`saved` (a run's recipe dict) with each train key it left at `auto` replaced by what the run
+    resolved it to (`speed`, the run's recorded speed settings) where `current` pins that key, so
+    that pinning a setting to what a run trained with is not a difference from that run."""
+    if not speed:
+        return saved
+    train, now = dict(saved.get("train") or {}), current.get("train") or {}
+    for key in RESOLVED_AUTO:
+        if train.get(key) == "auto" and now.get(key) != "auto" and key in speed:
+            train[key] = speed[key]
+    return {**saved, "train": train}
+
+
 def recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two recipe dicts, sorted."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -120,16 +120,21 @@ def test_auto_on_the_cpu_follows_the_constants():
         "channels_last": True, "channels_last_reason": "auto: faster on cpu",
         "compile": False, "compile_reason": "auto: run of 12,908 steps < 12,909 break-even",
         "amp": "bf16" if bf16 else "off",
-        "amp_reason": "auto: bf16 measured faster on this CPU" if bf16 else "auto: this CPU has no bf16 instructions",
+        "amp_reason": "auto: the CPU has bf16 instructions" if bf16 else "auto: this CPU has no bf16 instructions",
     }
     assert below.amp_dtype is (torch.bfloat16 if bf16 else None)
     assert below.line().startswith("speed settings: channels_last on (auto: faster on cpu), compile off (auto: run "
                                    "of 12,908 steps < 12,909 break-even), amp ")
-    at = resolve_speed_settings(r, CPU, total_steps=12909)
+    # At the break-even: compile in fp32 (what was measured), never with bf16 autocast on a CPU.
+    at = resolve_speed_settings(_recipe("train.amp=off"), CPU, total_steps=12909)
     why_not = compile_unavailable(CPU)
     assert at.compile is (why_not is None)
     assert at.reasons["compile"] == ("auto: run of 12,909 steps >= 12,909 break-even" if why_not is None
                                      else f"auto: {why_not}")
+    if bf16:
+        long_bf16 = resolve_speed_settings(r, CPU, total_steps=10**6)
+        assert (long_bf16.compile, long_bf16.amp) == (False, "bf16")
+        assert long_bf16.reasons["compile"] == "auto: compile measured in fp32 only, this run trains bf16"
 
 
 def test_forced_settings_are_kept():
@@ -155,7 +160,7 @@ def test_cpu_bf16_under_auto_needs_the_constant_and_the_instructions(monkeypatch
     assert setup_mod.AUTO_CPU_BF16 is True
     s = resolve_speed_settings(_recipe(), CPU, total_steps=1)
     assert s.amp == ("bf16" if has_bf16 else "off")
-    assert s.reasons["amp"] == ("auto: bf16 measured faster on this CPU" if has_bf16
+    assert s.reasons["amp"] == ("auto: the CPU has bf16 instructions" if has_bf16
                                 else "auto: this CPU has no bf16 instructions")
     monkeypatch.setattr(setup_mod, "AUTO_CPU_BF16", False)
     s = resolve_speed_settings(_recipe(), CPU, total_steps=1)
@@ -174,5 +179,5 @@ def test_compile_without_a_cpp_compiler():
         with pytest.raises(RecipeError) as e:
             resolve_speed_settings(_recipe("train.compile=true"), CPU, total_steps=1)
         assert str(e.value) == f"train.compile: true, but {why}; use train.compile: auto or false"
-        s = resolve_speed_settings(_recipe(), CPU, total_steps=10**6)
+        s = resolve_speed_settings(_recipe("train.amp=off"), CPU, total_steps=10**6)
         assert s.compile is False and s.reasons["compile"] == f"auto: {why}"

@@ -61,8 +61,13 @@ def test_auto_settings_give_identical_runs_for_one_seed(tmp_path, capsys, one_th
     val = split_images(student, "val")
     logits = student.logits(student.preprocess(val)).astype(np.float64)
     reported = json.loads((tmp_path / "a" / "summary.json").read_text())["student"]
-    assert reported["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == val.labels)), abs=1e-12)
-    assert reported["ece"] == pytest.approx(calibration.ece(logits, val.labels), abs=1e-6)
+    # The run's own evaluation logits are the FP32 student's (channels_last there, contiguous here:
+    # rounding apart, ~1e-6; bf16 logits would be ~1e-2 off), and its figures are theirs.
+    saved = np.load(tmp_path / "a" / "eval_logits.npz")
+    assert np.array_equal(saved["labels"], val.labels)
+    assert np.abs(saved["student_logits"] - logits).max() < 1e-4
+    assert reported["accuracy"] == pytest.approx(float(np.mean(saved["student_logits"].argmax(1) == val.labels)))
+    assert reported["ece"] == pytest.approx(calibration.ece(saved["student_logits"], val.labels), abs=1e-9)
 
 
 @pytest.mark.slow  # a compiled 1-epoch run, its resume to 2 epochs and an fp32 export
@@ -99,3 +104,31 @@ def test_a_compiled_run_resumes_evaluates_and_exports(tmp_path, capsys, monkeypa
     code, _, err = cli(capsys, "export", str(run), "--out", str(tmp_path / "bundle"), "--formats", "fp32")
     assert code == 0, err[-2000:]
     assert (tmp_path / "bundle" / "model_fp32.onnx").is_file()
+
+
+@pytest.mark.slow  # two 1-epoch quickstart runs
+def test_a_resume_keeps_the_precision_the_run_started_with(tmp_path, capsys, monkeypatch, one_thread):
+    """last.pt records what auto resolved to. If auto now resolves otherwise (here: a newer edgekd
+    whose CPU default is bf16), --resume is refused in one line naming the key and the pin to set;
+    with that pin it continues as it started. (No step runs in bf16: the CPU probe is replaced.)"""
+    from edgekd.distill import setup as setup_mod
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(setup_mod, "AUTO_CPU_BF16", False)
+    _distill(capsys, run, "train.epochs=1", "train.seed=3")
+    assert torch.load(run / "last.pt", weights_only=False)["speed_settings"]["amp"] == "off"
+
+    monkeypatch.setattr(setup_mod, "AUTO_CPU_BF16", True)
+    monkeypatch.setattr(setup_mod, "cpu_has_bf16", lambda: True)
+    resume = ["distill", QUICKSTART, "--out", str(run), "--quiet", "--resume", "--allow-recipe-change",
+              "--set", "train.device=cpu", "--set", "train.seed=3", "--set", "train.epochs=2"]
+    before = (run / "last.pt").read_bytes()
+    code, _, err = cli(capsys, *resume)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "last.pt trained with train.amp off" in err and "--set train.amp=off" in err
+    assert (run / "last.pt").read_bytes() == before  # nothing written
+    code, out, err = cli(capsys, *resume, "--set", "train.amp=off")
+    assert code == 0, err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["speed_settings"]["amp"] == "off"
+    assert "train.amp" not in err  # the pin equals what auto gave: not a recipe change

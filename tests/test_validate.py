@@ -103,6 +103,16 @@ def assert_bad_input(proc, *needles):
         assert needle in err, (needle, err)
 
 
+def test_a_figure_at_its_limit_passes_despite_float_rounding():
+    """10 of 2,000 images lost is a drop of exactly 0.5 point, which float arithmetic makes
+    0.0050000000000000044: at the limit, so it passes; one image more fails."""
+    at, above = 0.762 - 0.757, 0.762 - 0.7565
+    assert at > 0.005  # the rounding the tolerance is for
+    thresholds = {"max_acc_drop": 0.005}
+    assert gate.passed(gate.evaluate({"int8": {"acc_drop": at}}, thresholds))
+    assert not gate.passed(gate.evaluate({"int8": {"acc_drop": above}}, thresholds))
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("validate")

@@ -25,7 +25,7 @@ def train(recipe: Recipe, run_dir: Path, resume: bool, on_epoch: Callable[[dict]
 
 def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """Teacher and student of a finished run (its last.pt) on each split, built the way training
-    builds them (same data, split, preprocessing, device and autocast).
+    builds them (same data, split, preprocessing and device; evaluated in fp32, as the trainer does).
 
     Returns {split: {"labels", "teacher", "student"}} (logits float32).
     """

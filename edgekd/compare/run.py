@@ -21,7 +21,8 @@ from edgekd import calibration
 from edgekd.compare import predictions
 from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff, with_defaults
+from edgekd.recipe import (RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff,
+                           with_defaults, with_resolved_auto)
 
 
 @dataclass
@@ -82,24 +83,13 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
     return cmp
 
 
-# train keys whose `auto` the run resolved and recorded (summary.json's speed_settings)
-_RESOLVED_AUTO = ("channels_last", "compile", "amp")
-
-
 def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[str]:
     """Keys of the saved recipe that differ from current. `speed`, the saved run's recorded
     speed_settings: a saved `auto` then matches a current recipe that pins exactly what auto
     resolved to for that run (e.g. amp: off after the CPU default became bf16), so pinning a
     setting does not orphan runs that trained with it."""
-    saved = with_defaults(saved)
     now = current.to_dict()
-    if speed:
-        train, now_train = dict(saved.get("train") or {}), now.get("train") or {}
-        for key in _RESOLVED_AUTO:
-            if train.get(key) == "auto" and now_train.get(key) != "auto" and key in speed:
-                train[key] = speed[key]
-        saved = {**saved, "train": train}
-    return recipe_diff(saved, now)
+    return recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
 
 
 def resolved_speed(summary: dict | None) -> dict | None:
@@ -123,7 +113,7 @@ def _common_speed(out: Path) -> dict:
             speed = resolved_speed(json.loads(meta.read_text()).get("summary")) or {}
         except (OSError, ValueError, AttributeError):
             return {}
-        for key in _RESOLVED_AUTO:
+        for key in RESOLVED_AUTO:
             seen.setdefault(key, set()).add(json.dumps(speed.get(key)))
     return {k: json.loads(next(iter(v))) for k, v in seen.items() if len(v) == 1 and v != {"null"}}
 

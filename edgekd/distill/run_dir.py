@@ -24,7 +24,7 @@ from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill.setup import Setup, prepare
 from edgekd.distill.trainer import Trainer
 from edgekd.errors import CheckpointError, EdgeKDError
-from edgekd.recipe import Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults
+from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults, with_resolved_auto
 
 # What a run directory may hold before its first checkpoint (removed when such a run
 # is started again with --resume).
@@ -66,13 +66,31 @@ def find_resumable(recipe: Recipe, root: str | Path = "runs") -> Path:
     return cands[-1]
 
 
-def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False) -> list[str]:
-    """Keys that differ between last.pt's recipe and this one; refused unless allow_change."""
-    diffs = recipe_diff(with_defaults(saved), current.to_dict())
+def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bool = False,
+                        speed: dict[str, Any] | None = None) -> list[str]:
+    """Keys that differ between last.pt's recipe and this one; refused unless allow_change.
+    `speed`: last.pt's recorded speed settings (a saved `auto` matches a pin to what it resolved to)."""
+    now = current.to_dict()
+    diffs = recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
     if diffs and not allow_change:
         raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: "
                               f"{describe_keys(diffs)} (pass --allow-recipe-change to resume anyway)")
     return diffs
+
+
+def check_resume_speed(recorded: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """A resumed run continues in the layout, compilation and precision it started with: if `auto`
+    resolves otherwise now (a newer edgekd, other hardware), refuse and say what to pin. Checkpoints
+    from before edgekd recorded them (no record) are not checked."""
+    if not recorded:
+        return
+    for key in RESOLVED_AUTO:
+        if key in recorded and recorded[key] != now.get(key):
+            value = {True: "true", False: "false"}.get(recorded[key], recorded[key])
+            raise CheckpointError(
+                f"--resume: last.pt trained with train.{key} {value} ({recorded.get(key + '_reason', '')}), but this "
+                f"recipe now resolves it to {now.get(key)} ({now.get(key + '_reason', '')}); pin it to continue as the "
+                f"run started: --set train.{key}={value}")
 
 
 def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progress=None,
@@ -118,7 +136,8 @@ def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, a
         if not last.is_file():
             raise CheckpointError(f"--resume: {last} does not exist; start the run without --resume")
         state = ckpt.load_training_state(last)
-        changed = check_resume_recipe(state["recipe"], recipe, allow_recipe_change)
+        changed = check_resume_recipe(state["recipe"], recipe, allow_recipe_change, state.get("speed_settings"))
+        check_resume_speed(state.get("speed_settings"), setup.speed.to_dict())
     elif not fresh_again and run_dir.exists() and any(run_dir.iterdir()):
         raise EdgeKDError(f"{run_dir} already exists and is not empty; pass --resume to continue it or choose another --out")
     distributed.barrier(dist)  # every rank has checked before rank 0 changes anything

@@ -144,7 +144,7 @@ AUTO_COMPILE_MIN_STEPS: dict[str, int | None] = {
 }
 
 # bf16 autocast (+ channels_last) on a CPU with bf16 instructions: 2.09x (resnet20 -> resnet8) and
-# 3.08x (resnet18 -> mobilenet_v2) fp32 NCHW, 1.49x and 2.07x channels_last in fp32; short real
+# 3.08x (resnet18 -> mobilenet_v2) fp32 NCHW, 1.49x and 2.06x channels_last in fp32; short real
 # runs ended with the same student accuracy and ECE within their spread over 3 seeds. So auto
 # trains in bf16 wherever cpu_has_bf16(); CPUs without the instructions would emulate it in fp32
 # (slower), so they stay fp32. (Issue 15's earlier probe had measured 0.77-1.00x.)
@@ -206,6 +206,7 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
     t = recipe.train
     kind = device.type
     reasons: dict[str, str] = {}
+    amp_dtype = resolve_amp(t.amp, device)
 
     if t.channels_last == "auto":
         channels_last = AUTO_CHANNELS_LAST.get(kind, False)
@@ -227,13 +228,15 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
             compile_on, reasons["compile"] = False, f"auto: no measured break-even on {kind}"
         elif total_steps < min_steps:
             compile_on, reasons["compile"] = False, f"auto: run of {total_steps:,} steps < {min_steps:,} break-even"
+        elif kind == "cpu" and amp_dtype is not None:
+            # The break-even was measured in fp32; compile with bf16 autocast on a CPU was not.
+            compile_on, reasons["compile"] = False, "auto: compile measured in fp32 only, this run trains bf16"
         else:
             why_not = compile_unavailable(device)
             compile_on = why_not is None
             reasons["compile"] = (f"auto: run of {total_steps:,} steps >= {min_steps:,} break-even"
                                   if compile_on else f"auto: {why_not}")
 
-    amp_dtype = resolve_amp(t.amp, device)
     if t.amp != "auto":
         reasons["amp"] = "set in the recipe"
     elif kind == "cuda":
@@ -241,7 +244,7 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
     elif not cpu_has_bf16():
         reasons["amp"] = "auto: this CPU has no bf16 instructions"
     else:
-        reasons["amp"] = "auto: bf16 measured faster on this CPU" if amp_dtype else "auto: bf16 not faster on CPUs"
+        reasons["amp"] = "auto: the CPU has bf16 instructions" if amp_dtype else "auto: bf16 not faster on CPUs"
     return SpeedSettings(channels_last, compile_on, amp_dtype, reasons)
 
 

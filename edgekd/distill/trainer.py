@@ -102,6 +102,7 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "recipe": self.recipe.to_dict(),
+            "speed_settings": self.setup.speed.to_dict(),  # what auto resolved to: a resume must keep it
             "student": self.setup.student.state_dict(),
             "teacher": self.setup.teacher.state_dict(),
             "opt_student": self.opt_student.state_dict(),

@@ -42,6 +42,15 @@ def resolve_thresholds(flags: dict, manifest_gate: dict) -> dict[str, float | No
     return {k: flags.get(k) if flags.get(k) is not None else manifest_gate.get(k) for k in CHECKS}
 
 
+# Figures are differences of fractions of images (k/n): a drop of exactly 10 of 2,000 images comes
+# out of float arithmetic as 0.0050000000000000044. A value this close to its limit is at it.
+TOLERANCE = 1e-9
+
+
+def within(value: float, limit: float, op: str) -> bool:
+    return value <= limit + TOLERANCE if op == "<=" else value >= limit - TOLERANCE
+
+
 def evaluate(results: dict[str, dict], thresholds: dict[str, float | None]) -> list[Check]:
     checks = []
     for fmt, r in results.items():
@@ -53,7 +62,7 @@ def evaluate(results: dict[str, dict], thresholds: dict[str, float | None]) -> l
             if value is None:
                 status = "skip"
             else:
-                status = "pass" if (value <= limit if op == "<=" else value >= limit) else "fail"
+                status = "pass" if within(value, limit, op) else "fail"
             checks.append(Check(fmt, metric, value, limit, op, status))
     return checks
 
