@@ -289,6 +289,10 @@ def test_entropy_calibration_clips_where_minmax_does_not(bundle, tmp_path):
     scales = {t: (r["scale"], entropy[t]["scale"]) for t, r in minmax.items()}
     assert all(e <= m * (1 + 1e-6) for m, e in scales.values()), scales
     assert sum(e < 0.9 * m for m, e in scales.values()) >= len(scales) // 4, scales
+    # A ReLU's output starts at 0 (zero point 0 in uint8): ONNX Runtime drops the ReLU and lets that
+    # range clip, so entropy must keep it starting at 0 too, or the ReLU would be lost.
+    relu_like = [t for t, r in minmax.items() if r["zero_point"] == 0]
+    assert relu_like and all(entropy[t]["zero_point"] == 0 for t in relu_like)
 
 
 # ---------------------------------------------------------------- the manifest
