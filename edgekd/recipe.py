@@ -446,6 +446,14 @@ def with_resolved_auto(saved: dict[str, Any], current: dict[str, Any], speed: di
     return {**saved, "train": train}
 
 
+def saved_recipe_diff(saved: dict[str, Any], current: "Recipe", speed: dict[str, Any] | None = None) -> list[str]:
+    """Dotted keys where a saved run's recipe differs from `current`: the one comparison that both
+    `--resume` and `edgekd compare`'s reuse make. Keys added since the run was saved count at their
+    default; a saved `auto` matches a pin to what that run resolved it to (`speed`)."""
+    now = current.to_dict()
+    return recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
+
+
 def recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two recipe dicts, sorted."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -21,8 +21,7 @@ from edgekd import calibration
 from edgekd.compare import predictions
 from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
 from edgekd.errors import RecipeError
-from edgekd.recipe import (RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, recipe_diff,
-                           with_defaults, with_resolved_auto)
+from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, saved_recipe_diff
 
 
 @dataclass
@@ -88,8 +87,7 @@ def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[st
     speed_settings: a saved `auto` then matches a current recipe that pins exactly what auto
     resolved to for that run (e.g. amp: off after the CPU default became bf16), so pinning a
     setting does not orphan runs that trained with it."""
-    now = current.to_dict()
-    return recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
+    return saved_recipe_diff(saved, current, speed)
 
 
 def resolved_speed(summary: dict | None) -> dict | None:

@@ -24,7 +24,7 @@ from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill.setup import Setup, prepare
 from edgekd.distill.trainer import Trainer
 from edgekd.errors import CheckpointError, EdgeKDError
-from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mapping, recipe_diff, with_defaults, with_resolved_auto
+from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mapping, saved_recipe_diff
 
 # What a run directory may hold before its first checkpoint (removed when such a run
 # is started again with --resume).
@@ -70,8 +70,7 @@ def check_resume_recipe(saved: dict[str, Any], current: Recipe, allow_change: bo
                         speed: dict[str, Any] | None = None) -> list[str]:
     """Keys that differ between last.pt's recipe and this one; refused unless allow_change.
     `speed`: last.pt's recorded speed settings (a saved `auto` matches a pin to what it resolved to)."""
-    now = current.to_dict()
-    diffs = recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
+    diffs = saved_recipe_diff(saved, current, speed)
     if diffs and not allow_change:
         raise CheckpointError(f"--resume: last.pt was trained with a different recipe; keys differ: "
                               f"{describe_keys(diffs)} (pass --allow-recipe-change to resume anyway)")
