@@ -154,8 +154,9 @@ def rank_argv(argv: list[str], out: Path) -> list[str]:
               help="Split the comparison reports on. Default: the recipe's train.eval_split. tune and test "
                    "evaluate each finished run's final nets on that split (the recipe needs data.test_fraction "
                    "or data.test_size for test).")
-@click.option("--reference", default=None, metavar="LABEL",
-              help="Variant the others are compared with (paired differences and verdicts). Default: the first.")
+@click.option("--reference", "references", multiple=True, metavar="LABEL",
+              help="Variant the others are compared with (paired differences and verdicts). Default: the first. "
+                   "Repeatable: each further reference gets its own table (--reference dml --reference ce+ts).")
 @click.option("--bootstrap", "replicates", type=click.IntRange(min=1), default=1000, show_default=True, metavar="B",
               help="Replicates of the paired hierarchical bootstrap.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -165,7 +166,7 @@ def rank_argv(argv: list[str], out: Path) -> list[str]:
                    "files too). Without it such a comparison is left as it is.")
 @click.option("--quiet", is_flag=True, help="Only one line per run, not per epoch.")
 def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], eval_split: str | None,
-            reference: str | None, replicates: int, out: Path | None, overwrite: bool, quiet: bool) -> int:
+            references: tuple[str, ...], replicates: int, out: Path | None, overwrite: bool, quiet: bool) -> int:
     """Run RECIPE under several methods and seeds with everything else identical
     (split, schedule, augmentation, seeds), then write comparison.json,
     comparison.md and overlaid reliability diagrams.
@@ -192,8 +193,8 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     \b
     Choose hyper-parameters on the tune split, report on a held-out test split:
       edgekd compare R --methods dml:temperature=4,dml:temperature=8 --set train.eval_split=tune --out runs/tune
-      edgekd compare R --methods ce,ce+ts,dml:temperature=8,bdkd --seeds 0,1,2,3,4 --reference bdkd \\
-        --set data.tune_fraction=0.1 --set data.test_fraction=0.2 --eval-split test
+      edgekd compare R --methods ce,ce+ts,dml:temperature=8,bdkd --seeds 0,1,2,3,4 --reference dml:temperature=8 \\
+        --reference ce+ts --set data.tune_fraction=0.1 --set data.test_fraction=0.2 --eval-split test
     """
     from edgekd.compare import parse_seeds, parse_variants, prepare_comparison, run_comparison
     from edgekd.compare.variants import split_top_level
@@ -204,7 +205,7 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     base = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"compare-{base.name}"
     cmp = prepare_comparison(recipe, variants, seed_list, list(overrides), out, eval_split=eval_split,
-                             reference=reference, replicates=replicates, overwrite=overwrite)
+                             reference=list(references), replicates=replicates, overwrite=overwrite)
     if cmp.needs_work:
         from edgekd.api import need_torch
 

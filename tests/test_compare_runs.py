@@ -129,6 +129,18 @@ def test_reuse_from_prediction_files_without_run_folders(tmp_path):
     more = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2, 3], SPLITS, out, log=logs.append,
                    eval_split="test", replicates=200)
     assert more["seeds"] == [0, 1, 2, 3] and more["vs_reference"]["bdkd"]["seeds"] == [0, 1, 2, 3]
+    # A second reference: its own paired table. Paired differences are means of per-seed
+    # differences, so bdkd - ce+ts must equal (bdkd - ce) - (ce+ts - ce) for every metric.
+    both = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2, 3], SPLITS, out, log=logs.append,
+                   eval_split="test", replicates=200, reference=["ce", "ce+ts"])
+    assert both["reference"] == "ce" and both["more_references"] == ["ce+ts"]
+    assert both["vs_reference"] == more["vs_reference"] and set(both["vs_more_references"]["ce+ts"]) == {"ce", "bdkd"}
+    vs_ce, vs_ts = both["vs_reference"], both["vs_more_references"]["ce+ts"]
+    for k, d in vs_ts["bdkd"]["metrics"].items():
+        want = vs_ce["bdkd"]["metrics"][k]["diff"] - vs_ce["ce+ts"]["metrics"][k]["diff"]
+        assert d["diff"] == pytest.approx(want, abs=1e-12) and d["ci"][0] < d["ci"][1]
+    md = (out / "comparison.md").read_text()
+    assert "### vs ce (students)" in md and "### vs ce+ts (students)" in md
 
 
 def test_markdown_names_the_ts_fit_only_when_there_are_ts_rows(tmp_path):
@@ -222,6 +234,10 @@ def test_cli_refusals_are_one_line(tmp_path):
     out = tmp_path / "c"
     _one_line_error(_cli("--methods", "ce,ce+ts", "--out", str(out)), "'ce+ts'", "data.tune_fraction")
     _one_line_error(_cli("--methods", "ce,bdkd", "--reference", "kd", "--out", str(out)), "--reference 'kd'")
+    _one_line_error(_cli("--methods", "ce,bdkd", "--reference", "ce", "--reference", "kd", "--out", str(out)),
+                    "--reference 'kd' is not one of the compared variants")
+    _one_line_error(_cli("--methods", "ce,bdkd", "--reference", "bdkd", "--reference", "bdkd", "--out", str(out)),
+                    "--reference 'bdkd' is given twice")
     _one_line_error(_cli("--methods", "ce", "--eval-split", "test", "--out", str(out)), "no test split")
     _one_line_error(_cli("--methods", "ce", "--set", "data.test_size=1500", "--eval-split", "test", "--out", str(out)),
                     "test (1500)")

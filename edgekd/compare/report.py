@@ -68,8 +68,12 @@ def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
         },
         "runs": runs,
         "summary": _summaries(cmp, runs, rows),
-        "vs_reference": _versus(cmp, preds, rows, cmp.replicates),
+        "vs_reference": _versus(cmp, preds, rows, cmp.replicates, cmp.reference),
     }
+    if cmp.more_references:
+        result["more_references"] = list(cmp.more_references)
+        result["vs_more_references"] = {ref: _versus(cmp, preds, rows, cmp.replicates, ref)
+                                        for ref in cmp.more_references}
     regime = _regime(runs)
     if regime:
         result["regime"] = regime
@@ -118,9 +122,9 @@ def _summaries(cmp, runs: list[dict], rows: dict) -> dict:
     return out
 
 
-def _versus(cmp, preds: dict, rows: dict, replicates: int) -> dict:
-    """Each variant minus the reference, on the seeds both have and whose evaluation images are the same."""
-    ref = next(v for v in cmp.variants if v.label == cmp.reference)
+def _versus(cmp, preds: dict, rows: dict, replicates: int, reference: str) -> dict:
+    """Each variant minus `reference`, on the seeds both have and whose evaluation images are the same."""
+    ref = next(v for v in cmp.variants if v.label == reference)
     out = {}
     for v in cmp.variants:
         if v.label == ref.label:
@@ -205,7 +209,9 @@ def markdown(report: dict) -> str:
     if any("teacher" not in report["summary"][v] for v in report["variants"]):
         lines += ["", "A +ts row shares the teacher of the variant it scales."]
     lines += _regime_markdown(report)
-    lines += _versus_markdown(report)
+    lines += _versus_markdown(report["reference"], report["vs_reference"], report["method"])
+    for ref, vs in report.get("vs_more_references", {}).items():
+        lines += _versus_markdown(ref, vs, report["method"])
     lines += ["", "![student reliability, pooled over seeds](reliability_students.png)", ""]
     return "\n".join(lines)
 
@@ -232,11 +238,9 @@ def _regime_markdown(report: dict) -> list[str]:
     ]
 
 
-def _versus_markdown(report: dict) -> list[str]:
-    ref, vs = report["reference"], report["vs_reference"]
+def _versus_markdown(ref: str, vs: dict, m: dict) -> list[str]:
     if not vs:
         return []
-    m = report["method"]
     lines = [
         "", f"### vs {ref} (students)", "",
         f"Each difference is the variant minus {ref}, paired by seed and by evaluation image and averaged over "

@@ -49,6 +49,7 @@ class Comparison:
     replicates: int = 1000
     overwrite: bool = False
     runs: list[PlannedRun] = field(default_factory=list)
+    more_references: list[str] = field(default_factory=list)  # each gets its own paired table
 
     @property
     def needs_work(self) -> list[PlannedRun]:
@@ -56,22 +57,28 @@ class Comparison:
 
 
 def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
-                       eval_split: str | None = None, reference: str | None = None, replicates: int = 1000,
-                       overwrite: bool = False) -> Comparison:
+                       eval_split: str | None = None, reference: str | list[str] | None = None,
+                       replicates: int = 1000, overwrite: bool = False) -> Comparison:
     """Every check a comparison can fail, before anything is written: recipes, splits, the
-    reference, the comparison and prediction files already in OUT, the run folders to reuse."""
+    reference(s), the comparison and prediction files already in OUT, the run folders to reuse.
+    `reference`: one label, or several (the first is the reference; each further one gets its own
+    table of paired differences, e.g. BD-KD against both DML and CE+TS)."""
     runs = plan(recipe_path, variants, seeds, overrides)
     base = load_recipe(recipe_path, overrides)
     eval_split = eval_split or base.train.eval_split
     check_eval_split(runs, variants, eval_split)
     labels = [v.label for v in variants]
-    reference = reference if reference is not None else labels[0]
-    if reference not in labels:
-        raise RecipeError(f"--reference {reference!r} is not one of the compared variants: {', '.join(labels)}")
+    references = [reference] if isinstance(reference, str) else list(reference or []) or [labels[0]]
+    for ref in references:
+        if ref not in labels:
+            raise RecipeError(f"--reference {ref!r} is not one of the compared variants: {', '.join(labels)}")
+    twice = sorted({ref for ref in references if references.count(ref) > 1})
+    if twice:
+        raise RecipeError(f"--reference {twice[0]!r} is given twice; give each reference once")
     if isinstance(replicates, bool) or not isinstance(replicates, int) or replicates < 1:
         raise RecipeError(f"--bootstrap must be an integer >= 1, got {replicates!r}")
-    cmp = Comparison(Path(recipe_path), list(overrides), base, variants, seeds, eval_split, reference, Path(out),
-                     replicates, overwrite, [PlannedRun(v, s, r) for v, s, r in runs])
+    cmp = Comparison(Path(recipe_path), list(overrides), base, variants, seeds, eval_split, references[0], Path(out),
+                     replicates, overwrite, [PlannedRun(v, s, r) for v, s, r in runs], references[1:])
     _check_previous_comparison(cmp)
     for run in cmp.runs:
         run.reuse = _prediction_matches(cmp, run)
@@ -223,7 +230,7 @@ def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epo
 
 def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
             log: Callable[[str], None], on_epoch=None, command: str | None = None, eval_split: str | None = None,
-            reference: str | None = None, replicates: int = 1000, overwrite: bool = False) -> dict[str, Any]:
+            reference: str | list[str] | None = None, replicates: int = 1000, overwrite: bool = False) -> dict[str, Any]:
     cmp = prepare_comparison(recipe_path, variants, seeds, overrides, out, eval_split, reference, replicates, overwrite)
     return run_comparison(cmp, log, on_epoch, command)
 
