@@ -1,0 +1,128 @@
+"""The pre-registered decision, read from real comparison.json files (made by `edgekd compare`
+from prediction files, no training): the verdicts are compare's own, the recommendation follows
+the plan's rule, the sanity check tells identical runs from different ones, outputs are never
+overwritten silently."""
+
+import copy
+import json
+import shutil
+
+import pytest
+from test_compare_runs import QUICK, SPLITS, _write_predictions
+
+from edgekd.compare import decision, parse_variants, predictions, run_all
+
+BDKD, DML, SANITY = "bdkd:temperature=4", "dml:temperature=8", "bdkd:temperature=8:weighting=forward:teacher_divergence=forward"
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("decision")
+    rep, abl = root / "report", root / "ablations"
+    _write_predictions(rep, ["ce", DML, BDKD], [1, 2, 3], SPLITS)
+    run_all(QUICK, parse_variants(["ce", "ce+ts", DML, BDKD]), [1, 2, 3], SPLITS, rep, log=lambda s: None,
+            eval_split="test", replicates=100, reference=[DML, "ce+ts"])
+    _write_predictions(abl, [BDKD, DML, f"{BDKD}:weighting=reverse", SANITY], [1, 2, 3], SPLITS)
+    for seed in (1, 2, 3):  # the sanity variant's students are DML's, as when the code is right
+        shutil.copyfile(predictions.paths(abl, _slug(DML), seed)[0], predictions.paths(abl, _slug(SANITY), seed)[0])
+    run_all(QUICK, parse_variants([BDKD, DML, f"{BDKD}:weighting=reverse", SANITY]), [1, 2, 3], SPLITS, abl,
+            log=lambda s: None, eval_split="test", replicates=100)
+    return root, rep, abl
+
+
+def _slug(label):
+    return parse_variants([label])[0].slug
+
+
+def _args(root, rep, abl, *more):
+    return ["--report", str(rep), "--ablations", str(abl), "--bdkd", BDKD, "--dml", DML, "--sanity", SANITY,
+            "--out", str(root / "result"), *more]
+
+
+def test_decision_files_follow_the_comparisons(folders, capsys):
+    root, rep, abl = folders
+    assert decision.main(_args(root, rep, abl)) == 0
+    doc = json.loads((root / "result.json").read_text())
+    report = json.loads((rep / "comparison.json").read_text())
+    d = doc["decision"]
+    assert doc["report"] == report and doc["ablations"]["reference"] == BDKD
+    # The contrasts are compare's own paired tables, not recomputed.
+    assert d["h1_bdkd_minus_dml"]["ece"] == report["vs_reference"][BDKD]["metrics"]["ece"]
+    assert d["h2_bdkd_minus_ce_ts"]["ece"] == report["vs_more_references"]["ce+ts"][BDKD]["metrics"]["ece"]
+    assert d["ce_ts_minus_dml"]["ece"] == report["vs_reference"]["ce+ts"]["metrics"]["ece"]
+    assert set(d["ablations_minus_bdkd"]) == {f"{BDKD}:weighting=reverse"}  # DML* and the sanity row are not ablations
+    assert d["sanity"]["identical"] and d["sanity"]["seeds"] == [1, 2, 3]
+    # Regime: the synthetic runs have a 1/16 student and 61-63 s runs; gap and ECE as the ce runs give them.
+    cond = {c["key"]: c for c in d["regime"]["conditions"]}
+    assert cond["params_ratio"]["holds"] and cond["train_seconds_median"]["measured"] == 62.0
+    assert cond["accuracy_gap"]["measured"] == pytest.approx(report["regime"]["accuracy_gap"]["mean"])
+    assert cond["accuracy_gap"]["holds"] == (report["regime"]["accuracy_gap"]["mean"] >= 0.05)
+    md = (root / "result.md").read_text()
+    assert "identical, seed for seed" in md and "](result-reliability.png)" in md and "](report/reliability_students.png)" in md
+    assert "### vs ce+ts (students)" in md and "## The regime's four conditions" in md and "**" not in md
+    assert (root / "result-reliability.png").read_bytes() == (rep / "reliability_students.png").read_bytes()
+    # Never overwritten silently: one line, exit 2, the files as they were.
+    before = (root / "result.md").read_bytes()
+    capsys.readouterr()
+    assert decision.main(_args(root, rep, abl)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "result.json exists; pass --overwrite" in err[0]
+    assert (root / "result.md").read_bytes() == before
+    assert decision.main(_args(root, rep, abl, "--overwrite")) == 0
+
+
+def test_the_recommendation_follows_the_plan_rule(folders):
+    _, rep, abl = folders
+    report, ablations = (json.loads((f / "comparison.json").read_text()) for f in (rep, abl))
+
+    def with_verdicts(h1, h2, ts):
+        doc = copy.deepcopy(report)
+        doc["vs_reference"][BDKD]["metrics"]["ece"]["verdict"] = h1
+        doc["vs_more_references"]["ce+ts"][BDKD]["metrics"]["ece"]["verdict"] = h2
+        doc["vs_reference"]["ce+ts"]["metrics"]["ece"]["verdict"] = ts
+        return decision.decide(doc, ablations, BDKD, DML, "ce+ts", SANITY)
+
+    none = "no detectable difference"
+    assert with_verdicts("higher", none, none)["recommendation"].startswith("DML")
+    assert with_verdicts("lower", none, none)["recommendation"].startswith("BD-KD")
+    assert with_verdicts(none, none, none)["recommendation"].startswith("no ECE-based preference")
+    assert with_verdicts(none, "higher", "lower")["recommendation"].startswith("post-hoc temperature scaling")
+    assert with_verdicts("lower", none, none)["h1"].startswith("holds")
+    assert with_verdicts("higher", none, none)["h1"].startswith("rejected")
+
+
+def test_a_sanity_variant_that_differs_is_reported(folders, tmp_path):
+    _, rep, abl = folders
+    other = tmp_path / "abl"
+    shutil.copytree(abl, other)
+    doc = json.loads((other / "comparison.json").read_text())
+    for r in doc["runs"]:
+        if r["method"] == SANITY and r["seed"] == 2:
+            r["student"]["ece"] += 0.001
+    s = decision.decide(json.loads((rep / "comparison.json").read_text()), doc, BDKD, DML, "ce+ts", SANITY)["sanity"]
+    assert not s["identical"] and s["max_abs_difference"]["ece"] == pytest.approx(0.001)
+
+
+def test_bad_input_is_one_line(folders, tmp_path, capsys):
+    root, rep, abl = folders
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "comparison.json").write_text("[1, 2]")
+    cases = [
+        (["--report", str(tmp_path / "junk")], "is not a comparison.json written by `edgekd compare`"),
+        (["--report", str(tmp_path / "none")], "is not a readable comparison.json"),
+        (["--dml", BDKD], "reference is 'dml:temperature=8', not --dml"),
+        (["--ce-ts", "ce"], "has no paired table against 'ce'"),
+        (["--ablations", str(rep)], "reference is 'dml:temperature=8', not --bdkd"),
+    ]
+    for change, needle in cases:
+        args = _args(tmp_path, rep, abl)
+        for flag, value in zip(change[::2], change[1::2]):
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
+        capsys.readouterr()
+        assert decision.main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("edgekd: error:") and needle in err[0], (needle, err)
+    assert not (tmp_path / "result.json").exists()
