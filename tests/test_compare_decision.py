@@ -35,8 +35,8 @@ def _slug(label):
 
 
 def _args(root, rep, abl, *more):
-    return ["--report", str(rep), "--ablations", str(abl), "--bdkd", BDKD, "--dml", DML, "--sanity", SANITY,
-            "--out", str(root / "result"), *more]
+    return ["--report", str(rep), "--ablations", str(abl), "--bdkd", BDKD, "--dml", DML, "--ce-ts", "ce+ts",
+            "--sanity", SANITY, "--out", str(root / "result"), *more]
 
 
 def test_decision_files_follow_the_comparisons(folders, capsys):
@@ -52,13 +52,16 @@ def test_decision_files_follow_the_comparisons(folders, capsys):
     assert d["ce_ts_minus_dml"]["ece"] == report["vs_reference"]["ce+ts"]["metrics"]["ece"]
     assert set(d["ablations_minus_bdkd"]) == {f"{BDKD}:weighting=reverse"}  # DML* and the sanity row are not ablations
     assert d["sanity"]["identical"] and d["sanity"]["seeds"] == [1, 2, 3]
+    assert d["h2"] in ("holds: BD-KD's raw student has a lower test ECE than CE+TS",
+                       "rejected: CE+TS has a lower test ECE than BD-KD's raw student", "no detectable difference")
     # Regime: the synthetic runs have a 1/16 student and 61-63 s runs; gap and ECE as the ce runs give them.
     cond = {c["key"]: c for c in d["regime"]["conditions"]}
-    assert cond["params_ratio"]["holds"] and cond["train_seconds_median"]["measured"] == 62.0
+    assert cond["params_ratio"]["holds"] and cond["train_seconds_max"]["measured"] == 63.0
+    assert cond["train_seconds_max"]["holds"] and d["regime"]["train_seconds_median"] == 62.0
     assert cond["accuracy_gap"]["measured"] == pytest.approx(report["regime"]["accuracy_gap"]["mean"])
     assert cond["accuracy_gap"]["holds"] == (report["regime"]["accuracy_gap"]["mean"] >= 0.05)
     md = (root / "result.md").read_text()
-    assert "identical, seed for seed" in md and "](result-reliability.png)" in md and "](report/reliability_students.png)" in md
+    assert "identical student log-probabilities" in md and "](result-reliability.png)" in md and "](report/reliability_students.png)" in md
     assert "### vs ce+ts (students)" in md and "## The regime's four conditions" in md and "**" not in md
     assert (root / "result-reliability.png").read_bytes() == (rep / "reliability_students.png").read_bytes()
     # Never overwritten silently: one line, exit 2, the files as they were.
@@ -73,7 +76,7 @@ def test_decision_files_follow_the_comparisons(folders, capsys):
 
 def test_the_recommendation_follows_the_plan_rule(folders):
     _, rep, abl = folders
-    report, ablations = (json.loads((f / "comparison.json").read_text()) for f in (rep, abl))
+    report, ablations = decision._load(rep), decision._load(abl)
 
     def with_verdicts(h1, h2, ts):
         doc = copy.deepcopy(report)
@@ -83,46 +86,69 @@ def test_the_recommendation_follows_the_plan_rule(folders):
         return decision.decide(doc, ablations, BDKD, DML, "ce+ts", SANITY)
 
     none = "no detectable difference"
-    assert with_verdicts("higher", none, none)["recommendation"].startswith("DML")
-    assert with_verdicts("lower", none, none)["recommendation"].startswith("BD-KD")
+    assert with_verdicts("higher", none, none)["recommendation"].startswith("among the online methods, DML")
+    assert with_verdicts("lower", none, none)["recommendation"].startswith("among the online methods, BD-KD")
     assert with_verdicts(none, none, none)["recommendation"].startswith("no ECE-based preference")
-    assert with_verdicts(none, "higher", "lower")["recommendation"].startswith("post-hoc temperature scaling")
+    ts_wins = with_verdicts(none, "higher", "lower")["recommendation"]
+    assert ts_wins.startswith("post-hoc temperature scaling") and "no ECE-based preference" in ts_wins
+    both = with_verdicts("higher", "higher", "lower")["recommendation"]  # both of the plan's statements apply
+    assert both.startswith("post-hoc temperature scaling") and "DML (the recommended and default method)" in both
     assert with_verdicts("lower", none, none)["h1"].startswith("holds")
     assert with_verdicts("higher", none, none)["h1"].startswith("rejected")
+    assert with_verdicts(none, "lower", none)["h2"].startswith("holds: BD-KD's raw student")
+    assert with_verdicts(none, "higher", none)["h2"].startswith("rejected: CE+TS")
+    assert with_verdicts(none, none, none)["h2"] == none
+
+
+def test_the_time_condition_is_the_longest_run_as_pre_registered(folders):
+    _, rep, abl = folders
+    report = decision._load(rep)
+    report["regime"]["train_seconds_max"] = 1150.0  # one slow run fails it, whatever the median
+    cond = {c["key"]: c for c in decision.decide(report, None, BDKD, DML, "ce+ts", None)["regime"]["conditions"]}
+    assert not cond["train_seconds_max"]["holds"] and cond["train_seconds_max"]["measured"] == 1150.0
 
 
 def test_a_sanity_variant_that_differs_is_reported(folders, tmp_path):
     _, rep, abl = folders
     other = tmp_path / "abl"
     shutil.copytree(abl, other)
-    doc = json.loads((other / "comparison.json").read_text())
-    for r in doc["runs"]:
-        if r["method"] == SANITY and r["seed"] == 2:
-            r["student"]["ece"] += 0.001
-    s = decision.decide(json.loads((rep / "comparison.json").read_text()), doc, BDKD, DML, "ce+ts", SANITY)["sanity"]
-    assert not s["identical"] and s["max_abs_difference"]["ece"] == pytest.approx(0.001)
+    p = predictions.load(other, _slug(SANITY), 2)
+    logits = p.logits.copy()
+    logits[0] += [0.5] + [0.0] * (logits.shape[1] - 1)  # one image's prediction moves
+    predictions.save(other, _slug(SANITY), 2, {k: v for k, v in p.meta.items() if k not in ("format", "logits")},
+                     p.labels, logits, p.tune_labels, p.tune_logits)
+    s = decision.decide(decision._load(rep), decision._load(other), BDKD, DML, "ce+ts", SANITY)["sanity"]
+    assert not s["identical"] and s["max_abs_logit_difference"][1] == 0 and s["max_abs_logit_difference"][2] > 0.01
 
 
-def test_bad_input_is_one_line(folders, tmp_path, capsys):
+def test_bad_input_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
     root, rep, abl = folders
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "comparison.json").write_text("[1, 2]")
+    shape = tmp_path / "shape"
+    shutil.copytree(rep, shape)
+    doc = json.loads((shape / "comparison.json").read_text())
+    del doc["regime"]["student_ece"]
+    (shape / "comparison.json").write_text(json.dumps(doc))
     cases = [
         (["--report", str(tmp_path / "junk")], "is not a comparison.json written by `edgekd compare`"),
         (["--report", str(tmp_path / "none")], "is not a readable comparison.json"),
+        (["--report", str(shape)], "a comparison.json of an unexpected shape (KeyError"),
         (["--dml", BDKD], "reference is 'dml:temperature=8', not --dml"),
         (["--ce-ts", "ce"], "has no paired table against 'ce'"),
         (["--ablations", str(rep)], "reference is 'dml:temperature=8', not --bdkd"),
+        (["--sanity", f"{BDKD}:weighting=reverse"], "is not DML by construction"),
+        (["--out", str(tmp_path / "nowhere" / "result")], "does not exist"),
     ]
     for change, needle in cases:
         args = _args(tmp_path, rep, abl)
         for flag, value in zip(change[::2], change[1::2]):
-            if flag in args:
-                args[args.index(flag) + 1] = value
-            else:
-                args += [flag, value]
+            args[args.index(flag) + 1] = value
         capsys.readouterr()
         assert decision.main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("edgekd: error:") and needle in err[0], (needle, err)
-    assert not (tmp_path / "result.json").exists()
+        assert not list(tmp_path.glob("result*"))
+    args = _args(tmp_path, rep, abl)
+    del args[args.index("--sanity"):args.index("--sanity") + 2]
+    assert decision.main(args) == 2 and "--ablations needs --sanity" in capsys.readouterr().err

@@ -64,4 +64,4 @@ def test_valid_json_of_the_wrong_shape_is_one_line_exit_2(tmp_path, capsys, cont
     assert main([str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == f"edgekd: {path} is not a readable comparison.json ({problem})\n"
+    assert captured.err == f"edgekd: error: {path} is not a readable comparison.json ({problem})\n"

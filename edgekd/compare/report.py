@@ -3,6 +3,7 @@ files (so a comparison whose run folders are gone reports the same numbers). Tor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 from edgekd import calibration, files
 from edgekd.compare import predictions, stats
 from edgekd.compare.stats import METRICS
+from edgekd.errors import EdgeKDError, first_line
 
 BOOTSTRAP_SEED = 0
 NOISE_REPLICATES = 200
@@ -18,6 +20,15 @@ NOISE_SEED = 0
 _PCT = {"accuracy", "ece", "adaptive_ece", "classwise_ece"}
 _NAMES = {"accuracy": "acc", "ece": "ECE", "adaptive_ece": "adaptive ECE", "classwise_ece": "classwise ECE",
           "nll": "NLL", "brier": "Brier"}
+
+
+def read_comparison(path: Path) -> Any:
+    """A comparison.json's content: the one reader of the file for the tools that post-process it
+    (selection, decision); each checks the fields it uses. One EdgeKDError when unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise EdgeKDError(f"{path} is not a readable comparison.json ({first_line(e)})") from None
 
 
 def _student_logits(variant, pred: predictions.Prediction) -> tuple[np.ndarray, float | None]:
@@ -236,7 +247,8 @@ def _regime_markdown(report: dict) -> list[str]:
         f"| teacher minus student, points | {_cell('accuracy', g['accuracy_gap'])} |",
         f"| student ECE % | {_cell('ece', g['student_ece'])} |",
         f"| size | {size} |",
-        f"| one run's training | median {g['train_seconds_median'] / 60:.1f} min, longest {secs / 60:.1f} min |"
+        f"| one run's training | longest {secs / 60:.1f} min"
+        + (f", median {g['train_seconds_median'] / 60:.1f} min |" if g.get("train_seconds_median") else " |")
         if secs is not None else "| one run's training | not recorded |",
     ]
 

@@ -13,14 +13,14 @@ Torch-free.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from edgekd.compare.report import read_comparison
 from edgekd.compare.variants import POSTHOC_SUFFIX
-from edgekd.errors import EdgeKDError, first_line
+from edgekd.errors import EdgeKDError
 
 
 def base_method(label: str) -> str:
@@ -83,14 +83,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="accuracy window below each method's best, as a fraction (default 0.01 = 1 point)")
     args = ap.parse_args(argv)
     try:
-        comparison = json.loads(args.comparison.read_text())
-    except (OSError, ValueError) as e:
-        print(f"edgekd: {args.comparison} is not a readable comparison.json ({first_line(e)})", file=sys.stderr)
-        return 2
-    try:
-        chosen = select(comparison, args.within, source=str(args.comparison))
+        chosen = select(read_comparison(args.comparison), args.within, source=str(args.comparison))
     except EdgeKDError as e:
-        print(f"edgekd: {e}", file=sys.stderr)
+        print(f"edgekd: error: {e}", file=sys.stderr)
         return 2
     for method, label in chosen.items():
         print(f"{method}: {label}")
