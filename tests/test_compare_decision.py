@@ -64,6 +64,10 @@ def test_decision_files_follow_the_comparisons(folders, capsys):
     assert "identical student log-probabilities" in md and "](result-reliability.png)" in md and "](report/reliability_students.png)" in md
     assert "### vs ce+ts (students)" in md and "## The regime's four conditions" in md and "**" not in md
     assert (root / "result-reliability.png").read_bytes() == (rep / "reliability_students.png").read_bytes()
+    assert "## Notes" not in md
+    (root / "note.md").write_text("Seed 3 shared the cores with another job.\n")
+    assert decision.main(_args(root, rep, abl, "--overwrite", "--note", str(root / "note.md"))) == 0
+    assert "## Notes (written by hand, not derived by this module)\n\nSeed 3 shared the cores" in (root / "result.md").read_text()
     # Never overwritten silently: one line, exit 2, the files as they were.
     before = (root / "result.md").read_bytes()
     capsys.readouterr()
@@ -139,11 +143,15 @@ def test_bad_input_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
         (["--ablations", str(rep)], "reference is 'dml:temperature=8', not --bdkd"),
         (["--sanity", f"{BDKD}:weighting=reverse"], "is not DML by construction"),
         (["--out", str(tmp_path / "nowhere" / "result")], "does not exist"),
+        (["--note", str(tmp_path / "no-note.md")], "--note"),
     ]
     for change, needle in cases:
         args = _args(tmp_path, rep, abl)
         for flag, value in zip(change[::2], change[1::2]):
-            args[args.index(flag) + 1] = value
+            if flag in args:
+                args[args.index(flag) + 1] = value
+            else:
+                args += [flag, value]
         capsys.readouterr()
         assert decision.main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()

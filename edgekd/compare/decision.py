@@ -195,7 +195,7 @@ def _measured(c: dict) -> str:
 
 
 def markdown(decision: dict, report: dict, ablations: dict | None, command: str, links: dict[str, str],
-             title: str = TITLE) -> str:
+             title: str = TITLE, note: str | None = None) -> str:
     """links: relative paths from the .md to `plan`, `selection`, `image` (the copied diagram),
     `report_image` and `ablation_image` (each comparison's own)."""
     lab, g = decision["labels"], decision["regime"]
@@ -239,6 +239,8 @@ def markdown(decision: dict, report: dict, ablations: dict | None, command: str,
                   f"`{s['variant']}` is DML by construction (forward KL for the student on every sample, forward KL "
                   f"for the teacher, DML*'s temperature and weights). Against `{s['equals']}` on seeds "
                   f"{', '.join(map(str, s['seeds']))}: {said}."]
+    if note:
+        lines += ["", "## Notes (written by hand, not derived by this module)", "", note.strip()]
     lines += ["", f"![student reliability, pooled over seeds]({links['image']})", "",
               f"## The report comparison (seeds {_seeds(report)}, {report['eval_split']} split)", ""]
     lines += _demote(report_md.markdown(report, image=links["report_image"]))
@@ -279,6 +281,10 @@ def _render(args: argparse.Namespace, command: str) -> tuple[dict[Path, bytes], 
         raise EdgeKDError(f"--out {out}: the folder {out.parent} does not exist")
     report = _load(args.report)
     ablations = _load(args.ablations) if args.ablations else None
+    try:
+        note = args.note.read_text() if args.note else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EdgeKDError(f"--note {args.note} cannot be read ({type(e).__name__})") from None
     source_png = args.report / "reliability_students.png"
     if not source_png.is_file():
         raise EdgeKDError(f"{source_png} is missing (compare writes it beside comparison.json)")
@@ -291,7 +297,7 @@ def _render(args: argparse.Namespace, command: str) -> tuple[dict[Path, bytes], 
         links = {"plan": rel(args.plan), "selection": rel(args.selection), "image": rel(out_png),
                  "report_image": rel(source_png),
                  "ablation_image": rel(args.ablations / "reliability_students.png") if args.ablations else ""}
-        md = markdown(decision, report, ablations, command, links, args.title)
+        md = markdown(decision, report, ablations, command, links, args.title, note)
     except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
         # A comparison.json of another shape (hand-edited, another version): one line, not a traceback.
         raise EdgeKDError(f"{args.report} or {args.ablations} holds a comparison.json of an unexpected shape "
@@ -314,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plan", default=PLAN, help=f"the pre-registered plan, linked (default {PLAN})")
     ap.add_argument("--selection", default=SELECTION, help=f"the tuning selection, linked (default {SELECTION})")
     ap.add_argument("--title", default=TITLE, help="the .md's title")
+    ap.add_argument("--note", type=Path, default=None,
+                    help="a markdown file included under 'Notes' (context the comparisons cannot hold, e.g. a deviation)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = ap.parse_args(argv)
     command = "python -m edgekd.compare.decision " + shlex.join(argv if argv is not None else sys.argv[1:])
