@@ -89,14 +89,6 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
     return cmp
 
 
-def _differs(saved: dict, current: Recipe, speed: dict | None = None) -> list[str]:
-    """Keys of the saved recipe that differ from current. `speed`, the saved run's recorded
-    speed_settings: a saved `auto` then matches a current recipe that pins exactly what auto
-    resolved to for that run (e.g. amp: off after the CPU default became bf16), so pinning a
-    setting does not orphan runs that trained with it."""
-    return saved_recipe_diff(saved, current, speed)
-
-
 def resolved_speed(summary: dict | None) -> dict | None:
     """What a run's `auto` speed settings resolved to: its recorded speed_settings; for a CPU run
     made before edgekd recorded them, amp off (auto meant bf16 on CUDA only then)."""
@@ -136,7 +128,7 @@ def _check_previous_comparison(cmp: Comparison) -> None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise RecipeError(f"{path} is not a comparison edgekd can read; pass --overwrite to replace it or "
                           f"choose another --out") from None
-    diffs = _differs(old_recipe, cmp.base, _common_speed(cmp.out))
+    diffs = saved_recipe_diff(old_recipe, cmp.base, _common_speed(cmp.out))
     if diffs:
         raise RecipeError(f"{path} compares another recipe (keys differ: {describe_keys(diffs)}); pass "
                           f"--overwrite to replace it or choose another --out")
@@ -150,7 +142,7 @@ def _prediction_matches(cmp: Comparison, run: PlannedRun) -> bool:
     if meta is None:
         return False
     path = predictions.paths(cmp.out, run.variant.slug, run.seed)[1]
-    diffs = _differs(meta.get("recipe") or {}, run.recipe, resolved_speed(meta.get("summary")))
+    diffs = saved_recipe_diff(meta.get("recipe") or {}, run.recipe, resolved_speed(meta.get("summary")))
     problem = (f"was made with another recipe (keys differ: {describe_keys(diffs)})" if diffs else
                f"holds the {meta.get('eval_split')} split, not {cmp.eval_split}" if meta.get("eval_split") != cmp.eval_split
                else None)
@@ -168,7 +160,7 @@ def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
         return
     summary = run_dir / "summary.json"
     speed = resolved_speed(json.loads(summary.read_text())) if summary.is_file() else None
-    diffs = _differs(read_yaml_mapping(saved), r, speed)
+    diffs = saved_recipe_diff(read_yaml_mapping(saved), r, speed)
     if diffs:
         raise RecipeError(f"{run_dir} was trained with a different recipe (keys differ: {describe_keys(diffs)}); "
                           f"remove it or choose another --out")
