@@ -125,6 +125,29 @@ def test_a_sanity_variant_that_differs_is_reported(folders, tmp_path):
     assert not s["identical"] and s["max_abs_logit_difference"][1] == 0 and s["max_abs_logit_difference"][2] > 0.01
 
 
+def test_a_saved_auto_is_what_it_resolved_to_in_the_sanity_check(folders, tmp_path):
+    """DML*'s runs saved train.amp: auto (resolved to off, recorded in their summary); the sanity
+    runs, trained after the recipe pinned amp: off, saved off. That is one recipe; a pin to
+    another value is not."""
+    _, rep, abl = folders
+    other = tmp_path / "abl"
+    shutil.copytree(abl, other)
+
+    def set_amp(label, amp, resolved):
+        meta_path = predictions.paths(other, _slug(label), 1)[1]
+        meta = json.loads(meta_path.read_text())
+        meta["recipe"]["train"]["amp"] = amp
+        meta["summary"]["speed_settings"] = {"channels_last": False, "compile": False, "amp": resolved}
+        meta_path.write_text(json.dumps(meta))
+
+    set_amp(DML, "auto", "off")
+    set_amp(SANITY, "off", "off")
+    assert decision.decide(decision._load(rep), decision._load(other), BDKD, DML, "ce+ts", SANITY)["sanity"]["identical"]
+    set_amp(SANITY, "bf16", "bf16")
+    with pytest.raises(decision.EdgeKDError, match=r"is not DML by construction .*\(train\)"):
+        decision.decide(decision._load(rep), decision._load(other), BDKD, DML, "ce+ts", SANITY)
+
+
 def test_bad_input_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
     root, rep, abl = folders
     (tmp_path / "junk").mkdir()

@@ -33,9 +33,11 @@ import numpy as np
 from edgekd import files
 from edgekd.compare import predictions
 from edgekd.compare import report as report_md
+from edgekd.compare.run import resolved_speed
 from edgekd.compare.stats import NO_DIFFERENCE
 from edgekd.compare.variants import parse_variants
 from edgekd.errors import EdgeKDError
+from edgekd.recipe import with_resolved_auto
 
 PLAN = "results/cifar10-distill-plan.md"
 SELECTION = "results/cifar10-distill-tuning/selection.md"
@@ -94,7 +96,10 @@ def _sanity(doc: dict, folder: Path, sanity: str, dml: str) -> dict:
         raise EdgeKDError(f"{doc['_source']} has no seed with both {sanity!r} and {dml!r}")
     slug = {label: parse_variants([label])[0].slug for label in (sanity, dml)}
     preds = {(label, s): predictions.load(folder, slug[label], s) for label in (sanity, dml) for s in seeds}
-    a, b = (preds[(label, seeds[0])].meta["recipe"] for label in (sanity, dml))
+    # A saved `auto` (e.g. train.amp) counts as what it resolved to for that run, as compare's reuse does:
+    # DML*'s runs predate the recipe pinning amp: "off", which is what their auto resolved to.
+    a, b = (with_resolved_auto(m["recipe"], {"train": {}}, resolved_speed(m.get("summary")))
+            for m in (preds[(label, seeds[0])].meta for label in (sanity, dml)))
     da, db = a.get("distill", {}), b.get("distill", {})
     wrong = [f"distill.{k}" for k in DML_KEYS if da.get(k) != db.get(k)]
     wrong += [f"distill.{k} is {da.get(k)!r}, not {v!r}" for k, v in
