@@ -22,12 +22,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
 
-from edgekd.errors import EdgeKDError, ExportError, MissingDependencyError, ModelError, RecipeError
+from edgekd.arguments import (BOOL, CALLABLE, INT, MAPPING_OR_STRINGS, MODULE, NUMBER, PATH, STRINGS, TEXT, Kind,
+                              checked)
+from edgekd.errors import EdgeKDError, ExportError, ModelError, RecipeError
 from edgekd.validate.bundle import Bundle
 from edgekd.validate.report import Report
 
@@ -82,12 +85,9 @@ class Run:
 
 def need_torch(verb: str) -> None:
     """MissingDependencyError naming the extra to install, when PyTorch is not installed."""
-    try:
-        import torch  # noqa: F401
-    except ImportError as e:
-        raise MissingDependencyError(
-            f"edgekd {verb} needs PyTorch, which is not installed: pip install 'edgekd[train]'"
-        ) from e
+    from edgekd import optional
+
+    optional.load("torch", f"edgekd {verb} needs")
 
 
 def _silent(line: str) -> None:
@@ -100,7 +100,18 @@ def _warn(message: str) -> None:
 
 # ---------------------------------------------------------------- distill
 
+def _is_recipe(v: Any) -> bool:
+    recipe = sys.modules.get("edgekd.recipe")  # a Recipe passed in means the module is imported
+    return isinstance(v, (str, os.PathLike, Mapping)) or (recipe is not None and isinstance(v, recipe.Recipe))
 
+
+_RECIPE = Kind("a path, a dict or a Recipe", _is_recipe, RecipeError)
+
+
+@checked(recipe=_RECIPE, overrides=MAPPING_OR_STRINGS.raising(RecipeError).or_none(),
+         teacher=MODULE.raising(ModelError).or_none(), student=MODULE.raising(ModelError).or_none(),
+         out=PATH.or_none(), resume=BOOL, allow_recipe_change=BOOL, progress=TEXT, on_epoch=CALLABLE.or_none(),
+         warn=CALLABLE.or_none())
 def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: nn.Module | None = None,
             student: nn.Module | None = None, out: PathLike | None = None, resume: bool = False,
             allow_recipe_change: bool = False, progress: Literal["off", "epochs", "bar"] = "off",
@@ -218,11 +229,19 @@ def _user_modules(**given: Any) -> dict[str, nn.Module]:
 
 # ---------------------------------------------------------------- export
 
+_TEMPERATURE = Kind("'fit' or a number", lambda v: isinstance(v, str) or NUMBER.accepts(v), ExportError).or_none()
 
+
+@checked(run=Kind("a Run, a run directory or None", lambda v: v is None or isinstance(v, (Run, str, os.PathLike))),
+         out=PATH.or_none(), formats=STRINGS.raising(ExportError).or_none(), trt=BOOL, calib_samples=INT,
+         calib_method=TEXT, max_batch=INT, overwrite=BOOL, int8_search=BOOL.or_none(),
+         search_budget=NUMBER.or_none(), student=MODULE.raising(ModelError).or_none(),
+         temperature=_TEMPERATURE, log=CALLABLE.or_none())
 def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, formats: Sequence[str] | None = None,
            trt: bool = False, calib_samples: int = 512, calib_method: str = "minmax", max_batch: int = 64,
            overwrite: bool = False, int8_search: bool | None = None, search_budget: float | None = None,
-           student: nn.Module | None = None, log: Log | None = None) -> Bundle:
+           student: nn.Module | None = None, temperature: float | Literal["fit"] | None = None,
+           log: Log | None = None) -> Bundle:
     """Export a run's student to a deployment bundle, as `edgekd export` does.
 
     run: a Run, a run directory, or None for the newest complete run under runs/.
@@ -240,6 +259,9 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
       it; yours is unchanged). Default: the Run's student, else the arch rebuilt by name.
       A user model (arch "user:...") cannot be rebuilt by name, so a run directory of one
       needs it: export("runs/x", student=Net()). Nothing in a run stores code.
+    temperature: a temperature inside every file (each output divided by it, after the last
+      dequantize): a number > 0, or "fit" to fit it by NLL on the run's tune split (a run
+      without one is refused). The manifest records it (manifest["temperature"]).
     log: called with each line the command prints (default: print nothing).
 
     Returns the Bundle (checked like validate reads it). Raises EdgeKDError (no such run),
@@ -250,6 +272,10 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
     written). Any other failure leaves no bundle.
     """
     need_torch("export")
+    from edgekd import optional
+
+    for module in ("onnx", "onnxruntime", "onnxscript"):  # deploy imports them at its top
+        optional.load(module, "edgekd export needs")
     from edgekd.deploy import export_bundle
 
     if isinstance(run, Run):
@@ -263,7 +289,8 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
         raise ExportError(f"formats={formats!r} is one string; pass a list such as {formats.split(',')!r}")
     path = export_bundle(run_dir=run, out=out, formats=formats, trt=trt, calib_samples=calib_samples,
                          calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=log or _silent,
-                         int8_search=int8_search, search_budget=search_budget, model=student)
+                         int8_search=int8_search, search_budget=search_budget, model=student,
+                         temperature=temperature)
     from edgekd.validate.bundle import load_bundle
 
     return load_bundle(path, _silent)
@@ -271,7 +298,13 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
 
 # ---------------------------------------------------------------- validate
 
+_FRACTION = NUMBER.or_none()
 
+
+@checked(bundle=Kind("a Bundle, a bundle folder or None", lambda v: v is None or isinstance(v, (Bundle, str, os.PathLike))),
+         data=TEXT.or_none(), formats=STRINGS.or_none(), runtime=TEXT, providers=STRINGS.or_none(), batch=INT,
+         max_ece=_FRACTION, max_acc_drop=_FRACTION, min_agreement=_FRACTION, max_ece_drift=_FRACTION,
+         json_path=PATH.or_none(), report_dir=PATH.or_none(), save_predictions=PATH.or_none(), log=CALLABLE.or_none())
 def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None, formats: Sequence[str] | None = None,
              runtime: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime", providers: Sequence[str] | None = None,
              batch: int = 64, max_ece: float | None = None, max_acc_drop: float | None = None,

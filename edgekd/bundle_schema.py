@@ -12,6 +12,9 @@ in one line).
 SCHEMA_VERSION = 1
 BUNDLE_KIND = "edgekd.bundle"  # manifest.json's "kind"
 MANIFEST_FILE = "manifest.json"
+# Present (with the reason) only in a bundle written without a file it was asked for (an INT8 search
+# that found none): `edgekd validate` with no bundle named skips it; named, it validates what is there.
+INCOMPLETE_KEY = "incomplete"
 # The precisions a model file may have (files.<name>.precision); the ONNX file of each
 # is model_<precision>.onnx.
 PRECISIONS = ("fp32", "fp16", "int8", "int8_cpu")

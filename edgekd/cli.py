@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgekd import __version__
-from edgekd.errors import EdgeKDError, ModelError, first_line
+from edgekd.errors import EdgeKDError, ModelError, Problems, first_line, raise_all
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 
@@ -212,7 +212,8 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
         need_torch("compare")
     on_epoch = None if quiet else (lambda rec: "student_accuracy" in rec and click.echo(
         f"  epoch {rec['epoch']}: student acc {pct(rec['student_accuracy'])} ECE {pct(rec['student_ece'])}"))
-    command = "edgekd " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    argv = (click.get_current_context().obj or {}).get("argv", sys.argv[1:])  # what main() was given
+    command = "edgekd " + " ".join(shlex.quote(a) for a in argv)
     run_comparison(cmp, log=click.echo, on_epoch=on_epoch, command=command)
     click.echo((out / "comparison.md").read_text())
     click.echo(f"comparison of {len(cmp.runs)} runs ({len(variants)} rows) in {out}")
@@ -255,8 +256,13 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
               metavar="SECONDS", help=f"Time for the whole --int8-search (no candidate starts after it), > 0 and at "
                                       f"most {MAX_SEARCH_BUDGET_S:g} (a day). Default: the recipe's "
                                       f"export.search_budget ({DEFAULT_SEARCH_BUDGET_S:g}).")
+@click.option("--temperature", default=None, metavar="fit|T",
+              help="Ship a temperature inside every file: each file's output divided by T (a Div after its last op, "
+                   "after the last dequantize of an INT8 file). 'fit' fits T by NLL on the run's tune split (never "
+                   "val or test); a number > 0 is taken as given. The manifest records T, its source and its effect "
+                   "on the tune split; validate measures the files as shipped.")
 def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, overwrite, int8_search,
-           search_budget) -> int:
+           search_budget, temperature) -> int:
     """Export a run's student to a deployment bundle: ONNX FP32/FP16/INT8/INT8-for-CPUs (+ TensorRT engines).
 
     RUN_DIR defaults to the newest complete run under runs/. Parity with PyTorch
@@ -269,7 +275,7 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 
     api.export(run_dir, out=out, formats=_csv(formats), trt=trt, calib_samples=calib_samples,
                calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, int8_search=int8_search,
-               search_budget=search_budget, log=click.echo)
+               search_budget=search_budget, temperature=temperature, log=click.echo)
     return 0
 
 
@@ -337,7 +343,8 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
     need_torch("models")
     from edgekd.models import ambiguous_models, model_catalog
 
-    rows = model_catalog(num_classes, in_channels, image_size)
+    broken: list[ModelError] = []
+    rows = model_catalog(num_classes, in_channels, image_size, broken)
     table = [("model", "parameters", "options", "source")] + [
         (m.name, f"{m.params:,}", ", ".join(f"{k}={v}" for k, v in m.options.items()) or "-", m.source)
         for m in rows
@@ -347,9 +354,8 @@ def models_command(image_size: int, in_channels: int, num_classes: int) -> int:
                f"channel{'s' if in_channels != 1 else ''}, {num_classes} classes")
     for name, params, options, source in table:
         click.echo(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {options:<{widths[2]}}  {source}")
-    ambiguous = ambiguous_models()
-    if ambiguous:  # every other model works; a recipe naming this one gets the same line
-        raise ModelError("; ".join(ambiguous.values()))
+    # Every other model works; a recipe naming one of these gets the same line.
+    raise_all([*broken, *(ModelError(line) for line in ambiguous_models().values())])
     return 0
 
 
@@ -378,8 +384,9 @@ def main(argv: list[str] | None = None) -> None:
     except EdgeKDError as e:  # FailedCheck too: its exit_code is 1
         if debug:
             raise
-        msg = first_line(e)
-        click.echo(f"edgekd: error: {msg}", err=True)
+        lines = [first_line(p) for p in e.problems] if isinstance(e, Problems) else [first_line(e)]
+        for msg in lines:
+            click.echo(f"edgekd: error: {msg}", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         click.echo("edgekd: interrupted", err=True)

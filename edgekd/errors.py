@@ -26,6 +26,30 @@ class EdgeKDError(Exception):
     exit_code = 2
 
 
+class Problems(EdgeKDError):
+    """Several independent problems found by one check (both nets' checkpoints, every variant of a
+    comparison): the message has one line per problem, and the CLI prints each as its own line.
+    `problems` holds the errors themselves; the exit code is the highest of theirs."""
+
+    def __init__(self, problems: list[EdgeKDError]):
+        self.problems = list(problems)
+        self.exit_code = max(p.exit_code for p in self.problems)
+        super().__init__("\n".join(first_line(p) for p in self.problems))
+
+
+def raise_all(problems: list[EdgeKDError]) -> None:
+    """Nothing for no problem, the error itself for one, Problems for several."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise Problems(problems)
+
+
+class ArgumentError(EdgeKDError, TypeError):
+    """An argument of the Python API of the wrong type, or a call with a missing or unknown
+    argument (edgekd.arguments). A TypeError too, as Python's own would be."""
+
+
 class RecipeError(EdgeKDError):
     """A recipe or an override: unreadable or not YAML, an unknown key, a wrong type or value."""
 

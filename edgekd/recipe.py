@@ -120,12 +120,20 @@ class NetConfig(_Strict):
     # tensor strictly; backbone loads every tensor whose name and shape fit and keeps the
     # classifier freshly initialised when the class count differs (e.g. ImageNet weights).
     init: Literal["full", "backbone"] = "full"
+    # Where in `checkpoint` the weights are, for files edgekd does not recognise by itself
+    # (distill/checkpoint.py WEIGHT_KEYS, models/pretrained.py select_prefix): the entry that
+    # holds the state_dict (dotted for nested dicts) and the prefix of the net's tensor names.
+    checkpoint_key: Optional[str] = Field(None, min_length=1)
+    checkpoint_prefix: Optional[str] = Field(None, min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _init_needs_checkpoint(self) -> "NetConfig":
         if self.init == "backbone" and not self.checkpoint:
             raise ValueError("init: backbone needs checkpoint (the pretrained file to load)")
+        for key in ("checkpoint_key", "checkpoint_prefix"):
+            if getattr(self, key) is not None and not self.checkpoint:
+                raise ValueError(f"{key} says where the weights are in checkpoint, which is not set")
         return self
 
 

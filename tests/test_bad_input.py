@@ -31,7 +31,7 @@ from PIL import Image
 
 from edgekd import api
 from edgekd.cli import main
-from edgekd.errors import EdgeKDError, RecipeError
+from edgekd.errors import EdgeKDError, Problems, RecipeError
 from edgekd.models import register_model, registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,6 +213,22 @@ CASES = {
     "checkpoint: torch.save file with a pickle that runs code": _c(
         lambda w, m: (torch.save({"conv.weight": RunsCode()}, w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1],
         "t.pt was refused by the safe loader (weights_only): Trying to load unsupported GLOBAL"),
+    "checkpoint: teacher and student both missing, named in one go": _c(
+        lambda w, m: ["distill", recipe(w, QUICKSTART.replace("arch: cnn_small", "arch: cnn_small\n  checkpoint: t.pt", 1)
+                                        .replace("arch: cnn_tiny", "arch: cnn_tiny\n  checkpoint: s.pt", 1))],
+        "checkpoint t.pt does not exist", "checkpoint s.pt does not exist"),
+    "checkpoint: a NaN in the teacher's weights": _c(
+        lambda w, m: (_nan_teacher(w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1],
+        "t.pt: tensor 'fc.bias' holds 1 NaN or infinite value of 10"),
+    "checkpoint: checkpoint_key not in the file": _c(
+        lambda w, m: (torch.save({"epoch": 3, "weights": {}}, w / "t.pt"),
+                      ["distill", teacher_ckpt_recipe(w, "t.pt\n  checkpoint_key: state_dict")])[-1],
+        "teacher.checkpoint_key 'state_dict' is not in t.pt; its top-level keys: epoch, weights"),
+    "checkpoint: the net fits under two prefixes": _c(
+        lambda w, m: (torch.save({"state_dict": {f"{p}.{k}": v for p in ("ema", "online") for k, v in
+                                                 registry.build_model("cnn_small", 10, 1, 32).state_dict().items()}},
+                                 w / "t.pt"), ["distill", teacher_ckpt_recipe(w, "t.pt")])[-1],
+        "under each of 'ema.', 'online.'; set teacher.checkpoint_prefix"),
     "checkpoint: run without student.pt": _c(
         lambda w, m: ((run_copy(w, m) / "student.pt").unlink(), ["export", "run", "--out", "b"])[-1], "student.pt"),
     "checkpoint: truncated student.pt": _c(
@@ -298,9 +314,21 @@ CASES = {
     "flag: export --out under a file": _c(
         lambda w, m: ((w / "file").write_text("x"), ["export", str(run_copy(w, m)), "--out", "file/b"])[-1], "file"),
     "flag: compare seeds not integers": _c(lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--seeds", "a,b"], "--seeds"),
+    "flag: compare variant that sets the method": _c(
+        lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--methods", "ce,dml:method=ce"],
+        "the method is the variant's name (dml)"),
+    "flag: compare third variant's checkpoint missing": _c(
+        lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--methods", "ce,bdkd,dml:teacher.checkpoint=t.pt",
+                      "--out", "cmp"], "variant 'dml:teacher.checkpoint=t.pt': checkpoint t.pt does not exist"),
     "flag: compare unknown method": _c(lambda w, m: ["compare", str(REPO / "recipes/quickstart.yaml"), "--methods", "ce,xyz"], "xyz"),
     "flag: unknown option": _c(lambda w, m: ["distill", str(REPO / "recipes/quickstart.yaml"), "--epochs", "3"], "--epochs"),
 }
+
+
+def _nan_teacher(path: Path) -> None:
+    state = registry.build_model("cnn_small", 10, 1, 32).state_dict()
+    state["fc.bias"][3] = float("nan")
+    torch.save(state, path)
 
 
 def _reshape_input(path: Path) -> None:
@@ -454,7 +482,8 @@ def api_call(argv: list[str]) -> Callable[[], object] | None:
 # edgekd compare): no API call does what they do. test_cli_only_cases_have_no_api_call keeps
 # this list exact, so a case cannot drop out of the API run unnoticed.
 CLI_ONLY = {"flag: non-numeric threshold", "flag: threshold out of range", "flag: --search-budget -5",
-            "flag: compare seeds not integers", "flag: compare unknown method", "flag: unknown option"}
+            "flag: compare seeds not integers", "flag: compare unknown method", "flag: unknown option",
+            "flag: compare variant that sets the method", "flag: compare third variant's checkpoint missing"}
 
 
 @pytest.mark.parametrize("name", sorted(CLI_ONLY))
@@ -472,7 +501,8 @@ def test_bad_input_from_python(name, made, w, capfd):
     before = _snapshot(w)
     with pytest.raises(EdgeKDError) as e:
         call()
-    assert e.value.exit_code == 2 and len(str(e.value).splitlines()) == 1, (name, str(e.value))
+    problems = e.value.problems if isinstance(e.value, Problems) else [e.value]  # several: one line each
+    assert e.value.exit_code == 2 and len(str(e.value).splitlines()) == len(problems), (name, str(e.value))
     assert _snapshot(w) == before, f"{name}: the working folder changed"
     with pytest.raises(Exception) as cli:  # --debug: main lets the error out instead of printing it
         main(["--debug", *argv])

@@ -4,8 +4,6 @@ one real end-to-end comparison on a test split."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +13,15 @@ from edgekd import calibration
 from edgekd.compare import parse_variants, plan, predictions, run_all
 from edgekd.errors import EdgeKDError, RecipeError
 
+from _cli import edgekd
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "recipes/quickstart.yaml"
 SPLITS = ["data.tune_fraction=0.15", "data.test_fraction=0.2", "train.epochs=2"]
 
 
 def _cli(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "edgekd", "compare", str(QUICK), "--quiet", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return edgekd("compare", QUICK, "--quiet", *args)
 
 
 def _one_line_error(res, *needles):
@@ -228,6 +227,37 @@ def test_refusals_before_anything_is_written(tmp_path):
     with pytest.raises(EdgeKDError, match="leave no train image"):
         run_all(QUICK, parse_variants(["ce", "bdkd:data.test_size=1700"]), [0], SPLITS, out, log=print, eval_split="test")
     assert not out.exists()
+
+
+def test_every_variant_is_built_before_the_first_trains(tmp_path):
+    """A checkpoint, a model option or a NaN in the third variant fails before the first two train
+    (hours, with a real recipe), naming every bad variant at once; nothing is written."""
+    torch = pytest.importorskip("torch")
+    from edgekd.errors import CheckpointError, ModelError, Problems
+    from edgekd.models import build_model
+
+    out = tmp_path / "c"
+    state = build_model("cnn_small", 10, 1, 32).state_dict()
+    state["fc.weight"][0, 0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    variants = ["ce", "bdkd", f"dml:teacher.checkpoint={tmp_path / 'missing.pt'}",
+                f"kd:teacher.checkpoint={tmp_path / 'nan.pt'}", "dml:student.options={width: 0}"]
+    with pytest.raises(Problems) as e:
+        run_all(QUICK, parse_variants(variants), [0, 1], SPLITS, out, log=print, eval_split="test")
+    assert [type(p) for p in e.value.problems] == [CheckpointError, CheckpointError, ModelError]
+    lines = str(e.value).splitlines()
+    assert lines[0] == f"variant {variants[2]!r}: checkpoint {tmp_path / 'missing.pt'} does not exist"
+    assert lines[1].startswith(f"variant {variants[3]!r}: checkpoint {tmp_path / 'nan.pt'}: tensor 'fc.weight' holds 1 NaN")
+    assert lines[2] == f"variant {variants[4]!r}: cnn_tiny option width must be a positive integer, got 0"
+    assert not out.exists()
+
+
+def test_a_variant_cannot_set_the_method():
+    """The method is the variant's name: `dml:method=ce` would train CE under the label dml."""
+    for spec in ("dml:method=ce", "dml:temperature=2:distill.method=ce"):
+        with pytest.raises(RecipeError, match=rf"^--methods '{spec}': the method is the variant's name \(dml\), not a "
+                                              r"key; write ce(:temperature=2)? instead$"):
+            parse_variants([spec])
 
 
 def test_cli_refusals_are_one_line(tmp_path):

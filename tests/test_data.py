@@ -57,6 +57,18 @@ def test_digits_shape_and_classes():
     assert load_digits(8).images.shape == (1797, 8, 8, 1)
 
 
+def test_digits_read_from_sklearns_file_are_sklearns_digits():
+    """edgekd reads scikit-learn's digits file without importing sklearn: the very arrays load_digits gives."""
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    from edgekd.data.sources import _digits_csv, digits_arrays
+
+    assert _digits_csv() is not None  # found from the metadata, so sklearn was not needed
+    images, labels = digits_arrays()
+    sk = sk_load_digits()
+    assert np.array_equal(images, sk.images) and np.array_equal(labels, sk.target) and labels.dtype == np.int64
+
+
 def test_imagefolder_matches_pil(small_folder):
     data = load_imagefolder(small_folder)
     assert data.images.shape == (10 * PER_CLASS, 32, 32, 3) and data.images.dtype == np.uint8

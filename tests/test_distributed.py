@@ -14,7 +14,7 @@ from _runs import canonical
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
-SHORT = ("--quiet", "--set", "train.epochs=3")
+SHORT = ("--quiet", "--set", "train.epochs=3", "--set", "data.image_size=16")
 PLAIN_CNN = str(REPO / "tests/_plain_cnn.py")  # `python -m edgekd` plus a net without BatchNorm
 
 
@@ -104,7 +104,8 @@ def test_sync_bn_on_the_cpu_is_one_line_not_a_traceback(tmp_path):
 #   both nets are near-uniform, so a gap within rounding of 0 could flip a sample's loss term.
 # - fp32: under bf16 autocast (the CPU default where bf16 instructions exist) the two sums round
 #   differently by far more than fp32's last bits.
-EQUIVALENT = ("--quiet", "--set", "train.epochs=2", "--set", "train.device=cpu", "--set", "train.amp=off",
+EQUIVALENT = ("--quiet", "--set", "train.epochs=2", "--set", "data.image_size=16", "--set", "train.device=cpu",
+              "--set", "train.amp=off",
               "--set", "data.subset=256",
               "--set", "data.augment.crop_padding=0", "--set", "data.augment.hflip=false",
               "--set", "distill.weighting=soft", "--set", "teacher.arch=plain_cnn_test",

@@ -6,14 +6,13 @@ through the CLI in a subprocess, exactly as a user runs them.
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 import torch
 import yaml
 
@@ -31,14 +30,15 @@ from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 from edgekd.runtime import TRT_MISSING
 
+import _cli
+
 REPO = Path(__file__).resolve().parents[1]
 ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")
 BUNDLE_FILES = {*ONNX_FILES, "int8_calibration.json", "manifest.json"}
 
 
 def edgekd(*args, cwd=REPO, timeout=600):
-    return subprocess.run([sys.executable, "-m", "edgekd", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout)
+    return _cli.edgekd(*args, cwd=cwd)
 
 
 def tensorrt_importable() -> bool:

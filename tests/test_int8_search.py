@@ -7,20 +7,27 @@ after the ReLU it is exactly 0 on every image) and the third conv reads it with 
 channel's weight scale is set by the 1000s, so the conv's real weights round to zero,
 whatever the calibration method and per-channel or not. Only keeping that one conv in
 float saves the file, and the search has to find that out from data.
+
+The trained net differs from CPU to CPU (oneDNN picks other kernels per instruction set, and
+ONNX Runtime's INT8 kernels differ too), so nothing here assumes one net: the hostility is
+by construction, and the gate the search must meet is derived from the net at hand (what the
+file with that one conv in float reaches on this machine, with a margin), so that the search
+can pass exactly by finding that conv, on any CPU.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+
 import torch
 from onnx import helper, numpy_helper
 
@@ -29,8 +36,9 @@ from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.data.split import make_split, split_fingerprint
 from edgekd.deploy import int8_search as search
-from edgekd.deploy.bundle import search_data
-from edgekd.deploy.int8 import CPU_INT8, Int8Settings, pick_calibration
+from edgekd.deploy.bundle import calibration_images, search_data
+from edgekd.deploy.int8 import CPU_INT8, TENSORRT_INT8, Int8Settings, pick_calibration, prepare, quantize_prepared
+from edgekd.deploy.onnx_export import export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import load_run_student
 from edgekd.drift import reference_gap
@@ -38,6 +46,8 @@ from edgekd.errors import DataError, ExportError
 from edgekd.files import write_json
 from edgekd.recipe import ExportConfig, ValidateConfig
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+
+import _cli
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = {"max_ece": None, "max_acc_drop": 0.03, "min_agreement": 0.9, "max_ece_drift": 0.03}
@@ -47,8 +57,7 @@ UNREACHABLE_THRESHOLDS = {k: v for k, v in UNREACHABLE.items() if v is not None}
 
 
 def edgekd(*args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "edgekd", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return _cli.edgekd(*args)
 
 
 # ---------------------------------------------------------------- numpy-level rules (fast)
@@ -237,8 +246,9 @@ def test_a_budget_spent_before_any_candidate_is_a_clear_failure(tmp_path):
     outcome = budget_search(tmp_path, 2.0, UNREACHABLE_THRESHOLDS, clock, log=log)
     found = outcome.flavours["model_int8_cpu.onnx"]
     assert found.candidates == [] and found.stopped == "budget" and found.chosen is None and found.best is None
-    assert outcome.failure() == ("the budget ran out before any INT8 (CPU) candidate was tried (preparing and timing "
-                                 "the FP32 file count too); raise --search-budget")
+    assert found.failure() == ("the budget ran out before any INT8 (CPU) candidate was tried (preparing and timing "
+                               "the FP32 file count too); raise --search-budget")
+    assert outcome.failure() == "no candidate passes the gate for model_int8_cpu.onnx"
     write_json(tmp_path / "m.json", outcome.record())
     assert json.loads((tmp_path / "m.json").read_text())["files"]["model_int8_cpu.onnx"]["candidates"] == []
 
@@ -259,12 +269,15 @@ def test_a_chosen_candidate_is_passed_even_when_the_budget_then_runs_out(tmp_pat
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 4-epoch quickstart run with a tune split (20% of digits), in fp32: the same net on every CPU
-    (under auto a CPU with bf16 instructions trains another one, whose INT8 search ends elsewhere)."""
+    """A 10-epoch quickstart run with a tune split (20% of digits), in fp32, at 16 px (the digits are
+    8x8: four times less work than 32 px, and a better net). Which net it is depends on the CPU; every
+    one seen (seeds 0-7, AVX2 and AVX-512 kernels) is above 95% on tune and loses at most a point or
+    two to one switched-off channel, so the poisoned net is still a net worth quantizing (the 4-epoch
+    32 px run this replaced was near 60% and fragile under any INT8 noise)."""
     run = tmp_path_factory.mktemp("int8-search") / "run"
-    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=4", "--set",
+    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=10", "--set",
                  "optim.warmup_epochs=0", "--set", "data.tune_fraction=0.2", "--set", "train.amp=off",
-                 "--out", run, "--quiet")
+                 "--set", "data.image_size=16", "--out", run, "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     return run
 
@@ -308,9 +321,55 @@ def hostile_node(fp32: Path) -> str:
     return found[0]
 
 
+def gate_met_with_the_conv_in_float(run: Path, workdir: Path) -> dict:
+    """A gate for `run` that the INT8 file with the hostile conv alone in float meets on this machine,
+    whichever settings the search starts from: the worst drop, agreement and ECE drift of those files
+    over the search's whole settings grid and both flavours, each with 2 points to spare, and never
+    stricter than GATE. Without that conv in float the files fall to about chance (asserted), far
+    outside it, so the search passes only by finding the conv."""
+    workdir.mkdir()
+    student = load_run_student(run)
+    fp32, prepared = workdir / "model_fp32.onnx", workdir / "prepared.onnx"
+    export_fp32(student.model, fp32, int(student.ckpt["in_channels"]), int(student.ckpt["image_size"]))
+    prepare(fp32, prepared)
+    node, base = hostile_node(fp32), Int8Settings()
+    picked, calib = calibration_images(student, base)
+    data = search_data(student, picked, base.seed)
+    ref = search.Reference.of(onnxruntime_logits(fp32, data.images), data.labels)
+    worst = {"acc_drop": 0.0, "agreement": 1.0, "ece_drift": 0.0}
+    for flavour in (TENSORRT_INT8, CPU_INT8):
+        for method in search.METHODS:
+            for per_channel in (True, False):
+                s = Int8Settings(method=method, per_channel=per_channel)
+                cache, path = workdir / f"ranges-{method}.json", workdir / "candidate.onnx"
+                quantize_prepared(prepared, path, calib, s, flavour, cache, [node])
+                f = search.judge(onnxruntime_logits(path, data.images), ref, {}).figures
+                worst = {"acc_drop": max(worst["acc_drop"], f["acc_drop"]),
+                         "agreement": min(worst["agreement"], f["agreement"]),
+                         "ece_drift": max(worst["ece_drift"], f["ece_drift"])}
+        quantize_prepared(prepared, path, calib, base, flavour, workdir / "ranges-minmax.json", [])
+        ruined = search.judge(onnxruntime_logits(path, data.images), ref, {}).figures
+        assert ruined["acc_drop"] > worst["acc_drop"] + 0.2, (ruined, worst)  # hostile by construction
+    gate = {"max_ece": None, "max_acc_drop": max(GATE["max_acc_drop"], worst["acc_drop"] + 0.02),
+            "min_agreement": min(GATE["min_agreement"], worst["agreement"] - 0.02),
+            "max_ece_drift": max(GATE["max_ece_drift"], worst["ece_drift"] + 0.02)}
+    assert gate["max_acc_drop"] < 0.2, (worst, ref.metrics)  # a net worth quantizing: see `trained`
+    return gate
+
+
 @pytest.fixture(scope="module")
 def hostile(trained):
-    return poison(trained, trained.parent / "hostile", GATE)
+    """The poisoned run, with the gate derived from it (gate_met_with_the_conv_in_float) in its recipe."""
+    run = poison(trained, trained.parent / "hostile", GATE)
+    gate = gate_met_with_the_conv_in_float(run, trained.parent / "derive-gate")
+    ckpt = torch.load(run / "student.pt", weights_only=False)
+    ckpt["recipe"]["validate"] = dict(gate)
+    torch.save(ckpt, run / "student.pt")
+    return run
+
+
+def gate_of(run: Path) -> dict:
+    return torch.load(run / "student.pt", weights_only=False)["recipe"]["validate"]
 
 
 @pytest.fixture(scope="module")
@@ -327,8 +386,9 @@ def tune_split(manifest: dict) -> tuple[np.ndarray, np.ndarray]:
     return normalize(tune.images, pre["mean"], pre["std"]), tune.labels
 
 
-def test_search_keeps_the_hostile_conv_in_float_and_passes(searched):
+def test_search_keeps_the_hostile_conv_in_float_and_passes(searched, hostile):
     out, manifest, stdout = searched
+    gate = gate_of(hostile)
     node = hostile_node(out / "model_fp32.onnx")
     x, labels = tune_split(manifest)
     fp32 = onnxruntime_logits(out / "model_fp32.onnx", x)
@@ -350,8 +410,8 @@ def test_search_keeps_the_hostile_conv_in_float_and_passes(searched):
         # And it passes the gate on the tune split, measured here independently of the search.
         z = onnxruntime_logits(out / name, x)
         gap = reference_gap(z, calibration_metrics(z, labels), fp32, calibration_metrics(fp32, labels))
-        assert gap.top1_agreement >= GATE["min_agreement"] and gap.accuracy_drop <= GATE["max_acc_drop"]
-        assert gap.ece_drift <= GATE["max_ece_drift"]
+        assert gap.top1_agreement >= gate["min_agreement"] and gap.accuracy_drop <= gate["max_acc_drop"]
+        assert gap.ece_drift <= gate["max_ece_drift"]
         assert chosen["metrics"]["agreement"] == gap.top1_agreement
         # A passing CPU file clearly slower than FP32 is still written, with a note saying so (only then).
         fp32_speed = manifest["int8_search"]["reference"]["images_per_s"]
@@ -360,14 +420,14 @@ def test_search_keeps_the_hostile_conv_in_float_and_passes(searched):
     assert "1 in float" in stdout and node in stdout
 
 
-def test_search_judged_on_the_tune_split_against_the_fp32_file(searched):
+def test_search_judged_on_the_tune_split_against_the_fp32_file(searched, hostile):
     out, manifest, _ = searched
     s = manifest["int8_search"]
     assert s["data"]["split"] == "tune" and s["data"]["n"] == manifest["data"]["sizes"]["tune"]
     x, labels = tune_split(manifest)
     m = calibration_metrics(onnxruntime_logits(out / "model_fp32.onnx", x), labels)
     assert (s["reference"]["accuracy"], s["reference"]["ece"]) == (m["accuracy"], m["ece"])
-    assert s["gate"] == {k: v for k, v in GATE.items() if v is not None}
+    assert s["gate"] == {k: v for k, v in gate_of(hostile).items() if v is not None}
     for record in s["files"].values():
         for c in record["candidates"]:
             assert c["seconds"] > 0 and set(c["metrics"]) == {"accuracy", "ece", "acc_drop", "ece_drift", "agreement", "kl"}
@@ -403,21 +463,30 @@ def test_without_a_tune_split_the_search_uses_training_images_apart_from_calibra
     assert not set(split["train"][held]) & set(split["val"])
 
 
-def test_no_candidate_passes_exits_1_without_an_int8_file(trained):
+def test_no_candidate_passes_exits_1_without_an_int8_file(trained, tmp_path):
     run = poison(trained, trained.parent / "unreachable", UNREACHABLE)
     out = run.parent / "unreachable-bundle"
     res = edgekd("export", run, "--out", out, "--int8-search", "--formats", "fp32,fp16,int8_cpu")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1, res.stdout[-2000:] + res.stderr
-    assert "no INT8 (CPU) candidate passes the gate" in lines[0] and "best: #" in lines[0]
-    assert "agreement" in lines[0] and "Traceback" not in res.stderr
+    # One short line saying what failed and what was written; the figures are in the table and the manifest.
+    assert lines[0] == (f"edgekd: error: INT8 search: no candidate passes the gate for model_int8_cpu.onnx; {out} is "
+                        "written without model_int8_cpu.onnx, marked incomplete (details: manifest.json's "
+                        "int8_search)")
     manifest = json.loads((out / "manifest.json").read_text())
     assert {p.name for p in out.iterdir()} == {"manifest.json", "model_fp32.onnx", "model_fp16.onnx"}
     assert set(manifest["files"]) == {"model_fp32.onnx", "model_fp16.onnx"}
+    assert manifest["incomplete"] == "the INT8 search found no file for model_int8_cpu.onnx"
     assert manifest["files"]["model_fp32.onnx"]["parity"]["top1_agreement"] == 1.0
     record = manifest["int8_search"]["files"]["model_int8_cpu.onnx"]
     assert record["passed"] is False and record["chosen"] is None and record["stopped"] == "exhausted"
     assert not any(c["passed"] for c in record["candidates"])
+    # Every candidate tried is printed once, by its number (the best one the table names among them).
+    lines = res.stdout.splitlines()
+    for c in record["candidates"]:
+        assert sum(x.startswith(f"  #{c['index']} ") for x in lines) == 1, c["index"]
+    table = res.stdout[res.stdout.index("INT8 search:\n"):]
+    assert re.search(rf"model_int8_cpu\.onnx +{len(record['candidates'])}  exhausted +#\d+ ", table), table
     # It tried everything before giving up: all 6 settings, every node of the pool alone in float,
     # then the harmful nodes (KL gain > 0) accumulated up to the cap; the first of them was the
     # sensitivity candidate already, so the fallback stage has one candidate fewer (none when at
@@ -428,7 +497,40 @@ def test_no_candidate_passes_exits_1_without_an_int8_file(trained):
     cap = max(1, int(search.MAX_FLOAT_FRACTION * pool))
     assert stages.count("settings") == 6 and stages.count("sensitivity") == pool > 0
     assert stages.count("fallback") == max(0, min(cap, harmful) - 1)
-    assert edgekd("validate", out).returncode in (0, 1)  # a complete bundle: checksums, manifest
+    # Named, it validates what it has (checksums, manifest) and says it is incomplete ...
+    named = edgekd("validate", out)
+    assert named.returncode in (0, 1) and f"note: {out} is incomplete" in named.stdout, named.stdout + named.stderr
+    # ... and a bare `edgekd validate` skips it for the newest complete bundle, with a one-line notice.
+    (tmp_path / "export").mkdir()
+    shutil.copytree(out, tmp_path / "export" / "incomplete")
+    complete = edgekd("export", trained, "--out", tmp_path / "export" / "complete", "--formats", "fp32")
+    assert complete.returncode == 0, complete.stderr
+    newest = (tmp_path / "export" / "complete" / "manifest.json").stat().st_mtime + 10  # file times can be coarse
+    os.utime(tmp_path / "export" / "incomplete" / "manifest.json", (newest, newest))  # the newest one
+    bare = _cli.edgekd("validate", cwd=tmp_path)
+    notice = [x for x in bare.stdout.splitlines() if x.startswith("skipping ")]
+    assert notice == ["skipping export/incomplete: incomplete (the INT8 search found no file for "
+                      "model_int8_cpu.onnx); name it to validate it anyway"], bare.stdout + bare.stderr
+    assert "validating bundle export/complete" in bare.stdout and bare.returncode in (0, 1)
+
+
+def test_fp32_failing_the_gate_stops_before_any_candidate(trained):
+    """No INT8 file can be judged better than the FP32 file it is compared with: nothing is tried."""
+    run = poison(trained, trained.parent / "fp32-fails", {"max_ece": 0.0001, "max_acc_drop": 0.5})
+    out = run.parent / "fp32-fails-bundle"
+    res = edgekd("export", run, "--out", out, "--int8-search", "--formats", "fp32,int8,int8_cpu")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1, res.stdout[-2000:] + res.stderr
+    assert lines[0].startswith("edgekd: error: INT8 search: model_fp32.onnx itself fails the gate on the tune split "
+                               "(ece "), lines[0]
+    assert lines[0].endswith(f"so nothing was searched; {out} is written without model_int8.onnx and "
+                             "model_int8_cpu.onnx, marked incomplete (details: manifest.json's int8_search)")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["files"]) == {"model_fp32.onnx"} and manifest["incomplete"]
+    for record in manifest["int8_search"]["files"].values():
+        assert record["candidates"] == [] and record["stopped"] == "fp32_fails_gate" and record["passed"] is False
+    assert manifest["int8_search"]["reference"]["passes_gate"] is False
+    assert "  #0 " not in res.stdout
 
 
 def test_a_budget_shorter_than_timing_the_fp32_file_tries_nothing_and_exits_1(hostile):
@@ -439,7 +541,8 @@ def test_a_budget_shorter_than_timing_the_fp32_file_tries_nothing_and_exits_1(ho
     res = edgekd("export", hostile, "--out", out, "--int8-search", "--search-budget", 0.01, "--formats", "fp32,int8_cpu")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 1 and len(lines) == 1, res.stdout[-2000:] + res.stderr
-    assert "the budget ran out before any INT8 (CPU) candidate was tried" in lines[0]
+    assert "no candidate passes the gate for model_int8_cpu.onnx" in lines[0]
+    assert "the budget ran out before any INT8 (CPU) candidate was tried" in res.stdout  # the table says why
     s = json.loads((out / "manifest.json").read_text())["int8_search"]
     record = s["files"]["model_int8_cpu.onnx"]
     assert s["budget_s"] == 0.01 and record["stopped"] == "budget" and record["candidates"] == []

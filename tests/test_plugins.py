@@ -118,6 +118,13 @@ BROKEN = {
                        {"edgekd_broken": "def build(num_classes, in_channels, image_size):\n"
                                          "    raise RuntimeError('weights file missing\\nsecond line')\n"},
                        "building 'broken' failed: RuntimeError: weights file missing"),
+    # sys.exit inside a plugin would end edgekd with the plugin's exit code and no word: not here.
+    "exits while imported": ({"broken": "edgekd_broken:build"}, {"edgekd_broken": "import sys\nsys.exit(3)\n"},
+                             "cannot be imported: SystemExit: 3"),
+    "exits while built": ({"broken": "edgekd_broken:build"},
+                          {"edgekd_broken": "import sys\ndef build(num_classes, in_channels, image_size):\n"
+                                            "    sys.exit('no GPU found, bye')\n"},
+                          "building 'broken' failed: SystemExit: no GPU found, bye"),
 }
 
 
@@ -127,9 +134,14 @@ def test_broken_plugin_is_one_line_naming_its_package_exit_2(site, capsys, case)
     install(site, "broken-plugin", "1.2", entry_points, modules)
     name, value = next(iter(entry_points.items()))
     code, out, err = cli(capsys, "models")
-    assert code == 2 and out == ""
+    assert code == 2
     assert err == (f"edgekd: error: model plugin '{name}' (package broken-plugin 1.2, entry point "
-                   f"{name} = {value}){':' if case != 'import error' else ''} {problem}\n")
+                   f"{name} = {value}){':' if case not in ('import error', 'exits while imported') else ''} "
+                   f"{problem}\n")
+    # Every other model is still listed (and works); only the broken one is left out.
+    listed = [line.split()[0] for line in out.splitlines()[2:]]
+    assert name not in listed and "cnn_tiny" in listed and out.startswith(f"{len(listed)} models;")
+    assert build_model("cnn_tiny", 10, 1, 32) is not None
 
 
 def test_recipe_naming_a_broken_plugin_fails_before_the_run_exists(site, capsys, tmp_path):

@@ -1,21 +1,22 @@
 """Recipe schema, overrides and every class of bad recipe, through the real CLI."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
 import yaml
 
 from edgekd.errors import RecipeError
 from edgekd.recipe import Recipe, load_recipe
+
+import _cli
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return _cli.edgekd(*args, cwd=cwd)
 
 
 def quickstart() -> dict:

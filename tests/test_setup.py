@@ -5,7 +5,7 @@ CUDA's flags can be set and read back without a GPU, so this runs on the CPU."""
 import pytest
 import torch
 
-from edgekd.distill.setup import apply_determinism, cpu_has_bf16, resolve_amp
+from edgekd.distill.setup import apply_determinism, bf16_kept_out, cpu_has_bf16, resolve_amp
 from edgekd.errors import RecipeError
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -64,6 +64,36 @@ def test_the_cpu_needs_no_settings(deterministic):
 
 
 _BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+_ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+
+
+@pytest.fixture(autouse=True)
+def no_isa_cap(monkeypatch):
+    """These tests are about the CPU probe and the constants; the suite also runs with the kernel paths
+    capped (docs/reliability.md), which test_an_isa_cap_keeps_auto_in_fp32 covers on its own."""
+    for var in _ISA_CAPS:
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.parametrize("env, kept_out", [
+    ({}, None), ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, "ONEDNN_MAX_CPU_ISA=AVX2"),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, "ONEDNN_MAX_CPU_ISA=AVX512_CORE"),
+    ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, None), ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, None),
+    ({"DNNL_MAX_CPU_ISA": "AVX512_CORE_VNNI"}, "DNNL_MAX_CPU_ISA=AVX512_CORE_VNNI"),
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, "ATEN_CPU_CAPABILITY=avx2"), ({"ATEN_CPU_CAPABILITY": "avx512"}, None),
+])
+def test_an_isa_cap_keeps_auto_in_fp32(monkeypatch, env, kept_out):
+    """A user who caps torch's kernels (to get another CPU's numbers) gets what auto picks on that CPU."""
+    caps = {**torch.cpu.get_capabilities(), **{name: True for name in _BF16_FEATURES}}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert bf16_kept_out() == kept_out
+    assert resolve_amp("auto", CPU) is (None if kept_out else torch.bfloat16)
+    assert resolve_amp("bf16", CPU) is torch.bfloat16  # asked for by name: as asked
+    s = resolve_speed_settings(_recipe(), CPU, total_steps=1)
+    assert s.reasons["amp"] == (f"auto: {kept_out} keeps the CPU's bf16 instructions out of use" if kept_out
+                                else "auto: the CPU has bf16 instructions")
 
 
 @pytest.mark.parametrize("has_bf16", [True, False])

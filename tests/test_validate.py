@@ -25,6 +25,8 @@ from edgekd.validate.bundle import Bundle, onnx_providers_for
 from edgekd.validate.data import load_eval_data
 from edgekd.runtime import TRT_MISSING, engine_mismatch
 
+import _cli
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
 FORMAT_KEYS = {"accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
@@ -61,8 +63,7 @@ DEVICE = BLOCKER + "from edgekd.cli import main\nmain()\n"
 
 
 def edgekd(*args, cwd=REPO, timeout=600):
-    return subprocess.run([sys.executable, "-m", "edgekd", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+    return _cli.edgekd(*args, cwd=cwd)
 
 
 def edgekd_without_torch(*args, cwd=REPO, tmp_path=None, also_missing=()):

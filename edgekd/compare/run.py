@@ -86,7 +86,35 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
         _check_same_recipe(cmp.out / "runs" / run.name, run.recipe)
     if cmp.needs_work:
         check_splits_fit([r.recipe for r in cmp.needs_work])
+        _check_nets(cmp.needs_work)
     return cmp
+
+
+def _check_nets(runs: list[PlannedRun]) -> None:
+    """Build every run's nets and method as training will (checkpoints opened, matched and checked
+    for NaN), so that a bad variant fails before the first one trains, not hours later. Every
+    problem of every variant at once, one line each; a net shared by several runs is checked once."""
+    from edgekd.api import need_torch
+
+    need_torch("compare")
+    from edgekd.distill.nets import check_trainable
+    from edgekd.errors import EdgeKDError, raise_all
+
+    problems: list[EdgeKDError] = []
+    seen: set[str] = set()
+    for run in runs:
+        r = run.recipe
+        key = json.dumps([r.data.model_dump(mode="json"), r.teacher.model_dump(mode="json"),
+                          r.student.model_dump(mode="json"), r.distill.model_dump(mode="json")], sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_trainable(r)
+        except EdgeKDError as e:
+            for p in getattr(e, "problems", [e]):
+                problems.append(type(p)(f"variant {run.variant.label!r}: {p}"))
+    raise_all(problems)
 
 
 def resolved_speed(summary: dict | None) -> dict | None:

@@ -66,6 +66,9 @@ def _parse_one(item: str) -> Variant:
         key = key.strip()
         if key in ("train.seed", "seed"):
             raise RecipeError(f"--methods {item!r}: the seed comes from --seeds, not from a variant")
+        if key in ("method", "distill.method"):
+            raise RecipeError(f"--methods {item!r}: the method is the variant's name ({method}), not a key; "
+                              f"write {value}{item[len(method):].replace(':' + pair, '')} instead")
         overrides.append(f"{key if '.' in key else 'distill.' + key}={value}")
     return Variant(item, method, tuple(overrides))
 

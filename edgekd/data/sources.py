@@ -89,29 +89,64 @@ def resize_images(images: np.ndarray, image_size: int) -> np.ndarray:
     return out
 
 
+# scikit-learn keeps the digits as a CSV in its package data (64 pixel columns, then the label),
+# which sklearn.datasets.load_digits parses with numpy. Reading that file directly gives the same
+# arrays without importing sklearn (1.4 s, in every process that rebuilds the split: distill,
+# export, validate); tests/test_data.py checks it against load_digits.
+DIGITS_FILE = "sklearn/datasets/data/digits.csv.gz"
+
+
+def _digits_csv() -> Path | None:
+    """scikit-learn's digits file, found from its installed metadata (no import), or None."""
+    from importlib import metadata
+
+    try:
+        found = [f for f in metadata.files("scikit-learn") or [] if str(f).replace("\\", "/") == DIGITS_FILE]
+    except metadata.PackageNotFoundError:
+        return None
+    path = Path(str(found[0].locate())) if found else None
+    return path if path is not None and path.is_file() else None
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 digits: images [1797, 8, 8] with values 0..16 (float) and labels [1797]."""
+    path = _digits_csv()
+    if path is not None:
+        data = np.loadtxt(path, delimiter=",")
+        return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from edgekd import optional  # not where its metadata says: let sklearn find it, or say it is missing
+
+    optional.load("sklearn", "data.name digits needs")
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    digits = sk_load_digits()
+    return digits.images, digits.target.astype(np.int64)
+
+
 def load_digits(image_size: int = 32) -> ImageSet:
     """scikit-learn's bundled 8x8 digits (1797 images), scaled to uint8 and upscaled; C = 1."""
-    try:
-        from sklearn.datasets import load_digits as sk_load_digits
-    except ImportError as e:
-        raise DataError("data.name digits needs scikit-learn; pip install scikit-learn") from e
-    digits = sk_load_digits()
-    small = np.floor(digits.images * 255.0 / 16.0 + 0.5).astype(np.uint8)[:, :, :, None]
-    images = resize_images(small, int(image_size))
-    return ImageSet(images, digits.target.astype(np.int64), [str(i) for i in range(10)])
+    images, labels = digits_arrays()
+    small = np.floor(images * 255.0 / 16.0 + 0.5).astype(np.uint8)[:, :, :, None]
+    return ImageSet(resize_images(small, int(image_size)), labels, [str(i) for i in range(10)])
 
 
 # ---------------------------------------------------------------- image folders
 
 
-def _scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
-    """Class names (sorted sub-folders, like torchvision) and (relative path, label) per image."""
+def _class_folders(root: Path) -> list[str]:
+    """Class names: the sorted sub-folders, like torchvision's ImageFolder."""
     if not root.is_dir():
         raise DataError(f"data.root {root} does not exist" if not root.exists() else f"data.root {root} is not a folder")
     # Hidden folders (.ipynb_checkpoints, a cache) are not classes.
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"data.root {root} has no class folders; expected ROOT/<class>/<image files>")
+    return classes
+
+
+def _scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted sub-folders, like torchvision) and (relative path, label) per image."""
+    classes = _class_folders(root)
     files: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         found, others = [], 0
@@ -318,6 +353,47 @@ def load_cifar(root: str | Path, name: str = "cifar10", train: bool = True, down
 # ---------------------------------------------------------------- by name
 
 SOURCE_NAMES = ("digits", "cifar10", "cifar100", "imagefolder")
+
+
+@dataclass(frozen=True)
+class SourceShape:
+    """What the nets need to know of a source: classes, channels and side, as load_source will give them."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+def _first_image_side(root: Path, classes: list[str]) -> int:
+    """The width of the first image of the first class (PIL reads the header only, not the pixels)."""
+    for dirpath, dirnames, filenames in os.walk(root / classes[0], followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                try:
+                    with Image.open(os.path.join(dirpath, f)) as img:
+                        return int(img.size[0])
+                except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                    raise DataError(f"cannot decode image {os.path.join(dirpath, f)}: {e}") from None
+    raise DataError(f"class folder {root / classes[0]} has no image files; allowed image extensions: "
+                    f"{', '.join(IMAGE_EXTENSIONS)}")
+
+
+def source_shape(name: str, root: str | Path | None, image_size: int | None) -> SourceShape:
+    """load_source's classes, channels and side without decoding the images, so that the nets and
+    their checkpoints can be checked before the data is read (minutes on a real data set). Nothing is
+    downloaded: a CIFAR source's shape is known without its files."""
+    if name not in SOURCE_NAMES:
+        raise DataError(f"unknown data.name {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
+    if name == "digits":
+        return SourceShape(10, 1, 32 if image_size is None else int(image_size))
+    if root is None:
+        raise DataError(f"data.root is required for {name}")
+    if name == "imagefolder":
+        root = Path(root).absolute()
+        classes = _class_folders(root)
+        return SourceShape(len(classes), 3, int(image_size) if image_size is not None else _first_image_side(root, classes))
+    return SourceShape(_CIFAR[name][6], 3, 32 if image_size is None else int(image_size))
 
 
 def load_source(

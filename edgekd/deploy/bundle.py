@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 import edgekd
-from edgekd.bundle_schema import BUNDLE_KIND, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
+from edgekd.bundle_schema import BUNDLE_KIND, INCOMPLETE_KEY, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
 from edgekd.calibration import METRIC_KEYS, calibration_metrics
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
@@ -31,6 +31,8 @@ from edgekd.deploy.int8_search import (SearchData, SearchOutcome, SearchPlan, ch
                                        search_split, search_thresholds)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import STUDENT_FILE, Student, load_run_student, resolve_run, split_images
+from edgekd.deploy.temperature import FIT, Temperature, append_division, parse_temperature, scaled
+from edgekd.deploy.temperature import resolve as resolve_temperature
 from edgekd.errors import CheckpointError, ExportError, Int8SearchError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
@@ -64,7 +66,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
                   calib_method: str = "minmax", max_batch: int = 64, overwrite: bool = False,
                   log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None,
                   int8_search: bool | None = None, search_budget: float | None = None,
-                  model: nn.Module | None = None) -> Path:
+                  model: nn.Module | None = None, temperature: float | str | None = None) -> Path:
     """Write the bundle of RUN_DIR's student to OUT (default export/<run-name>/ under the current directory).
 
     `model`: a module of the student's class, into a copy of which student.pt's weights
@@ -73,9 +75,11 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     GPU, the ONNX bundle is still written, then MissingDependencyError is raised.
     int8_search / search_budget: None takes the run's recipe (export.int8_search,
     export.search_budget); when no INT8 file passes, the bundle is written without
-    it, then Int8SearchError (exit 1) is raised.
+    it, then Int8SearchError (exit 1) is raised. temperature: None, a value, or "fit"
+    (on the run's tune split): every file's output divided by it (deploy/temperature.py).
     """
     chosen = parse_formats(formats)
+    temperature = parse_temperature(temperature)
     if search_budget is not None:
         check_budget(search_budget)
     int8 = Int8Settings(method=calib_method, samples=calib_samples)
@@ -104,26 +108,37 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
             trt_missing = e
             log(f"{e}; writing the ONNX files only")
 
+    shipped = _temperature(student, temperature, log) if temperature is not None else None
+    t = None if shipped is None else shipped.value
     val = split_images(student, "val")
     x_val = student.preprocess(val)
-    reference, ref_metrics = _pytorch_reference(student, x_val, val.labels)
+    reference, ref_metrics = _pytorch_reference(student, x_val, val.labels, t)
     calibration = calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
-    plan = None if search is None else SearchPlan(*search, search_data(student, calibration[0], int8.seed))
+    plan = None if search is None else SearchPlan(*search, search_data(student, calibration[0], int8.seed), t)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log)
+        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t)
         files, searched = writer.write_onnx(chosen, int8, calibration, plan)
         if trt_target is not None:  # from the INT8 file only if the search kept one
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
         manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target, sections.gate.model_dump())
+        if shipped is not None:
+            manifest["temperature"] = shipped.record()
         if searched is not None:
             manifest["int8_search"] = searched.record()
+            if not searched.passed:  # `edgekd validate` without a bundle named skips it
+                manifest[INCOMPLETE_KEY] = f"the INT8 search found no file for {', '.join(searched.failed_files)}"
         write_json(tmp / MANIFEST_FILE, manifest)
     _print_table(log, ref_metrics, manifest["files"])
+    if searched is not None:
+        log("INT8 search:")
+        for line in searched.table():
+            log(f"  {line}")
     log(f"bundle {out}")
     if searched is not None and not searched.passed:
-        raise Int8SearchError(f"INT8 search: {searched.failure()}; {out} is written without the failing INT8 "
-                              "file (every candidate's figures: its manifest.json, int8_search)")
+        missing = searched.failed_files
+        raise Int8SearchError(f"INT8 search: {searched.failure()}; {out} is written without "
+                              f"{' and '.join(missing)}, marked incomplete (details: manifest.json's int8_search)")
     if trt_missing is not None:
         raise MissingDependencyError(f"{trt_missing}; the ONNX files in {out} are complete")
     return out
@@ -166,12 +181,32 @@ def search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
                       f"training images held apart from the {len(picked)} calibration images (the run has no tune split)")
 
 
-def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, dict]:
-    """PyTorch's logits and metrics on the val split: what every exported file is compared with."""
+def _temperature(student: Student, spec: float | str, log: Callable[[str], Any]) -> Temperature:
+    """The temperature to ship: `spec` as given, or fitted on the run's tune split (FIT), with its
+    effect there. Found before anything is written: FIT without a tune split is bad input."""
+    has_tune = int((student.split_info.get("sizes") or {}).get("tune") or 0) > 0
+    if spec == FIT and not has_tune:
+        raise ExportError(f"--temperature fit fits on the run's tune split, and {student.run_dir} has none (never "
+                          "val, whose figures the bundle reports); train with data.tune_fraction or data.tune_size, "
+                          "or give a value: --temperature 1.5")
+    if not has_tune:
+        shipped = resolve_temperature(spec, None, None)
+    else:
+        tune = split_images(student, "tune")
+        shipped = resolve_temperature(spec, student.logits(student.preprocess(tune)), tune.labels)
+    log(shipped.line())
+    return shipped
+
+
+def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray,
+                       temperature: float | None = None) -> tuple[np.ndarray, dict]:
+    """PyTorch's logits and metrics on the val split, divided by the bundle's temperature (if any) as
+    every file's are: what every exported file is compared with."""
     logits = student.logits(x_val)
     if not np.all(np.isfinite(logits)):
         raise CheckpointError(f"{student.run_dir / 'student.pt'} gives NaN or infinite logits on the val split "
                               "(a diverged run?)")
+    logits = scaled(logits, temperature)
     return logits, calibration_metrics(logits, labels)
 
 
@@ -180,9 +215,10 @@ class BundleWriter:
     against PyTorch's logits, and returns their manifest entries."""
 
     def __init__(self, folder: Path, student: Student, x_val: np.ndarray, labels: np.ndarray,
-                 reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any]):
+                 reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any], temperature: float | None = None):
         self.folder, self.student, self.x_val, self.labels = folder, student, x_val, labels
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
+        self.temperature = temperature
         ck = student.ckpt
         self.channels, self.size = int(ck["in_channels"]), int(ck["image_size"])
 
@@ -210,21 +246,32 @@ class BundleWriter:
         files: dict[str, dict] = {}
         fp32 = self.folder / ONNX_FILES["fp32"]
         self.log(f"writing {fp32.name}")
-        export_fp32(self.student.model, fp32, self.channels, self.size)
-        logits, figures = self._measure(fp32.name)
-        parity.require_fp32_parity(fp32.name, self.reference, logits)
-        files[fp32.name] = self._entry(fp32.name, "onnx", "fp32", **figures)
-        if "fp16" in chosen:
-            name = ONNX_FILES["fp16"]
-            self.log(f"writing {name}")
-            kept = convert_fp16(fp32, self.folder / name)
-            files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
-        if search is not None:
-            searched, outcome = self._search_int8(fp32, int8, chosen, calibration, search)
-            return {**files, **searched}, outcome
-        if calibration is not None:
-            files.update(self._write_int8(fp32, int8, chosen, calibration))
+        with tempfile.TemporaryDirectory(prefix="edgekd-export-") as work:
+            # Every file is made from the FP32 file without the temperature; each gets its own Div.
+            raw = Path(work) / fp32.name
+            export_fp32(self.student.model, raw, self.channels, self.size)
+            shutil.copyfile(raw, fp32)
+            self._ship(fp32)
+            logits, figures = self._measure(fp32.name)
+            parity.require_fp32_parity(fp32.name, self.reference, logits)
+            files[fp32.name] = self._entry(fp32.name, "onnx", "fp32", **figures)
+            if "fp16" in chosen:
+                name = ONNX_FILES["fp16"]
+                self.log(f"writing {name}")
+                kept = convert_fp16(raw, self.folder / name)
+                self._ship(self.folder / name)
+                files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
+            if search is not None:
+                searched, outcome = self._search_int8(raw, int8, chosen, calibration, search)
+                return {**files, **searched}, outcome
+            if calibration is not None:
+                files.update(self._write_int8(raw, int8, chosen, calibration))
         return files, None
+
+    def _ship(self, path: Path) -> None:
+        """The bundle's temperature into the file just written (nothing without one)."""
+        if self.temperature is not None:
+            append_division(path, self.temperature)
 
     def _int8_entry(self, name: str, result: Int8Result, s: Int8Settings, picked: np.ndarray,
                     **extra) -> dict[str, dict]:
@@ -257,6 +304,7 @@ class BundleWriter:
                 if pick is None:
                     continue  # no file that fails the gate is written
                 shutil.move(pick.path, self.folder / name)  # the temp folder may be on another file system
+                self._ship(self.folder / name)
                 files.update(self._int8_entry(name, pick.result, pick.settings, picked,
                                               search={"candidate": pick.index}))
         return files, outcome
@@ -273,6 +321,7 @@ class BundleWriter:
                 name = ONNX_FILES["int8"]
                 self.log(f"writing {name} ({s.method} calibration on {len(picked)} training images)")
                 result = quantize_int8(fp32, self.folder / name, calib, s, TENSORRT_INT8, calibration_cache=cache)
+                self._ship(self.folder / name)
                 files.update(self._int8_entry(name, result, s, picked))
             if "int8_cpu" in chosen:
                 name = ONNX_FILES["int8_cpu"]
@@ -280,6 +329,7 @@ class BundleWriter:
                     f"{s.method} calibration on {len(picked)} training images"
                 self.log(f"writing {name} (uint8 activations for ONNX Runtime on CPUs, not TensorRT; {how})")
                 result = quantize_int8(fp32, self.folder / name, calib, s, CPU_INT8, calibration_cache=cache)
+                self._ship(self.folder / name)
                 files.update(self._int8_entry(name, result, s, picked))
         return files
 

@@ -50,6 +50,7 @@ from edgekd import calibration
 from edgekd.deploy.int8 import (WEIGHTED_OPS, Int8Flavour, Int8Result, Int8Settings, first_and_last_layers, prepare,
                                 quantize_prepared)
 from edgekd.deploy.parity import onnxruntime_logits
+from edgekd.deploy.temperature import scaled
 from edgekd.errors import DataError, ExportError, first_line
 from edgekd.files import finite_or_none
 from edgekd.runtime import OnnxRuntimeSession
@@ -71,6 +72,9 @@ METHODS = ("minmax", "entropy", "percentile")
 # passes ranges on, and ops ONNX Runtime never quantizes (HardSigmoid, ReduceMean, ...).
 FALLBACK_OPS = (*WEIGHTED_OPS, "Add", "Mul", "Sigmoid", "GlobalAveragePool", "AveragePool", "Softmax")
 MAX_FLOAT_FRACTION = 0.5
+# FlavourSearch.stopped when nothing was tried: an INT8 file is judged against the FP32 file, and
+# when that one fails the gate (max_ece) no INT8 file can be expected to pass it.
+FP32_FAILS = "fp32_fails_gate"
 SPEED_BATCH = 64
 SPEED_WARMUP = 2
 # Timed batches: at least SPEED_RUNS and SPEED_MIN_S of them (a small model's batch takes a few
@@ -290,7 +294,7 @@ class FlavourSearch:
     flavour: Int8Flavour
     candidates: list[Candidate] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
-    stopped: str = "exhausted"  # "passed", "budget" or "exhausted" (nothing left to try)
+    stopped: str = "exhausted"  # "passed", "budget", "exhausted" (nothing left to try) or FP32_FAILS
     seconds: float = 0.0
 
     @property
@@ -317,6 +321,8 @@ class FlavourSearch:
 
     def failure(self) -> str:
         """One line: why nothing passed, with the best candidate's figures."""
+        if self.stopped == FP32_FAILS:
+            return f"not searched: the FP32 file itself fails the gate, so no {self.flavour.what} file can pass"
         if not self.candidates and self.stopped == "budget":
             return (f"the budget ran out before any {self.flavour.what} candidate was tried (preparing and timing "
                     "the FP32 file count too); raise --search-budget")
@@ -354,9 +360,10 @@ class Int8Search:
     def __init__(self, flavour: Int8Flavour, prepared: Path, calib: np.ndarray, base: Int8Settings,
                  caches: dict[str, Path], data: SearchData, ref: Reference, thresholds: dict[str, float],
                  workdir: Path, clock: Callable[[], float], deadline: float,
-                 on_candidate: Callable[[Candidate], Any] = lambda c: None):
+                 on_candidate: Callable[[Candidate], Any] = lambda c: None, temperature: float | None = None):
         self.flavour, self.prepared, self.calib, self.base = flavour, prepared, calib, base
         self.caches, self.data, self.ref, self.thresholds = caches, data, ref, thresholds
+        self.temperature = temperature
         self.workdir, self.clock, self.deadline, self.on_candidate = workdir, clock, deadline, on_candidate
         self.out = FlavourSearch(flavour)
 
@@ -423,7 +430,8 @@ class Int8Search:
         try:
             c.result = quantize_prepared(self.prepared, path, self.calib, s, self.flavour, self.caches[s.method],
                                          float_nodes)
-            c.judgement = judge(onnxruntime_logits(path, self.data.images), self.ref, self.thresholds)
+            logits = scaled(onnxruntime_logits(path, self.data.images), self.temperature)
+            c.judgement = judge(logits, self.ref, self.thresholds)
             if c.judgement.passed:  # speed only chooses among passing files: the others are not timed
                 c.images_per_s = measure_speed(path, self.data.images)
         except Exception as e:  # noqa: BLE001 - one candidate the quantizer or ONNX Runtime refuses: record it, go on
@@ -448,6 +456,9 @@ class SearchPlan:
     budget_s: float
     thresholds: dict[str, float]
     data: SearchData
+    # The bundle's temperature (deploy/temperature.py): every file, FP32 included, is judged as it
+    # will ship, its logits divided by it. None: no temperature.
+    temperature: float | None = None
 
 
 @dataclass
@@ -462,19 +473,36 @@ class SearchOutcome:
     def passed(self) -> bool:
         return all(f.chosen is not None for f in self.flavours.values())
 
+    @property
+    def failed_files(self) -> list[str]:
+        return [name for name, f in self.flavours.items() if f.chosen is None]
+
     def failure(self) -> str:
-        """One line for every flavour that found nothing."""
-        text = "; ".join(f.failure() for f in self.flavours.values() if f.chosen is None)
+        """One short line: what failed (the details are in table() and the manifest)."""
         if not self.fp32.passed:
-            text += f" (model_fp32.onnx itself fails the gate on these images: {self.fp32.failed_text()})"
-        return text
+            return (f"model_fp32.onnx itself fails the gate on the {self.plan.data.split} split "
+                    f"({self.fp32.failed_text()}), so nothing was searched")
+        return f"no candidate passes the gate for {' or '.join(self.failed_files)}"
+
+    def table(self) -> list[str]:
+        """Per INT8 file: what was tried, how it ended, and the chosen or best candidate."""
+        rows = [("file", "tried", "ended", "chosen or best candidate")]
+        for name, f in self.flavours.items():
+            pick = f.chosen
+            if pick is not None:
+                what = f"#{pick.index} {pick.describe()}: passes, {pick.images_per_s:.0f} img/s"
+            else:
+                what = f.failure().split("; best: ", 1)[-1] if f.candidates else f.failure()
+            rows.append((name, str(len(f.candidates)), f.stopped, what))
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        return [f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c:<{widths[2]}}  {d}" for a, b, c, d in rows]
 
     def record(self) -> dict:
         """manifest.json's int8_search (export/README.md)."""
         ref = self.reference
         return {
             "budget_s": self.plan.budget_s, "seconds": round(self.seconds, 3),
-            "data": self.plan.data.record(), "gate": dict(self.plan.thresholds),
+            "data": self.plan.data.record(), "gate": dict(self.plan.thresholds), "temperature": self.plan.temperature,
             "reference": {"file": "model_fp32.onnx", "accuracy": ref.metrics["accuracy"], "ece": ref.metrics["ece"],
                           "images_per_s": ref.images_per_s, "passes_gate": self.fp32.passed},
             "speed": {"runtime": "onnxruntime", "provider": "CPUExecutionProvider", "batch": SPEED_BATCH,
@@ -500,27 +528,28 @@ def run_search(plan: SearchPlan, fp32: Path, calib: np.ndarray, base: Int8Settin
     prepared = workdir / "prepared.onnx"
     prepare(fp32, prepared)
     data = plan.data
-    ref = Reference.of(onnxruntime_logits(fp32, data.images), data.labels, measure_speed(fp32, data.images))
+    ref = Reference.of(scaled(onnxruntime_logits(fp32, data.images), plan.temperature), data.labels,
+                       measure_speed(fp32, data.images))
     log(f"INT8 search: up to {plan.budget_s:g} s, judged on {data.note} ({len(data.labels)} images) against "
         f"{fp32.name} (acc {pct(ref.metrics['accuracy'])}, ECE {pct(ref.metrics['ece'])}, "
         f"{ref.images_per_s:.0f} img/s); gate: " + ", ".join(f"{k} {v:g}" for k, v in plan.thresholds.items()))
     fp32_judged = judge(ref.logits, ref, plan.thresholds)
     if not fp32_judged.passed:
-        log(f"  note: {fp32.name} itself fails the gate on these images ({fp32_judged.failed_text()}): "
-            "an INT8 file passes only if it does better")
+        log(f"  {fp32.name} itself fails the gate on these images ({fp32_judged.failed_text()}): nothing to search")
+        flavour_searches = {name: FlavourSearch(flavour, stopped=FP32_FAILS) for name, flavour in flavours.items()}
+        return SearchOutcome(plan, ref, flavour_searches, clock(), fp32_judged)
     caches = {m: workdir / f"ranges-{m}.json" for m in METHODS}
     results: dict[str, FlavourSearch] = {}
     for i, (name, flavour) in enumerate(flavours.items()):
         deadline = clock() + max(0.0, plan.budget_s - clock()) / (len(flavours) - i)
 
         def report(c: Candidate) -> None:
-            if c.stage != "sensitivity":
-                log(c.line())
+            log(c.line())  # every candidate, once: the final error and the manifest name them by number
             on_candidate(c, clock())
 
         log(f"{name}:")
         search = Int8Search(flavour, prepared, calib, base, caches, data, ref, plan.thresholds, workdir, clock,
-                            deadline, report)
+                            deadline, report, plan.temperature)
         found = results[name] = search.run()
         if found.sensitivity:
             ranked = sorted((s for s in found.sensitivity if (s["kl_gain"] or 0) > 0), key=lambda s: -s["kl_gain"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekd.deploy.onnx_export import INPUT_NAME
+from edgekd import optional
 from edgekd.errors import ExportError, MissingDependencyError
 from edgekd.runtime.gpu_memory import open_gpu
 
@@ -66,10 +67,7 @@ def profile_shapes(max_batch: int, channels: int, image_size: int) -> dict[str, 
 
 def find_target() -> TrtTarget:
     """TensorRT and a GPU, or MissingDependencyError saying which is missing (one line, starts with --trt)."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise MissingDependencyError(f"--trt: TensorRT is not installed ({INSTALL_HINT})") from None
+    trt = optional.load("tensorrt", "--trt needs", missing=f"--trt: TensorRT is not installed ({INSTALL_HINT})")
     try:
         gpu = open_gpu()
     except MissingDependencyError as e:

@@ -9,10 +9,12 @@ was carved.
 
 from __future__ import annotations
 
+import argparse
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -50,6 +52,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 _TORCH_HEADS = (b"PK\x03\x04", pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2))
 
 
+# Objects other tools save beside the weights that are safe to rebuild (no code runs on load).
+SAFE_EXTRA_GLOBALS = [argparse.Namespace]
+
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
 
@@ -78,7 +83,10 @@ def safe_load(path: str | Path, what: str) -> dict[str, Any]:
         # bytes with any exception (KeyError, IndexError, ...), and a plain pickle is no checkpoint.
         raise CheckpointError(f"{what} {path} is not a file written by torch.save (a plain pickle or another format?)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # torchvision's reference scripts save their argparse.Namespace beside the weights: a plain
+        # attribute bag, which the safe loader may rebuild (nothing else is allowed in).
+        with torch.serialization.safe_globals(SAFE_EXTRA_GLOBALS):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses globals it does not know: a pickle that would run code.
         raise CheckpointError(f"{what} {path} was refused by the safe loader (weights_only): {_refusal(e)}") from e
@@ -117,16 +125,100 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     return _load_format(path, "training", TRAINING_FORMAT)
 
 
-def load_net_weights(path: str | Path, role: str = "teacher") -> dict[str, torch.Tensor]:
-    """Weights for `teacher.checkpoint` / `student.checkpoint`: an edgekd student.pt, the
-    net of the same role in a last.pt, or a bare state_dict (torchvision's own files)."""
+# Where the checkpoint files users have keep their weights, tried in this order when the recipe
+# names no key (teacher.checkpoint_key): Lightning and timm's train script ("state_dict"),
+# torchvision's reference scripts ("model"), the common tutorial idiom ("model_state_dict").
+WEIGHT_KEYS = ("state_dict", "model", "model_state_dict")
+_KEYS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class NetWeights:
+    """The weights read from a teacher/student checkpoint file, and where in the file they were."""
+
+    state: dict[str, torch.Tensor]
+    path: Path
+    where: str  # "the file" or "its 'model' entry", for messages
+    top_keys: tuple[str, ...]  # the file's top-level keys, for messages when the weights do not fit
+
+    @property
+    def foreign_entry(self) -> bool:
+        """Taken from an entry of another tool's file (not a bare state_dict, not an edgekd file)."""
+        return self.where.endswith("entry")
+
+    def describe(self) -> str:
+        """Where the weights came from and what else the file holds: for a one-line error."""
+        keys = ", ".join(self.top_keys[:_KEYS_SHOWN]) + (", ..." if len(self.top_keys) > _KEYS_SHOWN else "")
+        return f"read {self.where}" + ("" if self.where == "the file" else f" (the file's keys: {keys})")
+
+
+def _is_state(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _key_list(ckpt: Mapping) -> str:
+    keys = [str(k) for k in ckpt]
+    return ", ".join(keys[:_KEYS_SHOWN]) + (f" (+{len(keys) - _KEYS_SHOWN} more)" if len(keys) > _KEYS_SHOWN else "") \
+        if keys else "none"
+
+
+def _at_key(ckpt: Mapping, key: str, path: Path, role: str) -> Any:
+    """ckpt[key], where a dotted key walks into nested dicts ("ema.state_dict")."""
+    node: Any = ckpt
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise CheckpointError(f"{role}.checkpoint_key {key!r} is not in {path}; its top-level keys: "
+                                  f"{_key_list(ckpt)}")
+        node = node[part]
+    if not _is_state(node):
+        raise CheckpointError(f"{role}.checkpoint_key {key!r} of {path} holds a {type(node).__name__}, not a "
+                              "state_dict (name -> tensor)")
+    return node
+
+
+def check_finite(state: Mapping[str, Any], source: str | Path) -> None:
+    """A weights file with a NaN or infinite value would train (or serve) garbage: refuse it, naming the tensor."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()) and t.numel():
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise CheckpointError(f"checkpoint {source}: tensor '{name}' holds {bad} NaN or infinite "
+                                      f"value{'s' if bad != 1 else ''} of {t.numel()}; it cannot start a net")
+
+
+def read_net_weights(path: str | Path, role: str = "teacher", key: str | None = None) -> NetWeights:
+    """Weights for `teacher.checkpoint` / `student.checkpoint`, with where they were found.
+
+    Read: an edgekd student.pt, the net of the same role in an edgekd last.pt, a bare
+    state_dict (torch.save(model.state_dict()): torchvision's and timm's files), or a dict
+    holding one under WEIGHT_KEYS (Lightning, torchvision's reference scripts, timm's train
+    script); `key` (the recipe's checkpoint_key) names the entry for anything else. Refused:
+    no weights found (the message lists the top-level keys), a non-finite tensor (named)."""
+    path = Path(path)
     ckpt = safe_load(path, "checkpoint")
-    if ckpt.get("format") == STUDENT_FORMAT:
-        return ckpt["state_dict"]
-    if ckpt.get("format") == TRAINING_FORMAT:
-        return ckpt[role]
-    if "state_dict" in ckpt and isinstance(ckpt["state_dict"], dict):
-        return ckpt["state_dict"]
-    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        return ckpt
-    raise CheckpointError(f"{path} holds no model weights (expected a state_dict or an edgekd checkpoint)")
+    top = tuple(str(k) for k in ckpt)
+    if key is not None:
+        state, where = _at_key(ckpt, key, path, role), f"its {key!r} entry"
+    elif ckpt.get("format") == STUDENT_FORMAT:
+        state, where = ckpt.get("state_dict"), "its edgekd student"
+    elif ckpt.get("format") == TRAINING_FORMAT:
+        state, where = ckpt.get(role), f"its edgekd {role}"
+    elif _is_state(ckpt):
+        state, where = ckpt, "the file"
+    else:
+        found = next((k for k in WEIGHT_KEYS if _is_state(ckpt.get(k))), None)
+        if found is None:
+            raise CheckpointError(
+                f"{path} holds no model weights where edgekd looks (a state_dict, or one under "
+                f"{', '.join(repr(k) for k in WEIGHT_KEYS)}); its top-level keys: {_key_list(ckpt)}; name the entry "
+                f"that holds them with {role}.checkpoint_key")
+        state, where = ckpt[found], f"its {found!r} entry"
+    if not _is_state(state):
+        raise CheckpointError(f"{path} ({where}) holds no state_dict; re-run edgekd distill to write it again")
+    check_finite(state, path)
+    return NetWeights(dict(state), path, where, top)
+
+
+def load_net_weights(path: str | Path, role: str = "teacher", key: str | None = None) -> dict[str, torch.Tensor]:
+    """read_net_weights's state_dict alone."""
+    return read_net_weights(path, role, key).state

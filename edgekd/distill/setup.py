@@ -19,14 +19,15 @@ from torch import nn
 
 from edgekd.data import DataModule, build_data
 from edgekd.data.loader import batches_per_epoch
-from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill import tensorboard_log
 from edgekd.distill.methods import Distiller, get_method
-from edgekd.errors import MissingDependencyError, RecipeError
-from edgekd.models import build_model, user
-from edgekd.models.pretrained import InitReport, init_weights
+from edgekd.data.sources import source_shape
+from edgekd.distill.nets import build_nets
+from edgekd.errors import DataError, MissingDependencyError, RecipeError
+from edgekd.models import user
+from edgekd.models.pretrained import InitReport
 from edgekd.recipe import OptimConfig, Recipe
 
 
@@ -82,10 +83,30 @@ def cpu_has_bf16() -> bool:
     return bool(old_probe and old_probe())
 
 
+# Values of ONEDNN_MAX_CPU_ISA (and its old name DNNL_MAX_CPU_ISA) that still let oneDNN use bf16
+# instructions; any other cap (SSE41, AVX2, AVX512_CORE, AVX512_CORE_VNNI...) makes it emulate them.
+_BF16_ISA_WORDS = ("ALL", "DEFAULT", "BF16", "AMX", "FP16", "AVX10")
+
+
+def bf16_kept_out() -> str | None:
+    """The environment setting that keeps this process's kernels off bf16 instructions, if one does:
+    oneDNN capped below AVX512_CORE_BF16, or ATen's kernels capped at AVX2 (both are what a
+    user sets to reproduce another CPU's numbers). auto then trains fp32 as on such a CPU."""
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    if aten in ("default", "avx2"):
+        return f"ATEN_CPU_CAPABILITY={aten}"
+    for var in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        isa = os.environ.get(var, "").strip().upper()
+        if isa and not any(word in isa for word in _BF16_ISA_WORDS):
+            return f"{var}={isa}"
+    return None
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         if mode == "auto":
-            return torch.bfloat16 if AUTO_CPU_BF16 and device.type == "cpu" and cpu_has_bf16() else None
+            usable = cpu_has_bf16() and bf16_kept_out() is None
+            return torch.bfloat16 if AUTO_CPU_BF16 and device.type == "cpu" and usable else None
         if mode == "fp16":
             raise RecipeError("train.amp: fp16 needs a CUDA device; use off, auto or (on a CPU with bf16) bf16")
         if mode == "bf16":
@@ -243,6 +264,8 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
         reasons["amp"] = "auto: bf16 on cuda"
     elif not cpu_has_bf16():
         reasons["amp"] = "auto: this CPU has no bf16 instructions"
+    elif bf16_kept_out():
+        reasons["amp"] = f"auto: {bf16_kept_out()} keeps the CPU's bf16 instructions out of use"
     else:
         reasons["amp"] = "auto: the CPU has bf16 instructions" if amp_dtype else "auto: bf16 not faster on CPUs"
     return SpeedSettings(channels_last, compile_on, amp_dtype, reasons)
@@ -284,9 +307,10 @@ def join_process_group(recipe: Recipe, dist: Dist) -> None:
 
 def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module] | None = None) -> Setup:
     """Build data, models and the method; raise a clean error for any bad input, write nothing.
-    Under torchrun (dist.enabled) this also joins the process group. `modules` maps "teacher"
-    and/or "student" to user modules (models/user.py), used (and trained) in place of building
-    the recipe's arch; they keep their weights unless the recipe names a checkpoint (and init)."""
+    The nets and their checkpoints are checked before the data is read (nets.build_nets: every
+    problem at once). Under torchrun (dist.enabled) this also joins the process group. `modules`
+    maps "teacher" and/or "student" to user modules (models/user.py), used (and trained) in place
+    of building the recipe's arch; they keep their weights unless the recipe names a checkpoint (and init)."""
     modules = dict(modules or {})
     for role in ("teacher", "student"):
         user.require_module(role, getattr(recipe, role).arch, modules.get(role))
@@ -300,39 +324,23 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
                           f"but this run trains on {device.type}; set train.sync_bn: false")
     method_cls = get_method(recipe.distill.method)
     tensorboard_log.require(recipe.train.log)
+    shape = source_shape(d.name, d.root, d.image_size)
+    apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
+    seed_everything(recipe.train.seed)  # the nets' fresh weights come from this seed
+    nets = build_nets(recipe, shape, modules, method_cls.trains_teacher)
+    teacher, student, init_reports = nets.teacher, nets.student, nets.init_reports
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
         download=d.download, cache_dir=d.cache_dir,
     )
+    if (data.num_classes, data.in_channels, data.image_size) != (shape.num_classes, shape.in_channels, shape.image_size):
+        raise DataError(f"data.root {d.root} gave {data.num_classes} classes of {data.in_channels}-channel "
+                        f"{data.image_size}px images, but its folders announced {shape.num_classes} classes of "
+                        f"{shape.in_channels}-channel {shape.image_size}px; set data.image_size")
     if recipe.train.eval_split == "tune" and (data.tune is None or len(data.tune.labels) == 0):
         raise RecipeError("train.eval_split is tune but the tune split is empty; set data.tune_fraction or data.tune_size")
     total_steps = recipe.train.epochs * batches_per_epoch(len(data.train.labels), per_rank, dist.world_size)
     speed = resolve_speed_settings(recipe, device, total_steps)
-    apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
-    seed_everything(recipe.train.seed)
-
-    init_reports: dict[str, InitReport] = {}
-
-    def net(role: str) -> nn.Module:
-        cfg, model = getattr(recipe, role), modules.get(role)
-        if model is not None:
-            user.check_output(role, model, data.num_classes, data.in_channels, data.image_size)
-        else:
-            model = build_model(cfg.arch, data.num_classes, data.in_channels, data.image_size, cfg.options)
-        if cfg.checkpoint:
-            state = ckpt.load_net_weights(cfg.checkpoint, role)
-            report = init_weights(model, state, cfg.init, source=cfg.checkpoint, num_classes=data.num_classes)
-            if report is not None:
-                init_reports[role] = report
-        return model
-
-    teacher = net("teacher")
-    student = net("student")
-    t_init = init_reports.get("teacher")
-    if t_init is not None and t_init.classifier_reinitialised and not method_cls.trains_teacher:
-        raise RecipeError(f"teacher.init: backbone left the teacher's classifier untrained ({t_init.classifier}: the "
-                          f"file has another class count), but distill.method {recipe.distill.method} keeps the "
-                          f"teacher frozen; give a teacher trained on these classes or a method that trains it")
     if speed.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from edgekd import calibration, plots
-from edgekd.errors import MissingDependencyError
+from edgekd import calibration, optional, plots
+from edgekd.errors import MissingDependencyError, first_line
 from edgekd.recipe import Recipe
 
 if TYPE_CHECKING:  # artifacts imports setup, which imports this module for require()
@@ -30,13 +30,15 @@ def require(loggers: list[str]) -> None:
     """Fail before training (and before a run directory exists) when a requested
     logger's package is missing."""
     if "tensorboard" in loggers:
+        optional.load("tensorboard", "train.log: [tensorboard] needs",
+                      missing="train.log: [tensorboard] needs the tensorboard package, which is not installed: "
+                              "pip install 'edgekd[tensorboard]' (or remove tensorboard from train.log)")
         try:
-            import torch.utils.tensorboard  # noqa: F401  (imports the tensorboard package)
-        except ImportError as e:
-            raise MissingDependencyError(
-                "train.log: [tensorboard] needs the tensorboard package, which is not installed: "
-                "pip install 'edgekd[tensorboard]' (or remove tensorboard from train.log)"
-            ) from e
+            import torch.utils.tensorboard  # noqa: F401  (torch's writer over that package)
+        except Exception as e:  # noqa: BLE001 - a tensorboard torch cannot use: one line, before training
+            raise MissingDependencyError(f"train.log: [tensorboard]: torch cannot use the installed tensorboard "
+                                         f"({type(e).__name__}: {first_line(e, 160)}); "
+                                         "pip install -U 'edgekd[tensorboard]'") from e
 
 
 class TensorBoardLog:

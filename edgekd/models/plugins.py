@@ -53,7 +53,9 @@ class Plugin:
     def load(self) -> Callable[..., Any]:
         try:
             return self.entry_point.load()
-        except Exception as e:  # whatever the plugin's import raises, the user needs its package's name
+        # Whatever the plugin's import raises, or a sys.exit in it (which would end edgekd
+        # silently with the plugin's exit code): the user needs its package's name.
+        except (Exception, SystemExit) as e:
             raise ModelError(f"{self.describe()} cannot be imported: {type(e).__name__}: {first_line(e)}") from e
 
 

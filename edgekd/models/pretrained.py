@@ -27,7 +27,12 @@ with the net's own value, in both modes, as torch's own loading treats it
 Names: edgekd's torchvision models are torchvision's own classes built in place,
 so their tensor names are torchvision's and its state-dict files load as they
 are. Files saved from a DistributedDataParallel or torch.compile wrapper carry
-``module.`` / ``_orig_mod.`` in front of every name; that prefix is dropped.
+``module.`` / ``_orig_mod.`` in front of every name; that prefix is dropped. A
+training framework's file names the net by its attribute (Lightning: ``model.``
+when the LightningModule keeps it in ``self.model``), often beside other modules
+(a loss, a teacher): the prefix under which the most of the net's own names are
+found is taken, and only the tensors under it (``checkpoint_prefix`` names it;
+two prefixes that fit equally well are ambiguous and must be named).
 
 Stems: at ``data.image_size <= 64`` the torchvision models get a small-input stem
 (torchvision_models.py). Where that changes a conv's shape (resnet's 7x7 conv1
@@ -100,6 +105,48 @@ class InitReport:
         }  # fmt: skip
 
 
+def _under(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _names_sample(state: Mapping[str, Any], n: int = 3) -> str:
+    return ", ".join(f"'{k}'" for k in list(state)[:n]) + (", ..." if len(state) > n else "")
+
+
+def select_prefix(model: nn.Module, state: Mapping[str, Any], source: str, prefix: str | None = None,
+                  role: str = "teacher") -> dict[str, Any]:
+    """The file's tensors that belong to the net, named as the net names them.
+
+    `prefix` given (the recipe's checkpoint_prefix): the tensors under it, stripped. Otherwise
+    wrapper prefixes every name carries are dropped (strip_wrapper_prefix), and if the net's names
+    are found more often under some leading prefix ('model.', 'student.'...) than without, the
+    tensors under that prefix are taken; two prefixes that fit equally well are refused (name one)."""
+    if prefix is not None:
+        picked = _under(state, prefix)
+        if not picked:
+            raise CheckpointError(f"no tensor of checkpoint {source} is under {role}.checkpoint_prefix {prefix!r}; "
+                                  f"its names look like {_names_sample(state)}")
+        return picked
+    state = strip_wrapper_prefix(state)
+    own = set(model.state_dict())
+    counts: dict[str, int] = {}
+    for name in state:
+        parts = name.split(".")
+        for i in range(1, len(parts)):
+            head = ".".join(parts[:i]) + "."
+            if name[len(head):] in own:
+                counts[head] = counts.get(head, 0) + 1
+    plain = sum(1 for name in state if name in own)
+    best = max(counts.values(), default=0)
+    if best <= plain:
+        return state
+    tied = sorted(p for p, c in counts.items() if c == best)
+    if len(tied) > 1:
+        raise CheckpointError(f"checkpoint {source} holds {best} of {arch_name(model)}'s tensors under each of "
+                              f"{', '.join(repr(p) for p in tied[:3])}; set {role}.checkpoint_prefix to the one to load")
+    return _under(state, tied[0])
+
+
 def strip_wrapper_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
     """Drop a ``module.`` / ``_orig_mod.`` prefix that every name carries (DDP, torch.compile)."""
     state = dict(state)
@@ -125,8 +172,10 @@ def find_classifier(model: nn.Module, num_classes: int) -> str:
     return name
 
 
-def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: str, num_classes: int) -> InitReport | None:
-    """Load ``state`` (read by distill.checkpoint.load_net_weights) into ``model`` as ``mode`` says.
+def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: str, num_classes: int,
+                 prefix: str | None = None, role: str = "teacher") -> InitReport | None:
+    """Load ``state`` (read by distill.checkpoint.load_net_weights) into ``model`` as ``mode`` says,
+    the tensors under ``prefix`` (select_prefix; None: found from the names).
 
     Returns the report for ``backbone`` (None for ``full``, which loads everything or
     raises). Raises CheckpointError, one line, for a file that does not fit.
@@ -134,7 +183,7 @@ def init_weights(model: nn.Module, state: Mapping[str, Any], mode: str, source: 
     if mode not in INIT_MODES:
         raise ModelError(f"init {mode!r} is not one of {', '.join(INIT_MODES)}")
     check_state_dict(state, source)
-    state = strip_wrapper_prefix(state)
+    state = select_prefix(model, state, source, prefix, role)
     if mode == "full":
         try:
             load_weights(model, state, source)

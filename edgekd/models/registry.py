@@ -177,7 +177,7 @@ def _build_plugin_model(arch: str, factory: Callable[..., nn.Module], num_classe
         return factory(num_classes, in_channels, image_size, **options)
     except EdgeKDError:
         raise
-    except Exception as e:  # noqa: BLE001 - whatever a third-party factory raises
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - whatever a third-party factory raises, or exits with
         raise ModelError(f"{_plugins().plugins[arch].describe()}: building '{arch}' failed: "
                          f"{type(e).__name__}: {first_line(e)}") from e
 

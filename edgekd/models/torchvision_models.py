@@ -21,12 +21,21 @@ kaiming-normal (fan_out) init. Modules are replaced on the built instance; class
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from torch import nn
-from torchvision import models as tvm
 
 from .registry import register_model, require_dropout, require_positive_float
 
 SMALL_INPUT_MAX = 64
+
+
+def _tvm() -> ModuleType:
+    """torchvision.models, imported when one of its models is first built: importing it takes 2 s,
+    which every `edgekd distill` of another model (and every test process) would pay at start."""
+    from torchvision import models
+
+    return models
 
 
 def _replace_conv(
@@ -74,24 +83,24 @@ def _resnet(ctor, num_classes: int, in_channels: int, image_size: int) -> nn.Mod
 
 @register_model("resnet18")
 def resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return _resnet(tvm.resnet18, num_classes, in_channels, image_size)
+    return _resnet(_tvm().resnet18, num_classes, in_channels, image_size)
 
 
 @register_model("resnet34")
 def resnet34(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return _resnet(tvm.resnet34, num_classes, in_channels, image_size)
+    return _resnet(_tvm().resnet34, num_classes, in_channels, image_size)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return _resnet(tvm.resnet50, num_classes, in_channels, image_size)
+    return _resnet(_tvm().resnet50, num_classes, in_channels, image_size)
 
 
 @register_model("mobilenet_v2")
 def mobilenet_v2(
     num_classes: int, in_channels: int, image_size: int, *, width_mult: float = 1.0, dropout: float = 0.2
 ) -> nn.Module:
-    model = tvm.mobilenet_v2(
+    model = _tvm().mobilenet_v2(
         weights=None,
         num_classes=num_classes,
         width_mult=require_positive_float("mobilenet_v2", "width_mult", width_mult),
@@ -122,7 +131,7 @@ def mobilenet_v3_small(
     num_classes: int, in_channels: int, image_size: int, *, width_mult: float = 1.0, dropout: float = 0.2
 ) -> nn.Module:
     return _mobilenet_v3(
-        tvm.mobilenet_v3_small, "mobilenet_v3_small", num_classes, in_channels, image_size, width_mult, dropout
+        _tvm().mobilenet_v3_small, "mobilenet_v3_small", num_classes, in_channels, image_size, width_mult, dropout
     )
 
 
@@ -131,7 +140,7 @@ def mobilenet_v3_large(
     num_classes: int, in_channels: int, image_size: int, *, width_mult: float = 1.0, dropout: float = 0.2
 ) -> nn.Module:
     return _mobilenet_v3(
-        tvm.mobilenet_v3_large, "mobilenet_v3_large", num_classes, in_channels, image_size, width_mult, dropout
+        _tvm().mobilenet_v3_large, "mobilenet_v3_large", num_classes, in_channels, image_size, width_mult, dropout
     )
 
 
@@ -146,17 +155,17 @@ def _shufflenet_v2(ctor, num_classes: int, in_channels: int, image_size: int) ->
 
 @register_model("shufflenet_v2_x0_5")
 def shufflenet_v2_x0_5(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return _shufflenet_v2(tvm.shufflenet_v2_x0_5, num_classes, in_channels, image_size)
+    return _shufflenet_v2(_tvm().shufflenet_v2_x0_5, num_classes, in_channels, image_size)
 
 
 @register_model("shufflenet_v2_x1_0")
 def shufflenet_v2_x1_0(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    return _shufflenet_v2(tvm.shufflenet_v2_x1_0, num_classes, in_channels, image_size)
+    return _shufflenet_v2(_tvm().shufflenet_v2_x1_0, num_classes, in_channels, image_size)
 
 
 @register_model("efficientnet_b0")
 def efficientnet_b0(num_classes: int, in_channels: int, image_size: int, *, dropout: float = 0.2) -> nn.Module:
-    model = tvm.efficientnet_b0(
+    model = _tvm().efficientnet_b0(
         weights=None, num_classes=num_classes, dropout=require_dropout("efficientnet_b0", "dropout", dropout)
     )
     _adapt_stem(model.features[0], in_channels, image_size <= SMALL_INPUT_MAX)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import BundleError, EdgeKDError, MissingDependencyError, first_line
+from edgekd import optional
+from edgekd.errors import BundleError, EdgeKDError, first_line
 from edgekd.runtime.base import Runner, require_one_float_input_and_output
 
 # Fastest first; ONNX Runtime falls back down the list per node. Azure (remote
@@ -22,20 +23,12 @@ PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExe
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise MissingDependencyError("ONNX files need ONNX Runtime, which is not installed: pip install onnxruntime "
-                                     "(or onnxruntime-gpu)") from e
-    return onnxruntime
+    return optional.load("onnxruntime", "ONNX files need")
 
 
 def onnxruntime_version() -> str | None:
-    """The installed ONNX Runtime's version, or None if it is not installed."""
-    try:
-        return import_onnxruntime().__version__
-    except MissingDependencyError:
-        return None
+    """The installed ONNX Runtime's version, or None if it is not installed (or does not load)."""
+    return optional.version_of("onnxruntime")
 
 
 def choose_providers(requested: list[str] | None) -> list[str]:

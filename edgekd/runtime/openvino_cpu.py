@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import BundleError, MissingDependencyError
+from edgekd import optional
+from edgekd.errors import BundleError
 from edgekd.runtime.base import Runner, require_one_float_input_and_output
 
 OPENVINO_MISSING = "--runtime openvino needs OpenVINO, which is not installed: pip install 'edgekd[openvino]'"
@@ -35,19 +36,13 @@ _SOURCE_LOCATION = ("Exception from ", "Check '", "FrontEnd API failed with ")
 
 
 def import_openvino():
-    try:
-        import openvino
-    except ImportError as e:
-        raise MissingDependencyError(OPENVINO_MISSING) from e
-    return openvino
+    return optional.load("openvino", "--runtime openvino needs", missing=OPENVINO_MISSING)
 
 
 def openvino_version() -> str | None:
-    """The installed OpenVINO's version (without its build suffix), or None if it is not installed."""
-    try:
-        return import_openvino().__version__.split("-")[0]
-    except MissingDependencyError:
-        return None
+    """The installed OpenVINO's version (without its build suffix), or None if it does not load."""
+    version = optional.version_of("openvino")
+    return None if version is None else version.split("-")[0]
 
 
 def openvino_reason(error: Exception) -> str:

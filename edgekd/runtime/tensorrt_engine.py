@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgekd.errors import BundleError, EdgeKDError, MissingDependencyError
+from edgekd import optional
+from edgekd.errors import BundleError, EdgeKDError
 from edgekd.runtime.base import TRT_MISSING, Runner
 from edgekd.runtime.gpu_memory import open_gpu
 
@@ -31,12 +32,9 @@ def engine_mismatch(file: str, built_trt: str | None, built_cc: str | None, have
 
 
 def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise MissingDependencyError(f"{TRT_MISSING}: the tensorrt package is not installed "
-                                     "(pip install 'edgekd[trt]' on a machine with an NVIDIA GPU)") from e
-    return tensorrt
+    return optional.load("tensorrt", "the TensorRT runtime needs",
+                         missing=f"{TRT_MISSING}: the tensorrt package is not installed "
+                                 "(pip install 'edgekd[trt]' on a machine with an NVIDIA GPU)")
 
 
 class TensorRTEngine(Runner):

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgekd.bundle_schema import BUNDLE_KIND, CPU_ONLY_PRECISIONS, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
+from edgekd.arguments import TEXT, check_argument
+from edgekd.bundle_schema import (BUNDLE_KIND, CPU_ONLY_PRECISIONS, INCOMPLETE_KEY, MANIFEST_FILE, PRECISIONS,
+                                  SCHEMA_VERSION)
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
 from edgekd.validate.gate import CHECKS as GATE_CHECKS
@@ -80,14 +82,26 @@ class Bundle:
         """PyTorch's metrics on the run's val split (runtime, split, n, accuracy, ece, ...)."""
         return self.manifest["reference"]
 
+    @property
+    def temperature(self) -> float | None:
+        """The temperature inside every file (export --temperature), or None."""
+        t = self.manifest.get("temperature")
+        return None if t is None else float(t["value"])
+
+    def _file_name(self, fmt: str) -> str:
+        check_argument("Bundle", "fmt", fmt, TEXT)
+        if fmt not in self.formats:
+            raise BundleError(f"format {fmt!r} is not in bundle {self.path}; it has {', '.join(self.formats)}")
+        return self.formats[fmt]
+
     def file(self, fmt: str) -> Path:
         """The path of format `fmt`'s file."""
-        return self.path / self.formats[fmt]
+        return self.path / self._file_name(fmt)
 
     def entry(self, fmt: str) -> dict:
         """Format `fmt`'s manifest entry: sha256, bytes, and for an exported ONNX file its metrics,
         drift and parity against PyTorch on the val split."""
-        return self.manifest["files"][self.formats[fmt]]
+        return self.manifest["files"][self._file_name(fmt)]
 
     def float_nodes(self, fmt: str) -> list[str] | None:
         """The nodes an INT8 file (or the engine built from it) keeps in float: export's
@@ -105,25 +119,44 @@ def is_engine(fmt: str) -> bool:
 # ---------------------------------------------------------------- finding and loading
 
 
-def find_bundle(root: Path = Path("export")) -> Path:
-    """The bundle under `root` whose manifest.json was written last."""
+def _incomplete(bundle: Path) -> str | None:
+    """Why a bundle is incomplete (its manifest says so), or None; an unreadable manifest counts as
+    complete here, so that loading it reports what is wrong with it."""
+    try:
+        reason = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8")).get(INCOMPLETE_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(reason) if reason else None
+
+
+def find_bundle(root: Path = Path("export"), log: Callable[[str], Any] = print) -> Path:
+    """The complete bundle under `root` whose manifest.json was written last. Newer incomplete
+    ones (INCOMPLETE_KEY) are skipped, each with a one-line notice."""
     # Hidden folders are half-written bundles (atomic_dir's temp names) or backups.
     found = [d for d in root.iterdir() if not d.name.startswith(".") and (d / MANIFEST_FILE).is_file()] \
         if root.is_dir() else []
     if not found:
         raise BundleError(f"no bundle under {root}/ (a folder with manifest.json); run edgekd export first or pass BUNDLE")
-    return max(found, key=lambda d: (d / MANIFEST_FILE).stat().st_mtime_ns)
+    for d in sorted(found, key=lambda d: (d / MANIFEST_FILE).stat().st_mtime_ns, reverse=True):
+        reason = _incomplete(d)
+        if reason is None:
+            return d
+        log(f"skipping {d}: incomplete ({reason}); name it to validate it anyway")
+    raise BundleError(f"no complete bundle under {root}/: every one is incomplete; name one to validate it anyway, "
+                      f"or export again")
 
 
 def load_bundle(path: Path | None, log: Callable[[str], Any] = print) -> Bundle:
     """Read and check manifest.json, then verify every file's sha256. Loads no model."""
     if path is None:
-        path = find_bundle()
+        path = find_bundle(log=log)
     path = Path(path)
     log(f"validating bundle {path}")
     if not path.is_dir():
         raise BundleError(f"bundle folder {path} does not exist" if not path.exists() else f"{path} is not a folder")
     manifest = read_manifest(path / MANIFEST_FILE)
+    if manifest.get(INCOMPLETE_KEY):
+        log(f"note: {path} is incomplete ({manifest[INCOMPLETE_KEY]}): validating the files it has")
     formats = check_manifest(manifest)
     verify_files(path, manifest["files"])
     return Bundle(path, manifest, formats)
@@ -193,6 +226,11 @@ def check_manifest(m: dict) -> dict[str, str]:
     for key in GATE_CHECKS:  # the thresholds the gate checks, by name
         v = thresholds.get(key)
         _require(v is None or _is_fraction(v), f"{where}: gate.{key} must be a fraction in [0, 1] or null, got {v!r}")
+    t = m.get("temperature")
+    if t is not None:
+        v = t.get("value") if isinstance(t, dict) else None
+        _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                 f"{where}: temperature.value must be a number > 0, got {v!r}")
     ref = m["reference"]
     for key in ("accuracy", "ece"):
         _require(_is_fraction(ref.get(key)), f"{where}: reference.{key} must be a fraction in [0, 1], got {ref.get(key)!r}")
