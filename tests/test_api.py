@@ -28,6 +28,8 @@ from edgekd.distill.checkpoint import load_student
 from edgekd.errors import (BundleError, CheckpointError, EdgeKDError, ExportError, GateError, ModelError,
                            RecipeError)
 
+from _training import training_fixture
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes/quickstart.yaml"
 
@@ -243,7 +245,7 @@ def arch(cls: type) -> str:
     return f"user:{cls.__module__}.{cls.__qualname__}"
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def user_run(tmp_path_factory):
     """Two user modules distilled for 2 epochs on the digits, then exported (fp32, int8_cpu)."""
     root = tmp_path_factory.mktemp("api-user")

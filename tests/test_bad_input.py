@@ -34,11 +34,13 @@ from edgekd.cli import main
 from edgekd.errors import EdgeKDError, Problems, RecipeError
 from edgekd.models import register_model, registry
 
+from _training import training_fixture
+
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "recipes/quickstart.yaml").read_text()
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def made(tmp_path_factory):
     """One real quickstart run (1 epoch) and its fp32+fp16 bundle, to break copies of."""
     root = tmp_path_factory.mktemp("bad-input")

@@ -13,6 +13,7 @@ from edgekd.distill.checkpoint import load_student
 from edgekd.models import build_model, load_weights
 
 import _cli
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
@@ -24,7 +25,7 @@ def edgekd(*args, cwd=REPO, timeout=600):
     return _cli.edgekd(*args, cwd=cwd)
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def quickstart_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs") / "run"
     res = edgekd("distill", QUICKSTART, "--out", str(out), "--quiet")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from _runs import canonical
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "recipes/quickstart.yaml")
@@ -23,7 +24,7 @@ def run(*args, env=None, timeout=600):
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def torchrun_ref(tmp_path_factory):
     """The plain torchrun command line a user would type."""
     out = tmp_path_factory.mktemp("ddp") / "ref"

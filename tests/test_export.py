@@ -31,6 +31,7 @@ from edgekd.models import build_model, load_weights
 from edgekd.runtime import TRT_MISSING
 
 import _cli
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")
@@ -75,24 +76,17 @@ def leftovers(parent: Path, name: str) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name == name or p.name.startswith(f".{name}.")]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("export") / "run"
-    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=3", "--out", run, "--quiet")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return run
+@training_fixture()
+def run_dir(quickstart_3ep):
+    return quickstart_3ep  # conftest.py: shared with test_validate
 
 
-@pytest.fixture(scope="module")
-def bundle(run_dir):
-    out = run_dir.parent / "bundle"
-    res = edgekd("export", run_dir, "--out", out)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert f"bundle {out}" in res.stdout
-    return out
+@training_fixture()
+def bundle(quickstart_3ep_bundle):
+    return quickstart_3ep_bundle
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def manifest(bundle):
     return json.loads((bundle / "manifest.json").read_text())
 

@@ -48,6 +48,7 @@ from edgekd.recipe import ExportConfig, ValidateConfig
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 import _cli
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 GATE = {"max_ece": None, "max_acc_drop": 0.03, "min_agreement": 0.9, "max_ece_drift": 0.03}
@@ -267,7 +268,7 @@ def test_a_chosen_candidate_is_passed_even_when_the_budget_then_runs_out(tmp_pat
 # ---------------------------------------------------------------- on a real model
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def trained(tmp_path_factory):
     """A 10-epoch quickstart run with a tune split (20% of digits), in fp32, at 16 px (the digits are
     8x8: four times less work than 32 px, and a better net). Which net it is depends on the CPU; every
@@ -357,7 +358,7 @@ def gate_met_with_the_conv_in_float(run: Path, workdir: Path) -> dict:
     return gate
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def hostile(trained):
     """The poisoned run, with the gate derived from it (gate_met_with_the_conv_in_float) in its recipe."""
     run = poison(trained, trained.parent / "hostile", GATE)
@@ -372,7 +373,7 @@ def gate_of(run: Path) -> dict:
     return torch.load(run / "student.pt", weights_only=False)["recipe"]["validate"]
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def searched(hostile):
     out = hostile.parent / "searched"
     res = edgekd("export", hostile, "--out", out, "--int8-search")

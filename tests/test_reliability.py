@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from _runs import canonical
+from _training import training_fixture
 
 from edgekd.distill.run_dir import run_distill
 from edgekd.distill.setup import prepare
@@ -34,7 +35,7 @@ def _short(out, *extra):
             *extra)
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def reference(tmp_path_factory):
     ref = tmp_path_factory.mktemp("ref") / "run"
     res = edgekd(*_short(ref))

@@ -24,12 +24,13 @@ from edgekd.deploy.temperature import NODE_NAME
 from edgekd.errors import ExportError
 
 import _cli
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ["fp32", "fp16", "int8", "int8_cpu"]
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("temperature") / "run"
     edgekd.distill(REPO / "recipes/quickstart.yaml", out=out, overrides={
@@ -37,7 +38,7 @@ def run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def plain(run):
     return edgekd.export(run, out=run.parent / "plain", formats=FORMATS)
 

@@ -26,6 +26,7 @@ from edgekd.validate.data import load_eval_data
 from edgekd.runtime import TRT_MISSING, engine_mismatch
 
 import _cli
+from _training import training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
@@ -114,15 +115,9 @@ def test_a_figure_at_its_limit_passes_despite_float_rounding():
     assert not gate.passed(gate.evaluate({"int8": {"acc_drop": above}}, thresholds))
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("validate")
-    run, out = tmp / "run", tmp / "bundle"
-    res = edgekd("distill", "recipes/quickstart.yaml", "--set", "train.epochs=3", "--out", str(run), "--quiet")
-    assert res.returncode == 0, res.stderr[-3000:]
-    res = edgekd("export", str(run), "--out", str(out))
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out
+@training_fixture()
+def bundle(quickstart_3ep_bundle):
+    return quickstart_3ep_bundle  # conftest.py: shared with test_export
 
 
 @pytest.fixture
@@ -186,7 +181,7 @@ def expected_metrics(logits, labels):
 # ---------------------------------------------------------------- a full run
 
 
-@pytest.fixture(scope="module")
+@training_fixture()
 def full_run(bundle, tmp_path_factory):
     out = tmp_path_factory.mktemp("full")
     proc, torch_loaded = validate(bundle, *LOOSE, "--json", out / "v.json", "--report", out / "report",

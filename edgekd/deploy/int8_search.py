@@ -261,7 +261,9 @@ class Candidate:
     def describe(self) -> str:
         s = self.settings
         weights = "per-channel" if s.per_channel else "per-tensor"
-        floats = f", {len(self.float_nodes)} in float" if self.float_nodes else ""
+        shown = ", ".join(self.float_nodes[-2:])  # the latest: the one this candidate added
+        floats = (f", {len(self.float_nodes)} in float ({'..., ' if len(self.float_nodes) > 2 else ''}{shown})"
+                  if self.float_nodes else "")
         return f"{s.method} {weights}{floats}"
 
     def line(self) -> str:
