@@ -14,17 +14,18 @@ from pathlib import Path
 import pytest
 
 from _cli import edgekd
-from _training import TRAINING, training_fixture
+from _training import IMAGE_SIZE, TRAINING, training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @training_fixture(scope="session")
 def quickstart_3ep(tmp_path_factory) -> Path:
-    """recipes/quickstart.yaml for 3 epochs: the run test_export and test_validate take apart
-    (shared, so trained once; a test that changes it works on a copy)."""
+    """recipes/quickstart.yaml for 3 epochs at IMAGE_SIZE: the run test_export and test_validate take
+    apart (shared, so trained once; a test that changes it works on a copy)."""
     run = tmp_path_factory.mktemp("quickstart-3ep") / "run"
-    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=3", "--out", run, "--quiet")
+    res = edgekd("distill", REPO / "recipes/quickstart.yaml", "--set", "train.epochs=3", "--set",
+                 f"data.image_size={IMAGE_SIZE}", "--out", run, "--quiet")
     assert res.returncode == 0, res.stderr[-3000:]
     return run
 

@@ -28,7 +28,7 @@ from edgekd.distill.checkpoint import load_student
 from edgekd.errors import (BundleError, CheckpointError, EdgeKDError, ExportError, GateError, ModelError,
                            RecipeError)
 
-from _training import training_fixture
+from _training import IMAGE_SIZE, training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes/quickstart.yaml"
@@ -253,7 +253,8 @@ def user_run(tmp_path_factory):
     teacher, student = PlainTeacher(), PlainStudent()
     initial = {k: v.clone() for k, v in student.state_dict().items()}
     epochs: list[dict] = []
-    run = edgekd.distill(QUICKSTART, overrides={"train.epochs": 2, "train.device": "cpu"}, teacher=teacher,
+    run = edgekd.distill(QUICKSTART, overrides={"train.epochs": 2, "train.device": "cpu",
+                                                "data.image_size": IMAGE_SIZE}, teacher=teacher,
                          student=student, out=root / "run", on_epoch=epochs.append)
     bundle = edgekd.export(run, out=root / "bundle", formats=["fp32", "int8_cpu"])
     return root, run, (teacher, student, initial), epochs, bundle

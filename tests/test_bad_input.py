@@ -34,7 +34,7 @@ from edgekd.cli import main
 from edgekd.errors import EdgeKDError, Problems, RecipeError
 from edgekd.models import register_model, registry
 
-from _training import training_fixture
+from _training import IMAGE_SIZE, training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = (REPO / "recipes/quickstart.yaml").read_text()
@@ -45,8 +45,8 @@ def made(tmp_path_factory):
     """One real quickstart run (1 epoch) and its fp32+fp16 bundle, to break copies of."""
     root = tmp_path_factory.mktemp("bad-input")
     run, bundle = root / "run", root / "bundle"
-    for args in (["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs=1", "--out", str(run),
-                  "--quiet"],
+    for args in (["distill", str(REPO / "recipes/quickstart.yaml"), "--set", "train.epochs=1", "--set",
+                  f"data.image_size={IMAGE_SIZE}", "--out", str(run), "--quiet"],
                  ["export", str(run), "--out", str(bundle), "--formats", "fp32,fp16"]):
         with pytest.raises(SystemExit) as e:
             main(args)
@@ -336,7 +336,7 @@ def _nan_teacher(path: Path) -> None:
 def _reshape_input(path: Path) -> None:
     model = onnx.load(str(path))
     dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_value, dims[3].dim_value = 16, 16
+    dims[2].dim_value, dims[3].dim_value = IMAGE_SIZE + 8, IMAGE_SIZE + 8
     onnx.save(model, str(path))
 
 

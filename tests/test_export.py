@@ -31,7 +31,7 @@ from edgekd.models import build_model, load_weights
 from edgekd.runtime import TRT_MISSING
 
 import _cli
-from _training import training_fixture
+from _training import IMAGE_SIZE, training_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 ONNX_FILES = ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8_cpu.onnx")
@@ -113,8 +113,9 @@ def test_each_file_runs_any_batch_in_onnxruntime(bundle, name, batch):
     session = ort.InferenceSession(str(bundle / name), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
     assert (inp.name, out.name, inp.type, out.type) == ("input", "logits", "tensor(float)", "tensor(float)")
-    assert inp.shape[1:] == [1, 32, 32] and not isinstance(inp.shape[0], int)  # dynamic batch, fixed H x W
-    x = np.random.default_rng(batch).normal(size=(batch, 1, 32, 32)).astype(np.float32)
+    # dynamic batch, fixed H x W
+    assert inp.shape[1:] == [1, IMAGE_SIZE, IMAGE_SIZE] and not isinstance(inp.shape[0], int)
+    x = np.random.default_rng(batch).normal(size=(batch, 1, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
     logits = session.run(None, {"input": x})[0]
     assert logits.shape == (batch, 10) and logits.dtype == np.float32 and np.isfinite(logits).all()
 
@@ -217,7 +218,7 @@ def test_int8_and_int8_cpu_share_one_calibration(bundle, manifest):
 def test_per_tensor_weights_setting_gives_one_scale_per_weight(bundle, tmp_path):
     """Int8Settings(per_channel=False), the alternative benchmarks/bench_export.py measures: one weight scale
     per layer, recorded as such; the activations are calibrated exactly as with per-channel weights."""
-    calib = np.random.default_rng(0).normal(size=(64, 1, 32, 32)).astype(np.float32)
+    calib = np.random.default_rng(0).normal(size=(64, 1, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
     s = Int8Settings(per_channel=False)
     result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "t.onnx", calib, s, CPU_INT8)
     consts, _, dq = _qdq_nodes(tmp_path / "t.onnx")
@@ -251,7 +252,7 @@ def test_int8_manifest_entries_are_what_bundles_have_always_recorded():
 
 
 def test_per_channel_setting_must_be_a_bool(bundle, tmp_path):
-    calib = np.zeros((8, 1, 32, 32), np.float32)
+    calib = np.zeros((8, 1, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     with pytest.raises(ExportError, match="per_channel must be true or false"):
         quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(per_channel="no"),
                       TENSORRT_INT8)
@@ -261,7 +262,7 @@ def test_per_channel_setting_must_be_a_bool(bundle, tmp_path):
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_with_an_uneven_sample_count(bundle, tmp_path, method):
     """100 images do not split into batches of 64; the histogram calibrators need equal batches."""
-    calib = np.random.default_rng(0).normal(size=(100, 1, 32, 32)).astype(np.float32)
+    calib = np.random.default_rng(0).normal(size=(100, 1, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
     result = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "q.onnx", calib, Int8Settings(method=method),
                            TENSORRT_INT8)
     assert result.ranges and (tmp_path / "q.onnx").is_file()
@@ -274,7 +275,7 @@ def test_entropy_calibration_clips_where_minmax_does_not(bundle, tmp_path):
     """ONNX Runtime's EntropyCalibrater at its default bins (128 and 128) returns MinMax's ranges
     exactly; edgekd's entropy ranges (int8.ENTROPY_BINS) cut the tails of some activations and
     never reach outside MinMax's."""
-    calib = np.random.default_rng(0).normal(size=(128, 1, 32, 32)).astype(np.float32)
+    calib = np.random.default_rng(0).normal(size=(128, 1, IMAGE_SIZE, IMAGE_SIZE)).astype(np.float32)
     minmax = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "m.onnx", calib, Int8Settings(), CPU_INT8).ranges
     entropy = quantize_int8(bundle / "model_fp32.onnx", tmp_path / "e.onnx", calib, Int8Settings(method="entropy"),
                             CPU_INT8).ranges
@@ -307,7 +308,8 @@ def test_manifest_describes_the_run(run_dir, manifest):
     assert manifest["source"]["recipe"] == "quickstart"
     assert manifest["data"] == json.loads((run_dir / "split.json").read_text())
     assert manifest["gate"] == recipe["validate"]
-    assert manifest["input"] == {"name": "input", "shape": ["batch", 1, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["input"] == {"name": "input", "shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32",
+                                 "layout": "NCHW"}
     assert manifest["output"]["shape"] == ["batch", 10] and manifest["model"]["arch"] == "cnn_tiny"
     assert manifest["tools"]["onnxruntime"] == ort.__version__ and manifest["tools"]["tensorrt"] is None
 

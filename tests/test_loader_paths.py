@@ -225,7 +225,7 @@ def test_training_through_the_host_loader_equals_the_device_loader(tmp_path):
     recipe = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"
     summaries = {}
     for kind in ("device", "host"):
-        r = load_recipe(recipe, ["train.epochs=2", f"data.loader={kind}", "data.workers=2"])
+        r = load_recipe(recipe, ["train.epochs=2", "data.image_size=16", f"data.loader={kind}", "data.workers=2"])
         summaries[kind] = run_distill(r, tmp_path / kind, resume=False)
         assert summaries[kind]["loader"] == kind
     for role in ("teacher", "student"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from _cli import cli
+from _training import IMAGE_SIZE
 from edgekd import calibration
 from edgekd.deploy.source import load_run_student, split_images
 from edgekd.distill.setup import bf16_kept_out, compile_unavailable, cpu_has_bf16
@@ -32,7 +33,7 @@ def one_thread():
 
 def _distill(capsys, out: Path, *sets: str, extra: tuple[str, ...] = ()) -> list[str]:
     args = ["distill", QUICKSTART, "--out", str(out), "--quiet", *extra]
-    for kv in ("train.device=cpu", *sets):
+    for kv in ("train.device=cpu", f"data.image_size={IMAGE_SIZE}", *sets):
         args += ["--set", kv]
     code, stdout, stderr = cli(capsys, *args)
     assert code == 0, stderr[-2000:]

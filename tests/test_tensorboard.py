@@ -22,6 +22,7 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"
 def test_event_files_hold_every_loss_term_metric_lr_and_reliability_diagram(tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = cli(capsys, "distill", str(QUICKSTART), "--set", "train.epochs=2", "--set", "train.eval_every=2",
+                       "--set", "data.image_size=16",
                        "--set", "train.log=[tensorboard]", "--out", str(run), "--quiet")
     assert code == 0, err
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # still written
