@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/edgekd validate export/quickstart-demo
 
 # The whole suite, CPU only: what CI runs. --durations lists the 25 slowest tests, to keep
-# the suite under ~15 minutes on 2 cores.
+# the suite under ~12 minutes on 2 cores (venv set-up included).
 test: $(STAMP)
 	$(VENV)/bin/pytest -q --durations=25
 

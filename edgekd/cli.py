@@ -164,9 +164,15 @@ def rank_argv(argv: list[str], out: Path) -> list[str]:
 @click.option("--overwrite", is_flag=True,
               help="Replace a comparison in --out made with another recipe or evaluation split (its prediction "
                    "files too). Without it such a comparison is left as it is.")
+@click.option("--deployed", default=None, metavar="FILES",
+              help="Also score each row as deployed files, comma-separated: fp32, fp16, int8, int8_cpu (what "
+                   "plain export writes) and int8_search (model_int8_cpu.onnx as --int8-search chooses it against "
+                   "the recipe's gate, on the tune split). Each becomes a row <label>@<file>, scored from the "
+                   "file's logits in ONNX Runtime; a +ts row's file holds its temperature (export --temperature fit).")
 @click.option("--quiet", is_flag=True, help="Only one line per run, not per epoch.")
 def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], eval_split: str | None,
-            references: tuple[str, ...], replicates: int, out: Path | None, overwrite: bool, quiet: bool) -> int:
+            references: tuple[str, ...], replicates: int, out: Path | None, overwrite: bool, deployed: str | None,
+            quiet: bool) -> int:
     """Run RECIPE under several methods and seeds with everything else identical
     (split, schedule, augmentation, seeds), then write comparison.json,
     comparison.md and overlaid reliability diagrams.
@@ -200,13 +206,13 @@ def compare(recipe: Path, methods: str, seeds: str, overrides: tuple[str, ...], 
     from edgekd.compare.variants import split_top_level
     from edgekd.recipe import load_recipe
 
-    variants = parse_variants(_csv(methods, split_top_level))
+    variants = parse_variants(_csv(methods, split_top_level), _csv(deployed))
     seed_list = parse_seeds(_csv(seeds))
     base = load_recipe(recipe, overrides)
     out = out or Path("runs") / f"compare-{base.name}"
     cmp = prepare_comparison(recipe, variants, seed_list, list(overrides), out, eval_split=eval_split,
                              reference=list(references), replicates=replicates, overwrite=overwrite)
-    if cmp.needs_work:
+    if cmp.needs_torch:
         from edgekd.api import need_torch
 
         need_torch("compare")

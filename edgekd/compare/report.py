@@ -33,7 +33,10 @@ def read_comparison(path: Path) -> Any:
 
 def _student_logits(variant, pred: predictions.Prediction) -> tuple[np.ndarray, float | None]:
     """The row's student logits on the evaluation split; a +ts row divides them by the
-    temperature fitted on the run's TUNE split (never on the split it is evaluated on)."""
+    temperature fitted on the run's TUNE split (never on the split it is evaluated on). A deployed
+    row's logits are its file's, the temperature (if any) already inside."""
+    if variant.deployed is not None:
+        return pred.logits, (pred.meta.get("deployed") or {}).get("temperature")
     if variant.trained:
         return pred.logits, None
     t = calibration.fit_temperature(pred.tune_logits, pred.tune_labels)
@@ -63,6 +66,8 @@ def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
             }
             if temperature is not None:
                 entry["temperature"] = temperature
+            if v.deployed is not None:
+                entry["deployed"] = p.meta.get("deployed")
             runs.append(entry)
     result = {
         "command": command, "recipe": cmp.base.to_dict(), "recipe_digest": cmp.base.digest(),
@@ -129,9 +134,38 @@ def _summaries(cmp, runs: list[dict], rows: dict) -> dict:
         }
         if v.trained:
             s["teacher"] = {k: stats.summarize([r["teacher"][k] for r in mine]) for k in keys}
-        else:
+        elif v.base is not None:
             s["temperature"] = stats.summarize([r["temperature"] for r in mine])
+        if v.deployed is not None:
+            s["deployed"] = _deployed_summary(v, rows, mine)
         out[v.label] = s
+    return out
+
+
+def _deployed_summary(v, rows: dict, mine: list[dict]) -> dict[str, Any]:
+    """A deployed row against its own run's FP32 file (the `@fp32` row of the same label, when
+    compared): per seed the accuracy drop, ECE drift (signed and absolute), worst per-class
+    accuracy drop and top-1 agreement, and for int8_search the chosen file's speed over FP32."""
+    fp32 = f"{v.label.rsplit('@', 1)[0]}@fp32"
+    out: dict[str, Any] = {"flavour": v.deployed}
+    per_seed = [r for r in rows.get(fp32, {}) if r in rows[v.label]]
+    if v.deployed != "fp32" and per_seed:
+        figures = {"accuracy_drop": [], "ece_drift": [], "abs_ece_drift": [], "worst_class_drop": [],
+                   "agreement": []}
+        for seed in per_seed:
+            (z, y), (z32, y32) = rows[v.label][seed], rows[fp32][seed]
+            m, m32 = calibration.calibration_metrics(z, y), calibration.calibration_metrics(z32, y32)
+            figures["accuracy_drop"].append(m32["accuracy"] - m["accuracy"])
+            figures["ece_drift"].append(m["ece"] - m32["ece"])
+            figures["abs_ece_drift"].append(abs(m["ece"] - m32["ece"]))
+            figures["worst_class_drop"].append(max(
+                float(np.mean(z32[y == c].argmax(1) == c) - np.mean(z[y == c].argmax(1) == c)) for c in np.unique(y)))
+            figures["agreement"].append(float(np.mean(z.argmax(1) == z32.argmax(1))))
+        out["vs_fp32"] = {"of": fp32, "seeds": per_seed, **{k: stats.summarize(vals) for k, vals in figures.items()},
+                          "per_seed": {k: vals for k, vals in figures.items()}}
+    speeds = [r["deployed"]["search"]["speed_vs_fp32"] for r in mine if (r.get("deployed") or {}).get("search")]
+    if speeds:
+        out["speed_vs_fp32"] = stats.summarize(speeds)
     return out
 
 
@@ -220,13 +254,36 @@ def markdown(report: dict, image: str = "reliability_students.png") -> str:
         if "teacher" in s:
             lines.append(f"| {label} | " + " | ".join(_cell(k, s["teacher"][k]) for k in METRICS) + " |")
     if any("teacher" not in report["summary"][v] for v in report["variants"]):
-        lines += ["", "A +ts row shares the teacher of the variant it scales."]
+        lines += ["", "A +ts or deployed (`@`) row shares the teacher of the run it is made from."]
+    lines += _deployed_markdown(report)
     lines += _regime_markdown(report)
     lines += _versus_markdown(report["reference"], report["vs_reference"], report["method"])
     for ref, vs in report.get("vs_more_references", {}).items():
         lines += _versus_markdown(ref, vs, report["method"])
     lines += ["", f"![student reliability, pooled over seeds]({image})", ""]
     return "\n".join(lines)
+
+
+def _deployed_markdown(report: dict) -> list[str]:
+    """Each deployed file against its run's FP32 file, mean over seeds with the 95% t interval."""
+    rows = [(label, report["summary"][label]["deployed"]) for label in report["variants"]
+            if "vs_fp32" in (report["summary"][label].get("deployed") or {})]
+    if not rows:
+        return []
+    lines = ["", "### deployed files against their run's FP32 file", "",
+             "Per seed, the file minus the same run's `@fp32` file on the same images (accuracy drop and worst "
+             "per-class accuracy drop: FP32 minus the file; ECE drift: the file minus FP32), then the mean over "
+             "seeds with its 95% t interval; points.", "",
+             "| deployed file | accuracy drop | ECE drift | abs ECE drift | worst-class drop | top-1 agreement % | "
+             "speed vs FP32 |", "|---|---|---|---|---|---|---|"]
+    for label, d in rows:
+        f = d["vs_fp32"]
+        speed = d.get("speed_vs_fp32")
+        lines.append(f"| {label} | {_cell('accuracy', f['accuracy_drop'])} | {_cell('ece', f['ece_drift'])} | "
+                     f"{_cell('ece', f['abs_ece_drift'])} | {_cell('accuracy', f['worst_class_drop'])} | "
+                     f"{_cell('accuracy', f['agreement'])} | "
+                     + (f"{speed['mean']:.2f}x |" if speed and speed.get("mean") is not None else "— |"))
+    return lines
 
 
 def _regime_markdown(report: dict) -> list[str]:

@@ -30,6 +30,8 @@ class PlannedRun:
     seed: int
     recipe: Recipe
     reuse: bool = False  # its prediction files are there and match
+    # --deployed rows made from this run whose prediction files are missing (or of another recipe)
+    deploy: list[Variant] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -54,6 +56,10 @@ class Comparison:
     @property
     def needs_work(self) -> list[PlannedRun]:
         return [r for r in self.runs if not r.reuse]
+
+    @property
+    def needs_torch(self) -> bool:
+        return bool(self.needs_work) or any(r.deploy for r in self.runs)
 
 
 def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,
@@ -82,6 +88,16 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
     _check_previous_comparison(cmp)
     for run in cmp.runs:
         run.reuse = _prediction_matches(cmp, run)
+        run.deploy = [v for v in variants if v.deployed is not None and v.run_label == run.variant.label
+                      and not _prediction_matches(cmp, run, v)]
+        if run.deploy and run.reuse and not (cmp.out / "runs" / run.name / "student.pt").is_file():
+            raise RecipeError(f"{run.deploy[0].label} seed {run.seed} needs {cmp.out / 'runs' / run.name / 'student.pt'} "
+                              "to export, and that run is kept only as prediction files; remove them to train it "
+                              "again, or leave the deployed rows out")
+        if any(v.deployed == "int8_search" for v in run.deploy):
+            from edgekd.deploy.int8_search import search_thresholds  # torch-free: a gate the search can use
+
+            search_thresholds(run.recipe.gate.thresholds())
     for run in cmp.needs_work:
         _check_same_recipe(cmp.out / "runs" / run.name, run.recipe)
     if cmp.needs_work:
@@ -165,11 +181,14 @@ def _check_previous_comparison(cmp: Comparison) -> None:
                           f"replace it or choose another --out")
 
 
-def _prediction_matches(cmp: Comparison, run: PlannedRun) -> bool:
-    meta = predictions.read_meta(cmp.out, run.variant.slug, run.seed)
+def _prediction_matches(cmp: Comparison, run: PlannedRun, row: Variant | None = None) -> bool:
+    """Whether the prediction files of `row` (default: the run's own trained row) for this run's seed
+    exist and were made with this recipe on this split; of another one: refused, or with --overwrite redone."""
+    slug = (row or run.variant).slug
+    meta = predictions.read_meta(cmp.out, slug, run.seed)
     if meta is None:
         return False
-    path = predictions.paths(cmp.out, run.variant.slug, run.seed)[1]
+    path = predictions.paths(cmp.out, slug, run.seed)[1]
     diffs = saved_recipe_diff(meta.get("recipe") or {}, run.recipe, resolved_speed(meta.get("summary")))
     problem = (f"was made with another recipe (keys differ: {describe_keys(diffs)})" if diffs else
                f"holds the {meta.get('eval_split')} split, not {cmp.eval_split}" if meta.get("eval_split") != cmp.eval_split
@@ -204,7 +223,14 @@ def run_comparison(cmp: Comparison, log: Callable[[str], None], on_epoch=None, c
             log(f"{head}: reused from {cmp.out / predictions.FOLDER}")
         else:
             _train_and_evaluate(cmp, run, head, log, on_epoch)
-    preds = {(r.variant.slug, r.seed): predictions.load(cmp.out, r.variant.slug, r.seed) for r in cmp.runs}
+        if run.deploy:
+            from edgekd.compare.deployed import deploy_run  # torch: only when a file must be exported
+
+            log(f"{head}: deploying as {', '.join(v.deployed for v in run.deploy)}")
+            trained = predictions.read_meta(cmp.out, run.variant.slug, run.seed)
+            deploy_run(cmp.out, run.name, run.seed, run.deploy, trained, cmp.eval_split, log)
+    preds = {(v.slug, r.seed): predictions.load(cmp.out, v.slug, r.seed) for r in cmp.runs
+             for v in [r.variant, *(d for d in cmp.variants if d.deployed is not None and d.run_label == r.variant.label)]}
     result, rows = report.build(cmp, preds, command)
     report.write_outputs(result, rows, cmp.out)
     return result

@@ -7,6 +7,11 @@ student., distill., optim., teacher_optim., train., validate.) is used as is.
 A label ending in `+ts` (`ce+ts`) is a post-hoc row: the runs of the variant
 before `+ts`, their student logits divided by a temperature fitted on each run's
 tune split. It trains nothing of its own.
+
+With `--deployed FLAVOURS` every row also gets one row per deployed file,
+`<label>@<flavour>` (`bdkd@int8_search`, `ce+ts@int8_cpu`): the run's student
+exported as that file (DEPLOYED; a +ts row's temperature fitted on tune and folded
+into the file) and scored from the file's own logits in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ from edgekd.recipe import Recipe, load_recipe
 
 POSTHOC_SUFFIX = "+ts"
 EVAL_SPLITS = ("val", "tune", "test")
+DEPLOYED_SEPARATOR = "@"
+# --deployed: the file a row is scored from. int8_search is model_int8_cpu.onnx as `edgekd export
+# --int8-search` chooses it (judged on the tune split by the recipe's gate); the others are what plain
+# export writes (int8 and int8_cpu from one minmax calibration).
+DEPLOYED = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx",
+            "int8_cpu": "model_int8_cpu.onnx", "int8_search": "model_int8_cpu.onnx"}
 
 
 @dataclass(frozen=True)
@@ -29,16 +40,32 @@ class Variant:
     overrides: tuple[str, ...]
     # Post-hoc temperature scaling of the runs of `base` (a label); None for a trained variant.
     base: str | None = None
+    # The deployed file this row is scored from (a DEPLOYED key); None: the PyTorch student.
+    deployed: str | None = None
 
     @property
     def slug(self) -> str:
-        """File-name form of the label; a +ts row has none of its own (it reads its base's files)."""
-        label = self.base if self.base is not None else self.label
-        return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label.replace(":", "-"))
+        """File-name form of the label; a +ts row has none of its own (it reads its base's files), but a
+        deployed +ts row has (its file holds the temperature)."""
+        if self.deployed is not None:
+            own = _file_name(self.run_label) + (POSTHOC_SUFFIX if self.base is not None else "")
+            return own + DEPLOYED_SEPARATOR + self.deployed
+        return _file_name(self.base if self.base is not None else self.label)
 
     @property
     def trained(self) -> bool:
-        return self.base is None
+        return self.base is None and self.deployed is None
+
+    @property
+    def run_label(self) -> str:
+        """The label of the trained variant whose runs this row is made from."""
+        if self.base is not None:
+            return self.base
+        return self.label.split(DEPLOYED_SEPARATOR)[0]
+
+
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label.replace(":", "-"))
 
 
 def split_top_level(text: str, sep: str) -> list[str]:
@@ -73,10 +100,14 @@ def _parse_one(item: str) -> Variant:
     return Variant(item, method, tuple(overrides))
 
 
-def parse_variants(spec: list[str]) -> list[Variant]:
-    """Labels in the order given. A `+ts` row also trains its base variant's runs (listed or not)."""
+def parse_variants(spec: list[str], deployed: list[str] | None = None) -> list[Variant]:
+    """Labels in the order given, each followed by its deployed rows (one per flavour of `deployed`).
+    A `+ts` row also trains its base variant's runs (listed or not)."""
     out: list[Variant] = []
     for item in spec:
+        if DEPLOYED_SEPARATOR in item:
+            raise RecipeError(f"--methods {item!r}: '{DEPLOYED_SEPARATOR}' names a deployed file; list the "
+                              f"flavours with --deployed instead")
         if item.endswith(POSTHOC_SUFFIX):
             base = _parse_one(item[: -len(POSTHOC_SUFFIX)])
             out.append(Variant(item, base.method, base.overrides, base=base.label))
@@ -84,6 +115,10 @@ def parse_variants(spec: list[str]) -> list[Variant]:
             out.append(_parse_one(item))
     if len({v.label for v in out}) != len(out):
         raise RecipeError("--methods lists the same variant twice")
+    flavours = parse_deployed(deployed)
+    if flavours:
+        out = [row for v in out for row in (v, *(Variant(f"{v.label}{DEPLOYED_SEPARATOR}{f}", v.method, v.overrides,
+                                                         v.base, f) for f in flavours))]
     trained = {v.slug: v for v in out if v.trained}
     for v in out:
         other = trained.get(v.slug)
@@ -93,13 +128,24 @@ def parse_variants(spec: list[str]) -> list[Variant]:
     return out
 
 
+def parse_deployed(flavours: list[str] | None) -> list[str]:
+    """--deployed: DEPLOYED keys, each once, in DEPLOYED's order."""
+    flavours = list(flavours or [])
+    unknown = [f for f in flavours if f not in DEPLOYED]
+    if unknown:
+        raise RecipeError(f"--deployed {unknown[0]!r} is not a deployed file edgekd scores; allowed: "
+                          f"{', '.join(DEPLOYED)}")
+    if len(set(flavours)) != len(flavours):
+        raise RecipeError("--deployed lists the same file twice")
+    return [f for f in DEPLOYED if f in flavours]
+
+
 def trained_variants(variants: list[Variant]) -> list[Variant]:
-    """The variants that have runs: every trained label, plus the base of each +ts row, once each."""
+    """The variants that have runs: every trained label, plus the base of each +ts or deployed row, once each."""
     out: dict[str, Variant] = {}
     for v in variants:
-        key = v.slug
-        if key not in out:
-            out[key] = v if v.trained else Variant(v.base, v.method, v.overrides)
+        base = v if v.trained else Variant(v.run_label, v.method, v.overrides)
+        out.setdefault(base.slug, base)
     return list(out.values())
 
 
@@ -146,15 +192,17 @@ def check_eval_split(runs: list[tuple[Variant, int, Recipe]], variants: list[Var
             raise RecipeError(f"--eval-split {eval_split}: {who} has no {eval_split} split; set "
                               f"data.{eval_split}_fraction or data.{eval_split}_size (e.g. --set data.{eval_split}_fraction=0.2)")
     for v in variants:
-        if v.trained:
+        # A +ts row fits its temperature on the tune split; an int8_search row's candidates are judged there.
+        if v.base is None and v.deployed != "int8_search":
             continue
+        what = "fits its temperature on" if v.base is not None else "judges its INT8 candidates on"
         if eval_split == "tune":
-            raise RecipeError(f"{v.label!r} fits its temperature on the tune split, so it cannot also be "
-                              f"evaluated there; use --eval-split val or test")
+            raise RecipeError(f"{v.label!r} {what} the tune split, so it cannot also be evaluated there; use "
+                              f"--eval-split val or test")
         for base, _seed, r in runs:
-            if base.label == v.base and split_count(r, "tune") == 0:
-                raise RecipeError(f"{v.label!r} fits a temperature on each run's tune split, and the recipe has "
-                                  f"none; set data.tune_fraction or data.tune_size (e.g. --set data.tune_fraction=0.1)")
+            if base.label == v.run_label and split_count(r, "tune") == 0:
+                raise RecipeError(f"{v.label!r} {what} each run's tune split, and the recipe has none; set "
+                                  f"data.tune_fraction or data.tune_size (e.g. --set data.tune_fraction=0.1)")
 
 
 def check_splits_fit(recipes: list[Recipe]) -> None:
