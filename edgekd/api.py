@@ -304,11 +304,14 @@ _FRACTION = NUMBER.or_none()
 @checked(bundle=Kind("a Bundle, a bundle folder or None", lambda v: v is None or isinstance(v, (Bundle, str, os.PathLike))),
          data=TEXT.or_none(), formats=STRINGS.or_none(), runtime=TEXT, providers=STRINGS.or_none(), batch=INT,
          max_ece=_FRACTION, max_acc_drop=_FRACTION, min_agreement=_FRACTION, max_ece_drift=_FRACTION,
+         max_class_acc_drop=_FRACTION, threshold=_FRACTION, min_threshold_agreement=_FRACTION,
          json_path=PATH.or_none(), report_dir=PATH.or_none(), save_predictions=PATH.or_none(), log=CALLABLE.or_none())
 def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None, formats: Sequence[str] | None = None,
              runtime: Literal["onnxruntime", "openvino", "tensorrt"] = "onnxruntime", providers: Sequence[str] | None = None,
              batch: int = 64, max_ece: float | None = None, max_acc_drop: float | None = None,
              min_agreement: float | None = None, max_ece_drift: float | None = None,
+             max_class_acc_drop: float | None = None, threshold: float | None = None,
+             min_threshold_agreement: float | None = None,
              json_path: PathLike | None = None, report_dir: PathLike | None = None,
              save_predictions: PathLike | None = None, log: Log | None = None) -> Report:
     """Check a bundle on this machine's runtime: accuracy AND calibration, as `edgekd validate`
@@ -325,6 +328,10 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
     batch: batch size for metrics and timing.
     max_ece, max_acc_drop, min_agreement, max_ece_drift: gate thresholds (fractions in
       [0, 1]); each one not given comes from the recipe's validate: section in the manifest.
+    max_class_acc_drop: the worst class's accuracy drop against the FP32 file (the class is named).
+    threshold, min_threshold_agreement: the confidence in (0, 1) a device acts at, and the least
+      share of images on which a file and the FP32 file make the same decision there (both
+      reject, or both accept with the same class); needs threshold.
     json_path, report_dir, save_predictions: also write --json, --report and
       --save-predictions files.
     log: called with each line the command prints (default: print nothing).
@@ -337,11 +344,15 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
     from edgekd.validate import run_validation
 
     thresholds = {"max_ece": max_ece, "max_acc_drop": max_acc_drop, "min_agreement": min_agreement,
-                  "max_ece_drift": max_ece_drift}
+                  "max_ece_drift": max_ece_drift, "max_class_acc_drop": max_class_acc_drop,
+                  "min_threshold_agreement": min_threshold_agreement}
     for key, value in thresholds.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 1):
             raise EdgeKDError(f"{key} must be a fraction in [0, 1], got {value!r}")
+    if threshold is not None and not 0 < threshold < 1:
+        raise EdgeKDError(f"threshold must be a confidence in (0, 1), got {threshold!r}")
+    thresholds["threshold"] = threshold
     if runtime not in RUNTIMES:
         raise EdgeKDError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -305,13 +305,22 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 @click.option("--max-acc-drop", type=click.FloatRange(0, 1), default=None, help="Gate: maximum top-1 drop vs the PyTorch reference.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=None, help="Gate: minimum top-1 agreement with the reference.")
 @click.option("--max-ece-drift", type=click.FloatRange(0, 1), default=None, help="Gate: maximum |ECE - reference ECE|.")
+@click.option("--max-class-acc-drop", type=click.FloatRange(0, 1), default=None,
+              help="Gate: maximum accuracy drop of the worst class against the FP32 ONNX file (the class is named).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None, metavar="TAU",
+              help="The confidence at and above which a device acts on a prediction; with it validate reports the "
+                   "share of images on which each file decides as the FP32 file does (both reject, or both accept "
+                   "the same class) and the share each accepts.")
+@click.option("--min-threshold-agreement", type=click.FloatRange(0, 1), default=None,
+              help="Gate: minimum share of the same decisions as the FP32 file at --threshold (needs a threshold).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write all results as JSON.")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write a Markdown report with reliability diagrams per format.")
 @click.option("--save-predictions", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write labels and <format>_logits arrays (.npz) to recompute any metric.")
 def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max_acc_drop, min_agreement,
-             max_ece_drift, json_path, report_dir, save_predictions) -> int:
+             max_ece_drift, max_class_acc_drop, threshold, min_threshold_agreement, json_path, report_dir,
+             save_predictions) -> int:
     """Check an exported BUNDLE on this device's runtime: accuracy AND calibration, pass/fail.
 
     BUNDLE defaults to the newest bundle under export/. Runs without PyTorch.
@@ -323,6 +332,8 @@ def validate(bundle, data_spec, formats, runtime, providers, batch, max_ece, max
 
     report = api.validate(bundle, data=data_spec, formats=_csv(formats), runtime=runtime, providers=_csv(providers),
                           batch=batch, max_ece=max_ece, max_acc_drop=max_acc_drop, min_agreement=min_agreement,
+                          max_class_acc_drop=max_class_acc_drop, threshold=threshold,
+                          min_threshold_agreement=min_threshold_agreement,
                           max_ece_drift=max_ece_drift, json_path=json_path, report_dir=report_dir,
                           save_predictions=save_predictions, log=click.echo)
     return 0 if report.passed else 1

@@ -41,3 +41,38 @@ def reference_gap(logits: np.ndarray, metrics: dict, reference_logits: np.ndarra
         return ReferenceGap(agreement, None, None)
     return ReferenceGap(agreement, reference_metrics["accuracy"] - metrics["accuracy"],
                         abs(metrics["ece"] - reference_metrics["ece"]))
+
+
+def class_accuracies(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Per class, the share of its images predicted as it (recall); None for a class with no image."""
+    pred = logits.argmax(axis=1)
+    return [float(np.mean(pred[labels == c] == c)) if np.any(labels == c) else None for c in range(num_classes)]
+
+
+def softmax_confidence(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e.max(axis=1) / e.sum(axis=1)
+
+
+def decision_gap(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
+                 threshold: float | None = None) -> dict:
+    """What a device acting on the predictions would see change, against the reference on the same images.
+
+    class_acc_drop: the worst class's accuracy drop (reference recall minus this file's; > 0 is worse),
+    class_acc_drop_class its index, per_class_accuracy every class's recall. With a threshold tau: the
+    share of images on which both make the same decision (both reject: top confidence below tau; or both
+    accept, with the same top-1 class), and the share each accepts (coverage)."""
+    num_classes = logits.shape[1]
+    mine, ref = class_accuracies(logits, labels, num_classes), class_accuracies(reference_logits, labels, num_classes)
+    drops = [(r - m, c) for c, (m, r) in enumerate(zip(mine, ref)) if m is not None]
+    worst, cls = max(drops) if drops else (0.0, None)
+    out = {"class_acc_drop": float(worst), "class_acc_drop_class": cls, "per_class_accuracy": mine}
+    if threshold is not None:
+        accept, ref_accept = softmax_confidence(logits) >= threshold, softmax_confidence(reference_logits) >= threshold
+        same_class = logits.argmax(axis=1) == reference_logits.argmax(axis=1)
+        same = np.where(accept & ref_accept, same_class, accept == ref_accept)
+        out.update(threshold_agreement=float(np.mean(same)), coverage=float(np.mean(accept)),
+                   reference_coverage=float(np.mean(ref_accept)))
+    return out

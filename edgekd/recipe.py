@@ -233,9 +233,22 @@ class ValidateConfig(_Strict):
     max_acc_drop: Optional[float] = Field(None, ge=0, le=1)
     min_agreement: Optional[float] = Field(None, ge=0, le=1)
     max_ece_drift: Optional[float] = Field(None, ge=0, le=1)
+    # The decisions a device makes, against the FP32 ONNX file (validate/gate.py): the worst class's
+    # accuracy drop, and the share of the same accept/reject decisions at confidence `threshold`.
+    max_class_acc_drop: Optional[float] = Field(None, ge=0, le=1)
+    threshold: Optional[float] = Field(None, gt=0, lt=1)
+    min_threshold_agreement: Optional[float] = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _agreement_needs_threshold(self) -> "ValidateConfig":
+        if self.min_threshold_agreement is not None and self.threshold is None:
+            raise ValueError("min_threshold_agreement is the share of the same accept/reject decisions at a "
+                             "confidence threshold: set threshold too (e.g. 0.9)")
+        return self
 
     def thresholds(self) -> dict[str, float]:
-        """The thresholds that are set, name -> value: what a gate checks (None: not checked)."""
+        """The thresholds that are set, name -> value: what a gate checks (None: not checked), and the
+        confidence `threshold` those decisions are made at."""
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 

@@ -28,6 +28,7 @@ from edgekd.errors import (ExportError, FailedCheck, Int8SearchError, MissingDep
                            PeerLostError)
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
+from edgekd.recipe import ValidateConfig
 from edgekd.runtime import TRT_MISSING
 
 import _cli
@@ -307,7 +308,8 @@ def test_manifest_describes_the_run(run_dir, manifest):
     assert manifest["source"]["student_sha256"] == sha256_file(run_dir / "student.pt")
     assert manifest["source"]["recipe"] == "quickstart"
     assert manifest["data"] == json.loads((run_dir / "split.json").read_text())
-    assert manifest["gate"] == recipe["validate"]
+    # Every gate key, the ones the recipe leaves unset as null.
+    assert manifest["gate"] == {**dict.fromkeys(ValidateConfig.model_fields), **recipe["validate"]}
     assert manifest["input"] == {"name": "input", "shape": ["batch", 1, IMAGE_SIZE, IMAGE_SIZE], "dtype": "float32",
                                  "layout": "NCHW"}
     assert manifest["output"]["shape"] == ["batch", 10] and manifest["model"]["arch"] == "cnn_tiny"

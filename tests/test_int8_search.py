@@ -431,7 +431,8 @@ def test_search_judged_on_the_tune_split_against_the_fp32_file(searched, hostile
     assert s["gate"] == {k: v for k, v in gate_of(hostile).items() if v is not None}
     for record in s["files"].values():
         for c in record["candidates"]:
-            assert c["seconds"] > 0 and set(c["metrics"]) == {"accuracy", "ece", "acc_drop", "ece_drift", "agreement", "kl"}
+            assert c["seconds"] > 0 and set(c["metrics"]) == {"accuracy", "ece", "acc_drop", "ece_drift", "agreement",
+                                                             "class_acc_drop", "kl"}
             # Only a candidate that passes the gate is timed (speed chooses among those alone).
             assert (c["images_per_s"] > 0) if c["passed"] else (c["images_per_s"] is None)
 

@@ -23,11 +23,26 @@ def quickstart() -> dict:
     return yaml.safe_load((REPO / "recipes/quickstart.yaml").read_text())
 
 
+# Recipes that pretrain a teacher for another recipe, with CE alone: {pretraining recipe: the recipe it serves}.
+PRETRAINING = {"cifar10-edge-teacher": "cifar10-edge"}
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_validate_and_use_bdkd(path):
     r = load_recipe(path)
-    assert r.distill.method == "bdkd"
+    assert r.distill.method == ("ce" if path.stem in PRETRAINING else "bdkd")
     assert r.name == path.stem
+
+
+@pytest.mark.parametrize("stem", sorted(PRETRAINING))
+def test_a_pretrained_teacher_saw_only_its_recipes_training_images(stem):
+    """The teacher is pretrained on the served recipe's own split: same data section (root, sizes, split
+    seed), so it never sees that recipe's val, tune or test images; and the served recipe loads its
+    student.pt as the teacher, of the same architecture."""
+    pre, served = load_recipe(REPO / f"recipes/{stem}.yaml"), load_recipe(REPO / f"recipes/{PRETRAINING[stem]}.yaml")
+    assert pre.to_dict()["data"] == served.to_dict()["data"]
+    assert served.teacher.arch == pre.student.arch
+    assert served.teacher.checkpoint == f"results/{stem}/student.pt"
 
 
 def test_shipped_recipe_set():
@@ -167,15 +182,17 @@ def test_missing_recipe_and_unknown_flag_cli(tmp_path):
 def test_saved_sections_are_read_with_the_recipes_own_schema():
     """export reads a run's saved validate: and export: once, with Recipe's field definitions."""
     from edgekd.recipe import saved_sections
-    from edgekd.validate.gate import CHECKS
+    from edgekd.validate.gate import CHECKS, THRESHOLD
 
     full = Recipe.model_validate(quickstart())
     s = saved_sections({"name": "x", "validate": {"max_ece": 0.05, "max_acc_drop": 0.01}}, "student.pt")
     assert type(s.gate) is type(full.gate) and type(s.export) is type(full.export)
     # Every key, unset ones None (what manifest.json's gate holds), and the set ones as the gate reads them.
-    assert s.gate.model_dump() == {"max_ece": 0.05, "max_acc_drop": 0.01, "min_agreement": None, "max_ece_drift": None}
+    assert s.gate.model_dump() == {"max_ece": 0.05, "max_acc_drop": 0.01, "min_agreement": None, "max_ece_drift": None,
+                                   "max_class_acc_drop": None, "threshold": None, "min_threshold_agreement": None}
     assert s.gate.thresholds() == {"max_ece": 0.05, "max_acc_drop": 0.01}
-    assert set(s.gate.model_dump()) == set(CHECKS)  # the recipe's gate keys are the checks validate applies
+    # the recipe's gate keys are the checks validate applies, and the confidence those decisions are made at
+    assert set(s.gate.model_dump()) == {*CHECKS, THRESHOLD}
     assert saved_sections({}, "old.pt").export == full.export.__class__()  # an older student.pt: defaults
     with pytest.raises(RecipeError, match=r"^student.pt: validate.max_acc_drop: input should be greater than or equal to 0"):
         saved_sections({"validate": {"max_acc_drop": -0.1}}, "student.pt")

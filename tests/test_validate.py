@@ -31,7 +31,8 @@ from _training import training_fixture
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_TRAIN = Path(os.environ.get("EDGEKD_CIFAR10_DIR", REPO.parent / "shared/data/cifar10/train"))
 FORMAT_KEYS = {"accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier", "agreement", "ece_drift",
-               "acc_drop", "latency_ms", "throughput", "ts_headroom"}
+               "acc_drop", "class_acc_drop", "class_acc_drop_class", "class_acc_drop_name", "per_class_accuracy",
+               "threshold_agreement", "coverage", "reference_coverage", "latency_ms", "throughput", "ts_headroom"}
 LOOSE = ["--max-ece", "1", "--max-acc-drop", "1", "--min-agreement", "0", "--max-ece-drift", "1"]
 # The gate checks LOOSE asks for, per format and in this order: (metric, comparison, limit).
 LOOSE_CHECKS = [("ece", "<=", 1.0), ("acc_drop", "<=", 1.0), ("agreement", ">=", 0.0), ("ece_drift", "<=", 1.0)]
@@ -263,8 +264,8 @@ def test_json_metrics_equal_independent_computation(full_run, bundle):
     # One check per (format, threshold), each judging that format's own measured value.
     assert doc["gate"]["passed"]
     assert doc["gate"]["checks"] == [
-        {"format": fmt, "metric": metric, "value": r[metric], "threshold": limit, "op": op, "status": "pass"}
-        for fmt, r in doc["formats"].items() for metric, op, limit in LOOSE_CHECKS]
+        {"format": fmt, "metric": metric, "value": r[metric], "threshold": limit, "op": op, "status": "pass",
+         "detail": None} for fmt, r in doc["formats"].items() for metric, op, limit in LOOSE_CHECKS]
     assert (out / "report" / "reliability.png").stat().st_size > 10_000
 
 
@@ -292,9 +293,10 @@ def _markdown_tables(text):
 def test_printed_and_report_tables_show_the_measured_numbers(full_run):
     proc, _, out = full_run
     results = json.loads((out / "v.json").read_text())["formats"]  # equal to independent figures (test above)
-    main = [["format", "acc", "ECE", "NLL", "Brier", "agreement", "p50 ms", "img/s"]] + [
+    main = [["format", "acc", "ECE", "NLL", "Brier", "agreement", "class drop", "p50 ms", "img/s"]] + [
         [fmt, _pct(r["accuracy"]), _pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", _pct(r["agreement"]),
-         f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"] for fmt, r in results.items()]
+         _pct(r["class_acc_drop"]), f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"]
+        for fmt, r in results.items()]
     # The console table: columns separated by at least two spaces.
     lines = proc.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["format", "acc"])

@@ -203,8 +203,13 @@ def judge(logits: np.ndarray, ref: Reference, thresholds: dict[str, float]) -> J
     if not np.all(np.isfinite(logits)):
         return Judgement(None, [])
     metrics = calibration.calibration_metrics(logits, ref.labels)
-    gap = comparisons(metrics, logits, ref.metrics, ref.logits)
-    figures = {"accuracy": metrics["accuracy"], "ece": metrics["ece"], **gap, "kl": mean_kl(ref.logits, logits)}
+    gap = comparisons(metrics, logits, ref.metrics, ref.logits, ref.labels, thresholds.get(gate.THRESHOLD))
+    # The decision figures a gate can check (worst class, decisions at a threshold) are judged like the
+    # others; the per-class list and the names are for validate's report, not a candidate's record.
+    decisions = {k: gap[k] for k in ("class_acc_drop", "threshold_agreement") if gap.get(k) is not None}
+    figures = {"accuracy": metrics["accuracy"], "ece": metrics["ece"], "acc_drop": gap["acc_drop"],
+               "ece_drift": gap["ece_drift"], "agreement": gap["agreement"], **decisions,
+               "kl": mean_kl(ref.logits, logits)}
     return Judgement(figures, gate.evaluate({"candidate": figures}, thresholds))
 
 

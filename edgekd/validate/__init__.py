@@ -76,8 +76,11 @@ def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | Non
 
 
 def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dict, batch: int,
-                     budget: TimingBudget) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """Per-format results (the --json keys) and logits; `reference` is the manifest's PyTorch figures."""
+                     budget: TimingBudget, class_names: list[str],
+                     threshold: float | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """Per-format results (the --json keys) and logits; `reference` is the manifest's PyTorch figures,
+    `class_names` the bundle's (labels index them, whichever classes the data holds), `threshold` the
+    confidence a device acts at (the decision figures need it)."""
     results, logits = {}, {}
     for fmt, rt in runtimes.items():
         run = run_format(rt, data.inputs, batch, budget)
@@ -87,7 +90,10 @@ def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dic
     # FP32 ONNX is the agreement reference, and the drift reference on data other than the val split.
     drift_reference = reference if data.is_reference else results.get("fp32")
     for fmt in results:
-        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get("fp32")))
+        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get("fp32"), data.labels,
+                                        threshold))
+        cls = results[fmt].get("class_acc_drop_class")
+        results[fmt]["class_acc_drop_name"] = None if cls is None else class_names[cls]
     return results, logits
 
 
@@ -100,6 +106,10 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
     raises EdgeKDError. A failed gate is not raised: the caller decides (exit 1, or
     Report.raise_for_gate)."""
     b = load_bundle(bundle, log)
+    limits = gate.resolve_thresholds(thresholds, b.gate)
+    problem = gate.threshold_problem(limits)
+    if problem:  # before any file runs
+        raise EdgeKDError(problem)
     selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
     with open_runtimes(b, selected, providers, runtime) as runtimes:
         data = load_eval_data(data_spec, b)
@@ -112,9 +122,9 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
             if (nodes := b.float_nodes(fmt)) is not None:
                 log(f"{fmt}: {len(nodes)} node{'' if len(nodes) == 1 else 's'} in float"
                     + (f": {', '.join(nodes)}" if nodes else ", every quantizable node in INT8"))
-        results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget())
+        results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget(),
+                                           b.class_names, limits.get(gate.THRESHOLD))
         used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
-    limits = gate.resolve_thresholds(thresholds, b.gate)
     checks = gate.evaluate(results, limits)
     gate_lines = gate.report_lines(checks)
     log(report.console_table(results))

@@ -21,6 +21,7 @@ from edgekd.bundle_schema import (BUNDLE_KIND, CPU_ONLY_PRECISIONS, INCOMPLETE_K
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
 from edgekd.validate.gate import CHECKS as GATE_CHECKS
+from edgekd.validate.gate import THRESHOLD as GATE_THRESHOLD
 
 REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",
                  "data", "reference", "gate", "files")
@@ -223,7 +224,7 @@ def check_manifest(m: dict) -> dict[str, str]:
              f"{where}: output.shape {oshape!r} disagrees with model.num_classes {c} (expected [batch, {c}])")
     _check_preprocessing(pre, shape[1], shape[2:], where)
     thresholds = m["gate"]
-    for key in GATE_CHECKS:  # the thresholds the gate checks, by name
+    for key in (*GATE_CHECKS, GATE_THRESHOLD):  # the thresholds the gate checks, by name, and the confidence
         v = thresholds.get(key)
         _require(v is None or _is_fraction(v), f"{where}: gate.{key} must be a fraction in [0, 1] or null, got {v!r}")
     t = m.get("temperature")

@@ -17,7 +17,13 @@ CHECKS = {
     "max_acc_drop": ("acc_drop", "<="),
     "min_agreement": ("agreement", ">="),
     "max_ece_drift": ("ece_drift", "<="),
+    # The decisions a device makes (against the FP32 ONNX file on the same images): no class quietly
+    # broken, and the same accept/reject decisions at the confidence threshold `threshold`.
+    "max_class_acc_drop": ("class_acc_drop", "<="),
+    "min_threshold_agreement": ("threshold_agreement", ">="),
 }
+# Not a check: the confidence at and above which a device acts (min_threshold_agreement's tau).
+THRESHOLD = "threshold"
 
 
 @dataclass
@@ -28,9 +34,10 @@ class Check:
     threshold: float
     op: str
     status: str  # "pass", "fail" or "skip"
+    detail: str | None = None  # e.g. which class the worst class drop is
 
     def line(self, width: int) -> str:
-        note = " (not measurable in this run)" if self.status == "skip" else ""
+        note = " (not measurable in this run)" if self.status == "skip" else (f" ({self.detail})" if self.detail else "")
         return f"{self.status.upper():4} {self.format:<{width}}  {self.metric} {pct(self.value)} {self.op} {pct(self.threshold)}{note}"
 
     def as_dict(self) -> dict:
@@ -38,8 +45,20 @@ class Check:
 
 
 def resolve_thresholds(flags: dict, manifest_gate: dict) -> dict[str, float | None]:
-    """Flag if given, else the manifest's value, else None (not checked)."""
-    return {k: flags.get(k) if flags.get(k) is not None else manifest_gate.get(k) for k in CHECKS}
+    """Flag if given, else the manifest's value, else None (not checked); `threshold` too."""
+    return {k: flags.get(k) if flags.get(k) is not None else manifest_gate.get(k) for k in (*CHECKS, THRESHOLD)}
+
+
+def threshold_problem(thresholds: dict) -> str | None:
+    """Why these thresholds cannot be checked as a whole (None: they can): an agreement of decisions
+    at a confidence threshold needs the threshold, which is a confidence in (0, 1)."""
+    tau = thresholds.get(THRESHOLD)
+    if tau is not None and (isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 < tau < 1):
+        return f"threshold must be a confidence in (0, 1), got {tau!r}"
+    if thresholds.get("min_threshold_agreement") is not None and tau is None:
+        return ("min_threshold_agreement is the share of the same accept/reject decisions at a confidence "
+                "threshold: set threshold too (e.g. 0.9)")
+    return None
 
 
 # Figures are differences of fractions of images (k/n): a drop of exactly 10 of 2,000 images comes
@@ -63,7 +82,10 @@ def evaluate(results: dict[str, dict], thresholds: dict[str, float | None]) -> l
                 status = "skip"
             else:
                 status = "pass" if within(value, limit, op) else "fail"
-            checks.append(Check(fmt, metric, value, limit, op, status))
+            detail = None
+            if metric == "class_acc_drop" and r.get("class_acc_drop_class") is not None:
+                detail = f"class {r.get('class_acc_drop_name', r['class_acc_drop_class'])}"
+            checks.append(Check(fmt, metric, value, limit, op, status, detail))
     return checks
 
 

@@ -16,8 +16,12 @@ import numpy as np
 
 from edgekd import calibration
 from edgekd.calibration import METRIC_KEYS
-from edgekd.drift import reference_gap
+from edgekd.drift import decision_gap, reference_gap
 from edgekd.runtime import Runner
+
+# comparisons()'s figures of the decisions a device makes (None where not measured).
+DECISION_KEYS = ("class_acc_drop", "class_acc_drop_class", "per_class_accuracy", "threshold_agreement", "coverage",
+                 "reference_coverage")
 
 
 @dataclass
@@ -102,11 +106,18 @@ def format_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
     return out
 
 
-def comparisons(metrics: dict, logits: np.ndarray, reference: dict | None, fp32_logits: np.ndarray | None) -> dict:
-    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); None if unknown.
+def comparisons(metrics: dict, logits: np.ndarray, reference: dict | None, fp32_logits: np.ndarray | None,
+                labels: np.ndarray | None = None, threshold: float | None = None) -> dict:
+    """agreement (vs FP32 ONNX predictions), acc_drop and ece_drift (vs `reference` metrics); with the
+    labels, against the FP32 predictions too: the worst class's accuracy drop and, with a threshold,
+    the share of the same accept/reject decisions and both coverages (drift.decision_gap). None if unknown.
 
     The --json names of edgekd.drift's figures (manifest.json calls the same numbers
     top1_agreement and accuracy_drop; both names stay, for the readers of each file).
     """
     gap = reference_gap(logits, metrics, reference_logits=fp32_logits, reference_metrics=reference)
-    return {"agreement": gap.top1_agreement, "ece_drift": gap.ece_drift, "acc_drop": gap.accuracy_drop}
+    out = {"agreement": gap.top1_agreement, "ece_drift": gap.ece_drift, "acc_drop": gap.accuracy_drop,
+           **dict.fromkeys(DECISION_KEYS)}
+    if fp32_logits is not None and labels is not None:
+        out.update(decision_gap(logits, fp32_logits, labels, threshold))
+    return out

@@ -21,7 +21,9 @@ from edgekd.validate.bundle import Bundle
 from edgekd.validate.gate import Check
 
 # Per-format keys of --json, in order.
-FORMAT_KEYS = (*METRIC_KEYS, "agreement", "ece_drift", "acc_drop", "latency_ms", "throughput", "ts_headroom")
+FORMAT_KEYS = (*METRIC_KEYS, "agreement", "ece_drift", "acc_drop", "class_acc_drop", "class_acc_drop_class",
+               "class_acc_drop_name", "per_class_accuracy", "threshold_agreement", "coverage", "reference_coverage",
+               "latency_ms", "throughput", "ts_headroom")
 
 
 def cpu_name() -> str:
@@ -54,7 +56,7 @@ def bundle_info(bundle) -> dict:
 def results_document(results: dict[str, dict], thresholds: dict, checks: list[Check], passed: bool, data: dict,
                      device: dict, bundle: dict) -> dict:
     return {
-        "formats": {fmt: {k: r[k] for k in FORMAT_KEYS} for fmt, r in results.items()},
+        "formats": {fmt: {k: r.get(k) for k in FORMAT_KEYS} for fmt, r in results.items()},
         "gate": {"thresholds": thresholds, "checks": [c.as_dict() for c in checks], "passed": passed},
         "data": data,
         "device": device,
@@ -105,17 +107,37 @@ class Report:
 # ---------------------------------------------------------------- console and Markdown tables
 
 
-TABLE_COLUMNS = ("format", "acc", "ECE", "NLL", "Brier", "agreement", "p50 ms", "img/s")
+TABLE_COLUMNS = ("format", "acc", "ECE", "NLL", "Brier", "agreement", "class drop", "p50 ms", "img/s")
+# With a confidence threshold, after agreement: the share of the same accept/reject decisions and the
+# share of images the file accepts.
+THRESHOLD_COLUMNS = ("decisions", "coverage")
+
+
+def _with_threshold(results: dict[str, dict]) -> bool:
+    return any(r.get("threshold_agreement") is not None for r in results.values())
+
+
+def table_columns(results: dict[str, dict]) -> tuple[str, ...]:
+    if not _with_threshold(results):
+        return TABLE_COLUMNS
+    return (*TABLE_COLUMNS[:7], *THRESHOLD_COLUMNS, *TABLE_COLUMNS[7:])
 
 
 def table_rows(results: dict[str, dict]) -> list[list[str]]:
-    return [[fmt, pct(r["accuracy"]), pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", pct(r["agreement"]),
-             f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"] for fmt, r in results.items()]
+    rows = []
+    for fmt, r in results.items():
+        row = [fmt, pct(r["accuracy"]), pct(r["ece"]), f"{r['nll']:.4f}", f"{r['brier']:.4f}", pct(r["agreement"]),
+               pct(r.get("class_acc_drop"))]
+        if _with_threshold(results):
+            row += [pct(r.get("threshold_agreement")), pct(r.get("coverage"))]
+        rows.append(row + [f"{r['latency_ms']['p50']:.3f}", f"{r['throughput']:.0f}"])
+    return rows
 
 
 def console_table(results: dict[str, dict]) -> str:
-    rows = [list(TABLE_COLUMNS)] + table_rows(results)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(TABLE_COLUMNS))]
+    columns = table_columns(results)
+    rows = [list(columns)] + table_rows(results)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     # Format names left-aligned, numbers right-aligned.
     return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
                      for row in rows)
@@ -162,7 +184,7 @@ def write_report(report_dir: Path, document: dict, logits: dict[str, np.ndarray]
         "ECE drift and accuracy drop compare with the manifest's PyTorch reference on its val split "
         "(with other data: with this run's FP32 ONNX results). T* is the NLL-optimal temperature, a diagnostic only.",
         "",
-        markdown_table(list(TABLE_COLUMNS), table_rows(results)),
+        markdown_table(list(table_columns(results)), table_rows(results)),
         "",
         detail,
         "",
