@@ -216,6 +216,23 @@ class TrainConfig(_Strict):
     # Where each epoch's record goes besides metrics.jsonl (always written): tensorboard
     # writes event files to <run>/tensorboard/ (needs the tensorboard extra).
     log: list[Literal["tensorboard"]] = Field(default_factory=list)
+    # INT8-aware training (distill/quantize.py): the student trains with the fake quantization of
+    # the bundle's int8 (TensorRT) or int8_cpu (ONNX Runtime) file, and export writes that file from
+    # the learned ranges. Trains in fp32, without channels_last or compile (auto resolves them off).
+    quantize: Optional[Literal["int8", "int8_cpu"]] = None
+
+    @model_validator(mode="after")
+    def _quantize_trains_fp32(self) -> "TrainConfig":
+        if self.quantize is None:
+            return self
+        if self.amp not in ("off", "auto"):
+            raise ValueError(f"train.quantize trains with fake quantization in fp32, but train.amp is {self.amp}; "
+                             f"set train.amp: off (or auto)")
+        for key in ("channels_last", "compile"):
+            if getattr(self, key) is True:
+                raise ValueError(f"train.quantize trains the captured graph as it is exported, without {key}; "
+                                 f"set train.{key}: false (or auto)")
+        return self
 
     @model_validator(mode="after")
     def _device_name(self) -> "TrainConfig":

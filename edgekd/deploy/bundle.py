@@ -50,6 +50,9 @@ ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
 INT8_FLAVOURS = {"int8": TENSORRT_INT8, "int8_cpu": CPU_INT8}
 REFERENCE_METRICS = METRIC_KEYS  # manifest["reference"]: PyTorch's every calibration metric
+# A train.quantize run's INT8 file against its fake-quantized PyTorch model, top-1 on val (issue 25):
+# both compute the same quantized network, up to the float rounding of the dequantized arithmetic.
+QAT_MIN_AGREEMENT = 0.995
 
 
 def parse_formats(formats: Sequence[str] | None) -> list[str]:
@@ -96,6 +99,11 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
     sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
     search = _search_request(sections, chosen, int8_search, search_budget)
+    trained = (student.ckpt.get("quantize") or {}).get("flavour")
+    if search is not None and trained in chosen:
+        raise ExportError(f"{run.name} trained its {trained} file's quantization (train.quantize {trained}); the INT8 "
+                          f"search would replace those learned ranges by a post-training calibration. Export without "
+                          f"--int8-search (or export.int8_search: false), or leave {trained} out with --formats")
 
     trt_target, trt_missing = None, None
     if trt:
@@ -261,12 +269,52 @@ class BundleWriter:
                 kept = convert_fp16(raw, self.folder / name)
                 self._ship(self.folder / name)
                 files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
+            trained = (self.student.ckpt.get("quantize") or {}).get("flavour")
+            if trained in chosen:  # a train.quantize run: that file from its learned ranges, no calibration
+                files.update(self._write_trained_int8(trained))
+                chosen = [p for p in chosen if p != trained]
             if search is not None:
                 searched, outcome = self._search_int8(raw, int8, chosen, calibration, search)
                 return {**files, **searched}, outcome
-            if calibration is not None:
+            if calibration is not None and any(p in chosen for p in INT8_FLAVOURS):
                 files.update(self._write_int8(raw, int8, chosen, calibration))
         return files, None
+
+    def _write_trained_int8(self, flavour: str) -> dict[str, dict]:
+        """The INT8 file of a train.quantize run: its fake-quantized network converted (PT2E) and
+        exported as it is, QDQ with the scales and zero points learned in training. It must make the
+        fake-quant PyTorch model's predictions on the val split (QAT_MIN_AGREEMENT), else no bundle."""
+        import copy
+
+        import torch
+
+        from edgekd.distill import quantize
+
+        name = ONNX_FILES[flavour]
+        self.log(f"writing {name} (from the ranges learned in training: train.quantize {flavour}; no calibration)")
+        ck = self.student.ckpt
+        trained = quantize.restore(copy.deepcopy(self.student.model), ck["quantize"], self.channels, self.size,
+                                   ck["arch"])
+        with torch.no_grad():
+            fake = torch.cat([trained(torch.from_numpy(self.x_val[i:i + 256]))
+                              for i in range(0, len(self.x_val), 256)]).numpy()
+        export_fp32(trained.converted(), self.folder / name, self.channels, self.size)
+        onnx_logits = parity.onnxruntime_logits(self.folder / name, self.x_val)
+        agreement = float(np.mean(onnx_logits.argmax(axis=1) == fake.argmax(axis=1)))
+        max_diff = float(np.max(np.abs(onnx_logits - fake)))
+        if agreement < QAT_MIN_AGREEMENT:
+            raise ParityError(f"{name} agrees with the fake-quantized PyTorch model on {agreement:.2%} of the val "
+                              f"images (at least {QAT_MIN_AGREEMENT:.1%} required; max |logit diff| {max_diff:.4g}); "
+                              "no bundle was written")
+        self._ship(self.folder / name)
+        quantization = {"method": "train.quantize", "flavour": flavour, "samples": None, "split": "train",
+                        "weights": "int8, symmetric, per output channel",
+                        "activations": ("int8, symmetric, per tensor" if flavour == "int8"
+                                        else "uint8, asymmetric, per tensor"),
+                        "ranges": "learned in training (fake quantization, torchao PT2E)",
+                        "fake_quant_agreement": agreement, "max_abs_logit_diff": max_diff,
+                        "excluded_nodes": [], "ranges_file": None}
+        return {name: self._entry(name, "onnx", flavour, **self._measure(name)[1], quantization=quantization)}
 
     def _ship(self, path: Path) -> None:
         """The bundle's temperature into the file just written (nothing without one)."""

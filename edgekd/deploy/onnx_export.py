@@ -28,7 +28,7 @@ EXAMPLE_BATCH = 2
 
 def export_fp32(model: nn.Module, path: Path, in_channels: int, image_size: int) -> None:
     """Write `model` (in eval mode) to `path` and check it with onnx's full checker."""
-    model = model.eval()
+    model.eval()  # not `model = model.eval()`: a converted PT2E graph's eval() returns None
     example = torch.zeros(EXAMPLE_BATCH, in_channels, image_size, image_size)
     batch = torch.export.Dim("batch", min=1)
     try:

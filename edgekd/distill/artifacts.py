@@ -66,13 +66,23 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         )
     files.write_npz(run_dir / "eval_logits.npz", labels=evals["student"][1], student_logits=evals["student"][0],
               teacher_logits=evals["teacher"][0])
+    from edgekd.distill.quantize import QuantizedStudent
+
+    student = setup.student
+    quantized = isinstance(student, QuantizedStudent)
+    # A quantize run's student.pt keeps the float net's weights under the keys of the model edgekd
+    # builds by name (teachers, export's FP32 file), and the fake quantizers' state beside them.
+    weights = student.float_state() if quantized else student.state_dict()
     ckpt.save_student(run_dir / "student.pt", {
         "arch": recipe.student.arch,
         "options": dict(recipe.student.options),
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "image_size": data.image_size,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in setup.student.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+        "quantize": None if not quantized else {
+            "flavour": student.flavour,
+            "state": {k: v.detach().cpu().contiguous() for k, v in student.quant_state().items()}},
         "preprocessing": data.preprocessing(),
         "class_names": list(data.class_names),
         "split": data.split_info,

@@ -227,6 +227,13 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
     t = recipe.train
     kind = device.type
     reasons: dict[str, str] = {}
+    if t.quantize is not None:
+        # The recipe refuses a forced setting with quantize; auto is off for all three.
+        why = f"auto: train.quantize {t.quantize} trains the captured graph in fp32"
+        return SpeedSettings(False, False, None, {"channels_last": why if t.channels_last == "auto" else
+                                                  "set in the recipe", "compile": why if t.compile == "auto" else
+                                                  "set in the recipe", "amp": why if t.amp == "auto" else
+                                                  "set in the recipe"})
     amp_dtype = resolve_amp(t.amp, device)
 
     if t.channels_last == "auto":
@@ -329,6 +336,14 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     seed_everything(recipe.train.seed)  # the nets' fresh weights come from this seed
     nets = build_nets(recipe, shape, modules, method_cls.trains_teacher)
     teacher, student, init_reports = nets.teacher, nets.student, nets.init_reports
+    if recipe.train.quantize is not None:  # captured before the data loads: a net it cannot take fails now
+        if dist.enabled:
+            raise RecipeError("train.quantize runs in one process (INT8-aware training under torchrun was not "
+                              "measured); run edgekd distill without torchrun")
+        from edgekd.distill import quantize
+
+        student = quantize.prepare(student, recipe.train.quantize, shape.in_channels, shape.image_size,
+                                   recipe.student.arch)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
         download=d.download, cache_dir=d.cache_dir,

@@ -1,0 +1,187 @@
+"""INT8-aware training (`train.quantize: int8 | int8_cpu`): the student trains with fake quantization.
+
+Built on torchao's PT2E quantization (`prepare_qat_pt2e` / `convert_pt2e`): the student is captured
+with torch.export, its convolutions and linear layers (with their BatchNorm, folded as the export
+folds it) are annotated by a quantizer, and fake-quantize modules learn the activation ranges
+during training. Export converts the same prepared graph and writes it with the ONNX exporter,
+so the INT8 file *is* the trained quantized network (QuantizeLinear / DequantizeLinear pairs with
+the learned scales and zero points), not a fresh post-training calibration. Why this library and
+not a hand-written fake quantizer or NNCF: docs/method.md, "INT8-aware training".
+
+Flavours, as the bundle's INT8 files define them (deploy/int8.py):
+- int8_cpu: uint8 activations, asymmetric (zero point learned), per-tensor; int8 weights,
+  symmetric, per output channel. ONNX Runtime's CPU kernels.
+- int8: int8 activations, symmetric (zero point 0), per-tensor; int8 weights symmetric per
+  channel. TensorRT's explicit-quantization QDQ.
+
+The teacher stays in float; every method trains the wrapped student as it trains a float one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekd.errors import MissingDependencyError, RecipeError, first_line
+
+FLAVOURS = ("int8", "int8_cpu")
+# An example batch of 1 would let torch.export specialize the batch axis to a constant.
+EXAMPLE_BATCH = 2
+
+
+def _torchao():
+    """torchao's PT2E modules, or one line naming the extra."""
+    from edgekd import optional
+
+    optional.load("torchao", "train.quantize (INT8-aware training) needs")
+    import torchao.quantization.pt2e as pt2e
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+    from torchao.quantization.pt2e import fake_quantize, quantize_pt2e
+
+    return pt2e, x86, fake_quantize, quantize_pt2e
+
+
+def quantizer(flavour: str):
+    """The PT2E quantizer whose annotation matches the flavour's INT8 file.
+
+    torchao's x86 quantizer annotates (which ops, with which shared ranges); its specs are replaced
+    by the flavour's, each with the plain FakeQuantize and a moving-average min/max observer. Not
+    the fused fake quantizer of its default QAT config: that kernel derives scales and zero points
+    its own way (for a non-negative int8 tensor it picks zero point -128, which TensorRT cannot
+    take; per-channel weight scales 0.2-0.4% off), while convert_pt2e writes the observer's. With
+    the plain one, training, evaluation and the exported file use the same numbers."""
+    if flavour not in FLAVOURS:
+        raise RecipeError(f"train.quantize {flavour!r} is not one of {', '.join(FLAVOURS)}")
+    from dataclasses import replace
+
+    _, x86, fq, _ = _torchao()
+    from torchao.quantization.pt2e import observer
+
+    config = x86.get_default_x86_inductor_quantization_config(is_qat=True)
+    eps = 2 ** -12  # the default config's
+
+    def spec(base, dtype, qmin, qmax, qscheme, per_channel=False):
+        watch = observer.MovingAveragePerChannelMinMaxObserver if per_channel else observer.MovingAverageMinMaxObserver
+        return replace(base, dtype=dtype, quant_min=qmin, quant_max=qmax, qscheme=qscheme,
+                       observer_or_fake_quant_ctr=fq.FakeQuantize.with_args(observer=watch, eps=eps))
+
+    if flavour == "int8":  # TensorRT: symmetric int8 activations, zero point 0
+        act = spec(config.input_activation, torch.int8, -128, 127, torch.per_tensor_symmetric)
+    else:  # ONNX Runtime on CPUs: uint8 activations, zero point learned
+        act = spec(config.input_activation, torch.uint8, 0, 255, torch.per_tensor_affine)
+    weight = spec(config.weight, torch.int8, -128, 127, torch.per_channel_symmetric, per_channel=True)
+    config = replace(config, input_activation=act, output_activation=None if config.output_activation is None
+                     else act, weight=weight)
+    return x86.X86InductorQuantizer().set_global(config)
+
+
+def _capture(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
+    example = torch.zeros(EXAMPLE_BATCH, in_channels, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},)).module()
+
+
+class QuantizedStudent(nn.Module):
+    """The prepared (fake-quantized) student. train()/eval() switch what a captured graph cannot
+    switch by itself: BatchNorm and dropout behaviour, and whether the observers update the ranges
+    (on in training; off in evaluation, so a val pass never moves them and evaluation is repeatable).
+
+    Its state_dict holds the float student's own keys (the captured graph keeps them) plus the
+    fake-quantize modules' state (scales, zero points, observers' running min/max) under
+    `activation_post_process_*`, all under the prefix `graph.`."""
+
+    def __init__(self, graph: nn.Module, flavour: str, arch: str):
+        super().__init__()
+        self.graph = graph
+        self.flavour = flavour
+        self.arch = arch  # models.registry.arch_name reads it for messages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.graph(x)
+
+    def train(self, mode: bool = True) -> "QuantizedStudent":
+        pt2e, _, fq, _ = _torchao()
+        # Not nn.Module.train: a captured graph refuses it (its BatchNorm and dropout are ops, switched
+        # by rewriting the graph, which move_exported_model_to_* do).
+        self.training = mode
+        (pt2e.move_exported_model_to_train if mode else pt2e.move_exported_model_to_eval)(self.graph)
+        self.graph.apply(fq.enable_observer if mode else fq.disable_observer)
+        return self
+
+    def float_state(self) -> dict[str, torch.Tensor]:
+        """The float student's weights, under the keys of the model edgekd builds by name."""
+        return {k[len("graph."):]: v for k, v in self.state_dict().items()
+                if k.startswith("graph.") and not _is_quant_key(k[len("graph."):])}
+
+    def quant_state(self) -> dict[str, torch.Tensor]:
+        """The fake-quantize modules' state: what export needs besides the float weights."""
+        return {k[len("graph."):]: v for k, v in self.state_dict().items()
+                if k.startswith("graph.") and _is_quant_key(k[len("graph."):])}
+
+    @torch.no_grad()
+    def converted(self) -> nn.Module:
+        """The quantized network as PT2E converts it: QDQ ops with the learned scales, weights
+        quantized; what the ONNX exporter writes as the INT8 file."""
+        import copy
+
+        pt2e, _, _, q = _torchao()
+        self.eval()
+        converted = q.convert_pt2e(copy.deepcopy(self.graph))
+        # The ONNX exporter calls .eval(), which a captured graph refuses unless told how to do it.
+        pt2e.allow_exported_model_train_eval(converted)
+        return converted
+
+
+def _is_quant_key(key: str) -> bool:
+    return key.split(".", 1)[0].startswith("activation_post_process")
+
+
+def prepare(model: nn.Module, flavour: str, in_channels: int, image_size: int, arch: str) -> QuantizedStudent:
+    """Capture `model` (with its current weights: fresh, or a float checkpoint's) and insert the
+    flavour's fake quantization. A model torch.export cannot capture is one RecipeError."""
+    _, _, _, q = _torchao()
+    was_training = model.training
+    try:
+        graph = _capture(model.cpu(), in_channels, image_size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prepared = q.prepare_qat_pt2e(graph, quantizer(flavour))
+    except (RecipeError, MissingDependencyError):
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.export raises many unrelated types
+        raise RecipeError(f"train.quantize {flavour}: the student {arch} cannot be captured for INT8-aware "
+                          f"training ({first_line(e)[:200]}); train it in float and use edgekd export's "
+                          f"post-training INT8") from e
+    student = QuantizedStudent(prepared, flavour, arch)
+    return student.train(was_training)
+
+
+def float_ops_left(student: QuantizedStudent) -> list[str]:
+    """The compute ops of the prepared graph that no fake quantizer feeds (they run in float in the
+    INT8 file), by aten op name, each once: what the run's first lines report."""
+    names: list[str] = []
+    for node in student.graph.graph.nodes:
+        if node.op != "call_function" or not hasattr(node.target, "name"):
+            continue
+        op = node.target.name().split("::")[-1].split(".")[0]
+        if op in ("conv2d", "linear") and not any("activation_post_process" in str(a) for a in node.all_input_nodes):
+            names.append(op)
+    return sorted(set(names))
+
+
+def restore(model: nn.Module, ckpt_quant: dict[str, Any], in_channels: int, image_size: int,
+            arch: str) -> QuantizedStudent:
+    """The trained quantized student from a student.pt: `model` holds its float weights already,
+    `ckpt_quant` is student.pt's `quantize` entry (flavour and fake-quantize state)."""
+    student = prepare(model, ckpt_quant["flavour"], in_channels, image_size, arch)
+    state = {**{f"graph.{k}": v for k, v in student.float_state().items()},
+             **{f"graph.{k}": v for k, v in ckpt_quant["state"].items()}}
+    student.load_state_dict(state)
+    return student.eval()

@@ -1,0 +1,172 @@
+"""INT8-aware training (train.quantize): a real run trains with torchao's fake quantization, resumes
+exactly after SIGKILL, and `edgekd export` writes the INT8 file from the learned ranges, which makes
+the fake-quantized PyTorch model's predictions; every bad combination is one line, exit 2."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from _cli import edgekd
+from _runs import canonical
+from _training import IMAGE_SIZE, training_fixture
+
+from edgekd.deploy import parity
+from edgekd.deploy.onnx_export import export_fp32
+from edgekd.deploy.source import load_run_student, split_images
+from edgekd.distill import quantize
+from edgekd.errors import RecipeError
+from edgekd.models import build_model
+from edgekd.recipe import load_recipe
+
+pytest.importorskip("torchao", reason="train.quantize needs the quantize extra (torchao)")
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "recipes/quickstart.yaml")
+
+
+def _args(out: Path, *extra: str) -> tuple[str, ...]:
+    # digits at 16 px, batch 64: 23 steps an epoch. 3 epochs, not 2: the INT8 file differs from the
+    # fake-quantized model by float rounding only (max |logit diff| ~0.01), which flips a prediction
+    # only where two logits nearly tie; after 2 epochs 2 of the 359 val images were such ties.
+    return ("distill", QUICKSTART, "--out", str(out), "--quiet", "--set", "train.epochs=3",
+            "--set", f"data.image_size={IMAGE_SIZE}", "--set", "train.quantize=int8_cpu", *extra)
+
+
+@training_fixture()
+def qat_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("qat") / "run"
+    res = edgekd(*_args(run))
+    assert res.returncode == 0, res.stderr
+    return run
+
+
+@training_fixture()
+def qat_bundle(qat_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("qat-bundle") / "bundle"
+    res = edgekd("export", qat_run, "--out", out, "--formats", "fp32,int8_cpu")
+    assert res.returncode == 0, res.stderr
+    assert "from the ranges learned in training" in res.stdout
+    return out
+
+
+def test_the_run_trains_in_fp32_and_saves_the_quantizers(qat_run):
+    summary = json.loads((qat_run / "summary.json").read_text())
+    assert summary["speed_settings"]["amp"] == "off" and "train.quantize" in summary["speed_settings"]["amp_reason"]
+    ck = torch.load(qat_run / "student.pt", weights_only=True)
+    assert ck["quantize"]["flavour"] == "int8_cpu"
+    # The float weights under the keys of the model built by name; the quantizers' state apart.
+    model = build_model(ck["arch"], ck["num_classes"], ck["in_channels"], ck["image_size"])
+    # (torch.export keeps no BatchNorm num_batches_tracked: a counter no eval-mode forward reads.)
+    expected = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(ck["state_dict"]) == expected
+    assert ck["quantize"]["state"] and all(k.startswith("activation_post_process") for k in ck["quantize"]["state"])
+
+
+def test_export_writes_the_trained_quantized_network(qat_run, qat_bundle):
+    """The INT8 file, run in ONNX Runtime, against the fake-quantized model rebuilt here from student.pt."""
+    manifest = json.loads((qat_bundle / "manifest.json").read_text())
+    q = manifest["files"]["model_int8_cpu.onnx"]["quantization"]
+    assert q["method"] == "train.quantize" and q["flavour"] == "int8_cpu" and q["samples"] is None
+    assert q["fake_quant_agreement"] >= 0.995
+    student = load_run_student(qat_run)
+    ck = student.ckpt
+    val = split_images(student, "val")
+    x = student.preprocess(val)
+    trained = quantize.restore(copy.deepcopy(student.model), ck["quantize"], ck["in_channels"], ck["image_size"],
+                               ck["arch"])
+    with torch.no_grad():
+        fake = trained(torch.from_numpy(x)).numpy()
+    deployed = parity.onnxruntime_logits(qat_bundle / "model_int8_cpu.onnx", x)
+    agreement = np.mean(deployed.argmax(1) == fake.argmax(1))
+    assert agreement >= 0.995 and agreement == pytest.approx(q["fake_quant_agreement"])
+    assert np.max(np.abs(deployed - fake)) == pytest.approx(q["max_abs_logit_diff"], rel=1e-5)
+    # The run's own student figures are the fake-quantized model's: the file reproduces them.
+    summary = json.loads((qat_run / "summary.json").read_text())
+    assert abs(np.mean(deployed.argmax(1) == val.labels) - summary["student"]["accuracy"]) <= 1 - agreement + 1e-12
+    # Integer arithmetic in the file: the activations are uint8 with learned zero points.
+    graph = onnx.load(str(qat_bundle / "model_int8_cpu.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+    assert zero_points and {z.data_type for z in zero_points} == {onnx.TensorProto.UINT8}
+
+
+def test_validate_runs_the_bundle(qat_bundle, tmp_path):
+    res = edgekd("validate", qat_bundle, "--json", tmp_path / "v.json")
+    assert res.returncode in (0, 1), res.stderr
+    doc = json.loads((tmp_path / "v.json").read_text())
+    manifest = json.loads((qat_bundle / "manifest.json").read_text())
+    assert doc["formats"]["int8_cpu"]["accuracy"] == pytest.approx(
+        manifest["files"]["model_int8_cpu.onnx"]["metrics"]["accuracy"])
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_is_exact_with_the_quantizers(qat_run, tmp_path):
+    """Mid-epoch 2 (step 30 of 69): the observers' running ranges and the fake quantizers' scales
+    come back from last.pt with the weights."""
+    victim = tmp_path / "victim"
+    killed = subprocess.run([sys.executable, "-m", "edgekd", *_args(victim)], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "EDGEKD_KILL_AT": "step:30"})
+    assert killed.returncode == -9, killed.stderr[-500:]
+    res = edgekd(*_args(victim), "--resume")
+    assert res.returncode == 0, res.stderr
+    assert canonical(victim) == canonical(qat_run)
+    a, b = (torch.load(r / "student.pt", weights_only=True) for r in (qat_run, victim))
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["quantize"]["state"][k], b["quantize"]["state"][k]) for k in a["quantize"]["state"])
+
+
+def test_the_int8_search_would_replace_the_learned_ranges(qat_run, tmp_path):
+    res = edgekd("export", qat_run, "--out", tmp_path / "b", "--formats", "fp32,int8_cpu", "--int8-search")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "learned ranges" in res.stderr and not (tmp_path / "b").exists()
+
+
+def test_the_tensorrt_flavour_is_symmetric_int8(tmp_path):
+    """int8 (TensorRT): symmetric int8 activations, zero point 0, even after a ReLU (where a fused fake
+    quantizer would pick -128); weights int8, symmetric per output channel. (int8_cpu's uint8
+    activations: test_export_writes_the_trained_quantized_network.)"""
+    flavour, dtype = "int8", onnx.TensorProto.INT8
+    torch.manual_seed(0)
+    model = build_model("cnn_tiny", 10, 1, IMAGE_SIZE)
+    student = quantize.prepare(model, flavour, 1, IMAGE_SIZE, "cnn_tiny")
+    with torch.no_grad():
+        student.train()
+        for _ in range(3):  # the observers see some data
+            student(torch.randn(16, 1, IMAGE_SIZE, IMAGE_SIZE))
+    export_fp32(student.converted(), tmp_path / "q.onnx", 1, IMAGE_SIZE)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    act = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    zp = [inits[n.input[2]] for n in act if n.input[2] in inits]
+    types = {i.data_type for i in graph.initializer if i.name in {n.input[2] for n in act}}
+    assert act and types == {dtype}
+    assert all(np.all(z == 0) for z in zp)
+    weights = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].ndim == 4]
+    assert weights and all(inits[n.input[0]].dtype == np.int8 and np.all(inits[n.input[2]] == 0)
+                           and inits[n.input[1]].size == inits[n.input[0]].shape[0] for n in weights)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.amp=bf16", "train.quantize trains with fake quantization in fp32, but train.amp is bf16"),
+    ("train.channels_last=true", "without channels_last; set train.channels_last: false"),
+    ("train.compile=true", "without compile; set train.compile: false"),
+])
+def test_settings_it_cannot_train_with_are_refused(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(QUICKSTART, ["train.quantize=int8_cpu", override])
+
+
+def test_a_bad_flavour_is_one_line(tmp_path):
+    res = edgekd(*_args(tmp_path / "r", "--set", "train.quantize=int4"))
+    assert res.returncode == 2 and "train.quantize" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
