@@ -130,6 +130,7 @@ def test_the_int8_search_would_replace_the_learned_ranges(qat_run, tmp_path):
     assert "learned ranges" in res.stderr and not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow  # captures, converts and exports a net: about 15 s
 def test_the_tensorrt_flavour_is_symmetric_int8(tmp_path):
     """int8 (TensorRT): symmetric int8 activations, zero point 0, even after a ReLU (where a fused fake
     quantizer would pick -128); weights int8, symmetric per output channel. (int8_cpu's uint8
