@@ -44,6 +44,7 @@ DEPENDENCIES = {d.module: d for d in (
                "pip install 'edgekd[trt]' on a machine with an NVIDIA GPU"),
     Dependency("tensorboard", "tensorboard", "the tensorboard package", "tensorboard", "2.14"),
     Dependency("torchao", "torchao", "torchao", "quantize", "0.18"),
+    Dependency("timm", "timm", "timm", "timm", "1.0"),
     Dependency("sklearn", "scikit-learn", "scikit-learn", "dev", "1.3", "pip install scikit-learn"),
 )}
 

@@ -95,13 +95,14 @@ def test_edgekd_models_lists_plugins_with_source_and_parameter_count(site, capsy
     code, out, err = cli(capsys, "models", "--image-size", "28", "--in-channels", "1", "--num-classes", "5")
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == f"{len(available_models())} models; parameters at 28x28, 1 input channel, 5 classes"
+    assert lines[0] == (f"{len(available_models())} models; parameters and MACs (one image) at 28x28, 1 input "
+                        "channel, 5 classes")
     rows = {line.split()[0]: line.split() for line in lines[2:]}
     assert set(rows) == set(available_models())
     for name, source in (("sepnet", "edgekd-sepnet 0.1.0"), ("cnn_tiny", "built in")):
         params = count_parameters(build_model(name, 5, 1, 28))
         assert rows[name][1] == f"{params:,}" and " ".join(rows[name]).endswith(source), rows[name]
-    assert rows["sepnet"][2] == "width=16"
+    assert rows["sepnet"][3] == "width=16"
 
 
 BROKEN = {

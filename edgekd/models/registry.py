@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgekd.errors import CheckpointError, EdgeKDError, ModelError, first_line
+from edgekd.models import timm_models
 from edgekd.models.plugins import Discovered, Plugin, discover
 
 _FIXED_PARAMS = ("num_classes", "in_channels", "image_size")
@@ -90,13 +91,19 @@ def ambiguous_models() -> dict[str, str]:
 
 
 def model_source(arch: str) -> str:
-    """'built in', or the '<package> <version>' of the plugin that provides ``arch``."""
+    """'built in', the '<package> <version>' of the plugin that provides ``arch``, or 'timm <version>'."""
+    if timm_models.is_timm(arch):
+        timm_models.check_name(arch)
+        return f"{timm_models.SOURCE} {timm_models.timm_version()}"
     _lookup(arch)
     return _SOURCES[arch]
 
 
 def model_options(arch: str) -> dict[str, Any]:
-    """Option names of ``arch`` with their defaults."""
+    """Option names of ``arch`` with their defaults ({} for a timm model: its options are
+    timm.create_model's, which timm checks)."""
+    if timm_models.is_timm(arch):
+        return {}
     params = list(inspect.signature(_lookup(arch)).parameters.values())
     return {p.name: p.default for p in params[len(_FIXED_PARAMS) :]}
 
@@ -147,11 +154,15 @@ def build_model(
     options: dict | None = None,
 ) -> nn.Module:
     """Build ``arch`` with fresh (non-pretrained) weights; deterministic for a fixed torch seed."""
-    factory = _lookup(arch)
     _check_size("num_classes", num_classes)
     _check_size("in_channels", in_channels)
     _check_size("image_size", image_size)
     options = dict(options or {})
+    if timm_models.is_timm(arch):
+        model = timm_models.build_timm(arch, num_classes, in_channels, image_size, options)
+        model.edgekd_arch = arch
+        return model
+    factory = _lookup(arch)
     allowed = model_options(arch)
     for key in options:
         if key not in allowed:

@@ -1,0 +1,109 @@
+"""timm models by name (arch: timm/<name>) and `edgekd models [PATTERN] [--source ...]`: what is
+listed, in which order, with which compute, and timm models exported to ONNX as they compute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from _cli import edgekd
+from _training import IMAGE_SIZE
+
+from edgekd.deploy import parity
+from edgekd.deploy.onnx_export import export_fp32
+from edgekd.errors import ModelError
+from edgekd.models import build_model
+from edgekd.models.catalog import count_macs, model_catalog, natural_key
+
+timm = pytest.importorskip("timm", reason="timm models need the timm extra")
+
+# The issue's five: a MobileNet, an EfficientNet, a ResNet, a ConvNeXt and a ViT (attention).
+EXPORTED = ["mobilenetv3_small_100", "efficientnet_b0", "resnet18", "convnext_atto", "vit_tiny_patch16_224"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORTED)
+def test_a_timm_model_exports_as_it_computes(name, tmp_path):
+    """Random weights, 32 px (the ViT built for it: 2x2 patches of 16), ONNX Runtime vs PyTorch."""
+    torch.manual_seed(0)
+    model = build_model(f"timm/{name}", 10, 3, 32).eval()
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    export_fp32(model, tmp_path / "m.onnx", 3, 32)
+    got = parity.onnxruntime_logits(tmp_path / "m.onnx", x)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4)
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+
+
+def test_the_classifier_and_stem_fit_the_data():
+    model = build_model("timm/resnet18", 7, 1, IMAGE_SIZE)
+    assert model(torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)).shape == (2, 7)
+    assert model.edgekd_arch == "timm/resnet18"
+
+
+def test_bad_timm_names_and_options_are_one_line():
+    with pytest.raises(ModelError, match=r"^unknown timm model 'resnet1' \(did you mean 'timm/resnet18'\?\)"):
+        build_model("timm/resnet1", 10)
+    with pytest.raises(ModelError, match=r"^timm's resnet18 does not take the option 'foo'"):
+        build_model("timm/resnet18", 10, options={"foo": 1})
+
+
+def test_macs_are_the_convolutions_and_the_classifier():
+    """Counted independently with forward hooks: a conv's MACs are out_h*out_w*out_c*(in_c/groups)*k_h*k_w,
+    a linear layer's in*out; resnet8 has nothing else that multiplies."""
+    model = build_model("resnet8", 10, 3, 32).eval()
+    total = []
+
+    def conv(m, inp, out):
+        total.append(out.shape[2] * out.shape[3] * out.shape[1] * (m.in_channels // m.groups)
+                     * m.kernel_size[0] * m.kernel_size[1])
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(conv)
+        elif isinstance(m, torch.nn.Linear):
+            m.register_forward_hook(lambda m, i, o: total.append(m.in_features * m.out_features))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    expected = sum(total)
+    assert count_macs(model, 3, 32) == expected
+
+
+def test_natural_order_and_patterns():
+    assert sorted(["resnet110", "resnet14", "resnet8"], key=natural_key) == ["resnet8", "resnet14", "resnet110"]
+    rows = model_catalog(pattern="RESNET*", sources=("builtin",))
+    names = [r.name for r in rows]
+    assert names[:4] == ["resnet8", "resnet14", "resnet18", "resnet20"] and names[-1] == "resnet110"
+    assert all(r.macs > 0 and r.params > 0 for r in rows)
+    timm_rows = model_catalog(pattern="mobilenetv3_small*", sources=("timm",))
+    assert [r.name for r in timm_rows] == ["timm/mobilenetv3_small_050", "timm/mobilenetv3_small_075",
+                                           "timm/mobilenetv3_small_100"]
+    assert all(r.source == f"timm {timm.__version__}" for r in timm_rows)
+
+
+def test_the_command(capsys):
+    res = edgekd("models", "*mobilenet_v3*")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("2 models; parameters and MACs") and lines[1].split()[:3] == ["model", "parameters", "MACs"]
+    assert [line.split()[0] for line in lines[2:]] == ["mobilenet_v3_large", "mobilenet_v3_small"]
+    res = edgekd("models", "--source", "timm")
+    assert res.returncode == 2 and "PATTERN" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = edgekd("models", "--source", "onnx")
+    assert res.returncode == 2 and "unknown model source 'onnx'" in res.stderr
+
+
+@pytest.mark.slow
+def test_a_timm_student_distils_exports_and_validates(tmp_path):
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    res = edgekd("distill", "recipes/quickstart.yaml", "--out", run, "--quiet", "--set", "train.epochs=1",
+                 "--set", f"data.image_size={IMAGE_SIZE}", "--set", "student.arch=timm/mobilenetv3_small_050")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "summary.json").read_text())["student"]["arch"] == "timm/mobilenetv3_small_050"
+    res = edgekd("export", run, "--out", bundle, "--formats", "fp32,int8_cpu")
+    assert res.returncode == 0, res.stderr
+    res = edgekd("validate", bundle, "--max-ece", "1")
+    assert res.returncode in (0, 1), res.stderr
