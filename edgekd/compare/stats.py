@@ -4,6 +4,8 @@
 - `paired_bootstrap`: variant minus reference, paired by seed and by evaluation
   image, with a percentile CI from a hierarchical bootstrap (seeds, then images
   inside each chosen seed, the same image draws for both variants).
+- `drift_contrast`: how much more one row drifts than another under a conversion (|ECE INT8 -
+  ECE FP32| of one minus the other's), with the same hierarchical bootstrap.
 - `ece_noise_floor`: the ECE a perfectly calibrated model with the same
   confidences and number of images would show on average.
 - `verdict`: `lower` / `higher` when the CI excludes 0, else no detectable difference.
@@ -256,6 +258,51 @@ def paired_bootstrap(reference: list, variant: list, replicates: int = 1000, rng
         ci = [float(lo), float(hi)]
         out[k] = {"diff": diff[k], "ci": ci, "verdict": verdict(ci)}
     return out
+
+
+def drift_contrast(first: list, second: list, metric: str = "ece", replicates: int = 1000,
+                   rng_seed: int = 0, n_bins: int = N_BINS, chunk: int = 16) -> dict:
+    """How much more `first` drifts than `second` under a conversion, paired by seed and image.
+
+    first, second: per paired seed, (before_logits, after_logits, labels): a row's FP32 file and
+    its INT8 file, on the same images for both rows. The statistic is
+    |m(first after) - m(first before)| - |m(second after) - m(second before)| for the metric m
+    (> 0: `first` drifts more), averaged over seeds; the CI comes from the same hierarchical
+    bootstrap as paired_bootstrap (seeds, then images, the same image draws for all four sets),
+    so the ECE of each resample is recomputed, not the per-image terms averaged.
+    Returns {"diff", "ci", "verdict", "per_seed"}; ci is None with one seed."""
+    if metric not in METRICS:
+        raise EdgeKDError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    if not first or len(first) != len(second):
+        raise EdgeKDError("drift_contrast needs the same number (>= 1) of seeds for both rows")
+    sets = []
+    for (b1, a1, y1), (b2, a2, y2) in zip(first, second):
+        if not np.array_equal(np.asarray(y1), np.asarray(y2)):
+            raise EdgeKDError("paired rows must be evaluated on the same images (their labels differ)")
+        sets.append(((b1, y1), (a1, y1), (b2, y2), (a2, y2)))
+
+    def contrast(m: list) -> np.ndarray | float:  # m: the metric of the four sets, in sets' order
+        return np.abs(m[1] - m[0]) - np.abs(m[3] - m[2])
+
+    per_seed = [float(contrast([calibration.calibration_metrics(z, y, n_bins)[metric] for z, y in four]))
+                for four in sets]
+    diff = float(np.mean(per_seed))
+    if len(sets) < 2:
+        return {"diff": diff, "ci": None, "verdict": NO_DIFFERENCE, "per_seed": per_seed}
+    sizes = [len(four[0][1]) for four in sets]
+    rng = np.random.default_rng(rng_seed)
+    picks = rng.integers(0, len(sets), size=(replicates, len(sets)))
+    sums = np.zeros(replicates)
+    current, terms = None, None
+    for s, rows, idx in bootstrap_draws(rng, picks, sizes, chunk):
+        if s != current:
+            terms, current = [image_terms(z, y, n_bins) for z, y in sets[s]], s
+        counts = resample_counts(idx, sizes[s])
+        sums += np.bincount(rows, weights=contrast([metrics_from_counts(t, counts)[metric] for t in terms]),
+                            minlength=replicates)
+    lo, hi = np.percentile(sums / len(sets), [2.5, 97.5])
+    ci = [float(lo), float(hi)]
+    return {"diff": diff, "ci": ci, "verdict": verdict(ci), "per_seed": per_seed}
 
 
 # ---------------------------------------------------------------- noise floor
