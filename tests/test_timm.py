@@ -107,3 +107,26 @@ def test_a_timm_student_distils_exports_and_validates(tmp_path):
     assert res.returncode == 0, res.stderr
     res = edgekd("validate", bundle, "--max-ece", "1")
     assert res.returncode in (0, 1), res.stderr
+
+
+def test_timm_weight_files_start_a_net(tmp_path):
+    """timm's own files: model.safetensors and pytorch_model.bin (a torch.save'd state_dict)."""
+    from safetensors.torch import save_file
+
+    from edgekd.distill.checkpoint import read_net_weights
+    from edgekd.errors import CheckpointError
+    from edgekd.models import load_weights
+
+    torch.manual_seed(1)
+    source = build_model("timm/resnet18", 10, 3, 32).eval()
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    torch.save(source.state_dict(), tmp_path / "pytorch_model.bin")
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        target = build_model("timm/resnet18", 10, 3, 32).eval()
+        load_weights(target, read_net_weights(tmp_path / name).state, source=name)
+        with torch.no_grad():
+            assert torch.equal(target(x), source(x)), name
+    (tmp_path / "bad.safetensors").write_bytes((tmp_path / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
+        read_net_weights(tmp_path / "bad.safetensors")

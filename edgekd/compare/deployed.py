@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekd.compare import predictions
 from edgekd.compare.variants import DEPLOYED, Variant
+from edgekd.contracts import RunLayout
 from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy import export_bundle
@@ -52,8 +53,8 @@ def deploy_run(out: Path, run_name: str, seed: int, rows: list[Variant], trained
     """Export run `run_name` of `out` as `rows` need it and save each row's prediction files.
     `trained_meta`: the trained row's prediction meta (recipe, summary, teacher) this row inherits."""
     run_dir = out / "runs" / run_name
-    if not (run_dir / "student.pt").is_file():
-        raise CheckpointError(f"{run_dir / 'student.pt'} is missing: --deployed exports each run's student, and this "
+    if not RunLayout(run_dir).student.is_file():
+        raise CheckpointError(f"{RunLayout(run_dir).student} is missing: --deployed exports each run's student, and this "
                               f"run was reused from its prediction files alone; train it again (remove "
                               f"{out / predictions.FOLDER / run_name}.*) or leave its deployed rows out")
     for (posthoc, search), group in export_groups(rows).items():

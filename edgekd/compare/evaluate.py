@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgekd.contracts import RunLayout
 from edgekd.distill import checkpoint
 from edgekd.distill.run_dir import run_distill
 from edgekd.distill.setup import prepare
@@ -29,7 +30,7 @@ def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str
 
     Returns {split: {"labels", "teacher", "student"}} (logits float32).
     """
-    last = run_dir / "last.pt"
+    last = RunLayout(run_dir).last
     if not last.is_file():
         raise CheckpointError(f"{last} is missing, so the final nets of {run_dir} cannot be evaluated on "
                               f"{' and '.join(splits)}; train the run again (remove {run_dir})")

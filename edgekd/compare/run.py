@@ -20,6 +20,7 @@ import numpy as np
 from edgekd import calibration
 from edgekd.compare import predictions
 from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
+from edgekd.contracts import RunLayout
 from edgekd.errors import RecipeError
 from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, saved_recipe_diff
 
@@ -90,8 +91,8 @@ def prepare_comparison(recipe_path: Path, variants: list[Variant], seeds: list[i
         run.reuse = _prediction_matches(cmp, run)
         run.deploy = [v for v in variants if v.deployed is not None and v.run_label == run.variant.label
                       and not _prediction_matches(cmp, run, v)]
-        if run.deploy and run.reuse and not (cmp.out / "runs" / run.name / "student.pt").is_file():
-            raise RecipeError(f"{run.deploy[0].label} seed {run.seed} needs {cmp.out / 'runs' / run.name / 'student.pt'} "
+        if run.deploy and run.reuse and not RunLayout(cmp.out / "runs" / run.name).student.is_file():
+            raise RecipeError(f"{run.deploy[0].label} seed {run.seed} needs {RunLayout(cmp.out / 'runs' / run.name).student} "
                               "to export, and that run is kept only as prediction files; remove them to train it "
                               "again, or leave the deployed rows out")
         if any(v.deployed == "int8_search" for v in run.deploy):
@@ -202,10 +203,10 @@ def _prediction_matches(cmp: Comparison, run: PlannedRun, row: Variant | None = 
 
 def _check_same_recipe(run_dir: Path, r: Recipe) -> None:
     """A run is reused or resumed only if it was trained with exactly this recipe."""
-    saved = run_dir / "recipe.yaml"
+    saved = RunLayout(run_dir).recipe
     if not saved.is_file():
         return
-    summary = run_dir / "summary.json"
+    summary = RunLayout(run_dir).summary
     speed = resolved_speed(json.loads(summary.read_text())) if summary.is_file() else None
     diffs = saved_recipe_diff(read_yaml_mapping(saved), r, speed)
     if diffs:
@@ -241,16 +242,16 @@ def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epo
 
     r, split = run.recipe, cmp.eval_split
     run_dir = cmp.out / "runs" / run.name
-    if (run_dir / "summary.json").is_file():
+    if RunLayout(run_dir).summary.is_file():
         log(f"{head}: finished earlier, reused")
     else:
-        resume = (run_dir / "last.pt").is_file()
+        resume = RunLayout(run_dir).last.is_file()
         log(f"{head}: {'resuming' if resume else 'training'} in {run_dir}")
         evaluate.train(r, run_dir, resume=resume, on_epoch=on_epoch)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunLayout(run_dir).summary.read_text())
     has_tune = int(summary["split"].get("sizes", {}).get("tune", 0)) > 0
     wanted = [split] + (["tune"] if has_tune and split != "tune" else [])
-    logits_file = run_dir / "eval_logits.npz"
+    logits_file = RunLayout(run_dir).eval_logits
     # The run's own final evaluation is the same nets on the same split: no need to run it again.
     reuse_own = r.train.eval_split == split and logits_file.is_file()
     todo = [s for s in wanted if not (reuse_own and s == split)]

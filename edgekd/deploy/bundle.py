@@ -23,6 +23,7 @@ import numpy as np
 import edgekd
 from edgekd.bundle_schema import BUNDLE_KIND, INCOMPLETE_KEY, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
 from edgekd.calibration import METRIC_KEYS, calibration_metrics
+from edgekd.contracts import RunLayout
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
 from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Result, Int8Settings, calibration_file,
@@ -212,7 +213,7 @@ def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray,
     every file's are: what every exported file is compared with."""
     logits = student.logits(x_val)
     if not np.all(np.isfinite(logits)):
-        raise CheckpointError(f"{student.run_dir / 'student.pt'} gives NaN or infinite logits on the val split "
+        raise CheckpointError(f"{RunLayout(student.run_dir).student} gives NaN or infinite logits on the val split "
                               "(a diverged run?)")
     logits = scaled(logits, temperature)
     return logits, calibration_metrics(logits, labels)

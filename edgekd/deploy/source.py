@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgekd.contracts import RunLayout
 from edgekd.data import ImageSet, load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.distill.checkpoint import load_student
@@ -23,7 +24,7 @@ from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 from edgekd.models.user import class_name, is_user_arch
 
-STUDENT_FILE = "student.pt"
+STUDENT_FILE = RunLayout.STUDENT  # the name export messages use
 TORCH_BATCH = 256
 
 

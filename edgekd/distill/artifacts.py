@@ -15,6 +15,7 @@ import torch
 
 import edgekd
 from edgekd import calibration, files
+from edgekd.contracts import RunLayout
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill.setup import Setup
 from edgekd.models import count_parameters
@@ -61,11 +62,12 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         if role in setup.init_reports:  # started from a pretrained file with init: backbone
             summary[role]["init"] = setup.init_reports[role].to_dict()
         plots.reliability_diagram(
-            calibration.reliability_bins(logits, labels), run_dir / f"reliability_{role}.png",
+            calibration.reliability_bins(logits, labels), RunLayout(run_dir).reliability(role),
             title=f"{role} {arch} ({recipe.distill.method}) on {recipe.train.eval_split}",
         )
-    files.write_npz(run_dir / "eval_logits.npz", labels=evals["student"][1], student_logits=evals["student"][0],
-              teacher_logits=evals["teacher"][0])
+    layout = RunLayout(run_dir)
+    files.write_npz(layout.eval_logits, labels=evals["student"][1], student_logits=evals["student"][0],
+                    teacher_logits=evals["teacher"][0])
     from edgekd.distill.quantize import QuantizedStudent
 
     student = setup.student
@@ -73,7 +75,7 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
     # A quantize run's student.pt keeps the float net's weights under the keys of the model edgekd
     # builds by name (teachers, export's FP32 file), and the fake quantizers' state beside them.
     weights = student.float_state() if quantized else student.state_dict()
-    ckpt.save_student(run_dir / "student.pt", {
+    ckpt.save_student(layout.student, {
         "arch": recipe.student.arch,
         "options": dict(recipe.student.options),
         "num_classes": data.num_classes,
@@ -91,5 +93,5 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         "metrics": {k: summary["student"][k] for k in calibration.METRIC_KEYS},
         "edgekd_version": edgekd.__version__,
     })
-    files.write_json(run_dir / "summary.json", summary)
+    files.write_json(layout.summary, summary)
     return summary

@@ -190,11 +190,16 @@ def read_net_weights(path: str | Path, role: str = "teacher", key: str | None = 
     """Weights for `teacher.checkpoint` / `student.checkpoint`, with where they were found.
 
     Read: an edgekd student.pt, the net of the same role in an edgekd last.pt, a bare
-    state_dict (torch.save(model.state_dict()): torchvision's and timm's files), or a dict
+    state_dict (torch.save(model.state_dict()): torchvision's and timm's files; timm's
+    model.safetensors and pytorch_model.bin), or a dict
     holding one under WEIGHT_KEYS (Lightning, torchvision's reference scripts, timm's train
     script); `key` (the recipe's checkpoint_key) names the entry for anything else. Refused:
     no weights found (the message lists the top-level keys), a non-finite tensor (named)."""
     path = Path(path)
+    if path.suffix == ".safetensors":  # timm's and Hugging Face's weights: tensors only, no pickle
+        state = _read_safetensors(path)
+        check_finite(state, path)
+        return NetWeights(state, path, "the file", tuple(state))
     ckpt = safe_load(path, "checkpoint")
     top = tuple(str(k) for k in ckpt)
     if key is not None:
@@ -217,6 +222,24 @@ def read_net_weights(path: str | Path, role: str = "teacher", key: str | None = 
         raise CheckpointError(f"{path} ({where}) holds no state_dict; re-run edgekd distill to write it again")
     check_finite(state, path)
     return NetWeights(dict(state), path, where, top)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file (timm's model.safetensors): name -> tensor, or one CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors.torch import load_file
+    except ImportError as e:
+        raise CheckpointError(f"checkpoint {path} is a .safetensors file, which needs the safetensors package: "
+                              "pip install safetensors (timm brings it)") from e
+    try:
+        state = load_file(str(path), device="cpu")
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many types
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({type(e).__name__})") from e
+    if not state:
+        raise CheckpointError(f"checkpoint {path} holds no tensors")
+    return dict(state)
 
 
 def load_net_weights(path: str | Path, role: str = "teacher", key: str | None = None) -> dict[str, torch.Tensor]:

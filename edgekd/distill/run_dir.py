@@ -18,6 +18,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from edgekd import files
+from edgekd.contracts import RunLayout
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
@@ -28,7 +29,7 @@ from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mappin
 
 # What a run directory may hold before its first checkpoint (removed when such a run
 # is started again with --resume).
-_RUN_FILES = {"recipe.yaml", "split.json", "metrics.jsonl"}
+_RUN_FILES = {RunLayout.RECIPE, RunLayout.SPLIT, RunLayout.METRICS}
 
 
 def default_run_dir(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
@@ -51,7 +52,7 @@ def _runs(root: Path) -> list[Path]:
 
 def newest_complete_run(root: str | Path = "runs") -> Path:
     root = Path(root)
-    done = [p for p in _runs(root) if (p / "student.pt").is_file() and (p / "summary.json").is_file()]
+    done = [p for p in _runs(root) if RunLayout(p).is_complete()]
     if not done:
         raise EdgeKDError(f"no complete run under {root}/ (one with student.pt); run edgekd distill first or name RUN_DIR")
     return done[-1]
@@ -60,7 +61,7 @@ def newest_complete_run(root: str | Path = "runs") -> Path:
 def find_resumable(recipe: Recipe, root: str | Path = "runs") -> Path:
     root = Path(root)
     cands = [p for p in _runs(root)
-             if p.name.startswith(f"{recipe.name}-") and (p / "last.pt").is_file() and not (p / "student.pt").is_file()]
+             if p.name.startswith(f"{recipe.name}-") and RunLayout(p).is_unfinished()]
     if not cands:
         raise EdgeKDError(f"--resume: no unfinished run of recipe '{recipe.name}' under {root}/; name it with --out")
     return cands[-1]
@@ -128,12 +129,13 @@ def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, a
                 warn: Callable[[str], None] | None) -> dict[str, Any]:
     recipe, dist = setup.recipe, setup.dist
     main = dist.is_main
-    last = run_dir / "last.pt"
-    fresh_again = resume and not last.is_file() and (run_dir / "recipe.yaml").is_file()
+    layout = RunLayout(run_dir)
+    last = layout.last
+    fresh_again = resume and not last.is_file() and layout.recipe.is_file()
     if fresh_again:
         # Killed before its first checkpoint: nothing to continue, so start the same run
         # again from scratch in the same place (the recipe must still match).
-        check_resume_recipe(read_yaml_mapping(run_dir / "recipe.yaml"), recipe, allow_recipe_change)
+        check_resume_recipe(read_yaml_mapping(layout.recipe), recipe, allow_recipe_change)
         resume = False
     state, changed = None, []
     if resume:
@@ -166,11 +168,11 @@ def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, a
         if state is not None:
             trainer.load_state(state)
         if main and (state is None or changed):  # a changed recipe is what the run follows now: on disk too
-            files.write_yaml(run_dir / "recipe.yaml", recipe.to_dict())
+            files.write_yaml(layout.recipe, recipe.to_dict())
         if main and state is None:
-            files.write_json(run_dir / "split.json", setup.data.split_info)
+            files.write_json(layout.split, setup.data.split_info)
         return trainer.fit()
     except BaseException:
-        if created and not (run_dir / "last.pt").exists():
+        if created and not layout.last.exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise

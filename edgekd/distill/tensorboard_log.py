@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from edgekd import calibration, optional, plots
+from edgekd.contracts import RunLayout
 from edgekd.errors import MissingDependencyError, first_line
 from edgekd.recipe import Recipe
 
 if TYPE_CHECKING:  # artifacts imports setup, which imports this module for require()
     from edgekd.distill.artifacts import Evals
 
-LOG_DIR = "tensorboard"
+LOG_DIR = RunLayout.TENSORBOARD
 
 
 def require(loggers: list[str]) -> None:

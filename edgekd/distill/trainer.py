@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from edgekd import calibration, faults, files
+from edgekd.contracts import RunLayout
 from edgekd.data import choose_loader
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed, tensorboard_log
@@ -280,10 +281,10 @@ class Trainer:
         state = self.state()  # a collective under torchrun: every rank's RNG state
         if not self.dist.is_main:
             return
-        ckpt.save_training_state(self.run_dir / "last.pt", state)
+        ckpt.save_training_state(RunLayout(self.run_dir).last, state)
         # metrics.jsonl is rewritten from the checkpoint's history, so after a
         # crash and --resume it never holds an epoch twice or a lost one.
-        files.atomic_write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+        files.atomic_write_text(RunLayout(self.run_dir).metrics, "".join(json.dumps(r) + "\n" for r in self.history))
         self.on_epoch(rec)
 
 
