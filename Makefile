@@ -23,12 +23,12 @@ demo: $(STAMP)
 	$(VENV)/bin/edgekd validate export/quickstart-demo
 
 # The whole suite, CPU only: what CI runs. --durations lists the 25 slowest tests, to keep
-# the suite under ~12 minutes on 2 cores (venv set-up included). One OpenMP thread unless
-# OMP_NUM_THREADS is set: most tests train 16 px nets, which one thread trains faster than two
-# (8.7 s against 11.7 s for a 4-epoch run); the few 32 px trainings ask for two themselves
-# (tests/_training.py, threads).
+# the suite under ~12 minutes on 2 cores (venv set-up included). Two pytest workers, one per
+# core, each on one OpenMP thread (most tests train 16 px nets or run small ONNX files, which
+# a second thread barely speeds up); --dist loadfile keeps a test file on one worker, so its
+# module fixtures (trained runs, bundles) are made once.
 test: $(STAMP)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q --durations=25
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/pytest -q -n 2 --dist loadfile --durations=25
 
 # The edit-test loop: the in-process unit tests, meant to take under a minute on 2 quiet
 # cores. It leaves out every test marked `slow` (pytest -m "not slow"): whatever trains,

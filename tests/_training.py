@@ -7,8 +7,7 @@ TRAINING, which this decorator fills, instead of a list of names kept by hand.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -27,17 +26,3 @@ def training_fixture(scope: str = "module") -> Callable[[Callable], Callable]:
 
     return wrap
 
-
-@contextlib.contextmanager
-def threads(n: int) -> Iterator[None]:
-    """torch's intra-op threads for an in-process training: `make test` runs on one (16 px nets
-    train faster on one than on two), a 32 px run asks for two (15.1 s against 19.0 s for 5
-    quickstart epochs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
