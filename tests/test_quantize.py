@@ -171,3 +171,16 @@ def test_a_bad_flavour_is_one_line(tmp_path):
     res = edgekd(*_args(tmp_path / "r", "--set", "train.quantize=int4"))
     assert res.returncode == 2 and "train.quantize" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_float_run_fine_tuned_int8_aware_keeps_its_accuracy(quickstart_3ep, tmp_path):
+    """INT8-aware training from a float checkpoint (student.checkpoint = a float run's student.pt), one
+    epoch at a fine-tuning learning rate: it starts where the float student is (a fresh net after one
+    such epoch is near chance), so it ends near the float student's accuracy."""
+    run = tmp_path / "qat"
+    res = edgekd(*_args(run, "--set", "train.epochs=1", "--set", f"student.checkpoint={quickstart_3ep / 'student.pt'}",
+                        "--set", f"teacher.checkpoint={quickstart_3ep / 'last.pt'}", "--set", "optim.lr=0.001",
+                        "--set", "optim.warmup_epochs=0"))
+    assert res.returncode == 0, res.stderr
+    accuracy = [json.loads((r / "summary.json").read_text())["student"]["accuracy"] for r in (quickstart_3ep, run)]
+    assert accuracy[1] >= accuracy[0] - 0.05 and accuracy[1] > 0.5, accuracy
