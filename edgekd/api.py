@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Uni
 from edgekd.arguments import (BOOL, CALLABLE, INT, MAPPING_OR_STRINGS, MODULE, NUMBER, PATH, STRINGS, TEXT, Kind,
                               checked)
 from edgekd.errors import EdgeKDError, ExportError, ModelError, RecipeError
+from edgekd.validate import gate
 from edgekd.validate.bundle import Bundle
 from edgekd.validate.report import Report
 
@@ -350,8 +351,8 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not 0 <= value <= 1):
             raise EdgeKDError(f"{key} must be a fraction in [0, 1], got {value!r}")
-    if threshold is not None and not 0 < threshold < 1:
-        raise EdgeKDError(f"threshold must be a confidence in (0, 1), got {threshold!r}")
+    if threshold is not None and (problem := gate.threshold_problem({"threshold": threshold})):
+        raise EdgeKDError(problem)
     thresholds["threshold"] = threshold
     if runtime not in RUNTIMES:
         raise EdgeKDError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekd.calibration import softmax
+
 
 @dataclass(frozen=True)
 class ReferenceGap:
@@ -49,13 +51,6 @@ def class_accuracies(logits: np.ndarray, labels: np.ndarray, num_classes: int) -
     return [float(np.mean(pred[labels == c] == c)) if np.any(labels == c) else None for c in range(num_classes)]
 
 
-def softmax_confidence(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e.max(axis=1) / e.sum(axis=1)
-
-
 def decision_gap(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray,
                  threshold: float | None = None) -> dict:
     """What a device acting on the predictions would see change, against the reference on the same images.
@@ -70,8 +65,9 @@ def decision_gap(logits: np.ndarray, reference_logits: np.ndarray, labels: np.nd
     worst, cls = max(drops) if drops else (0.0, None)
     out = {"class_acc_drop": float(worst), "class_acc_drop_class": cls, "per_class_accuracy": mine}
     if threshold is not None:
-        accept, ref_accept = softmax_confidence(logits) >= threshold, softmax_confidence(reference_logits) >= threshold
-        same_class = logits.argmax(axis=1) == reference_logits.argmax(axis=1)
+        # The confidence ECE bins by: the top softmax probability.
+        accept, ref_accept = softmax(logits).max(axis=1) >= threshold, softmax(reference_logits).max(axis=1) >= threshold
+        same_class = logits.argmax(axis=1) == reference_logits.argmax(axis=1)  # per image, not top1_agreement's mean
         same = np.where(accept & ref_accept, same_class, accept == ref_accept)
         out.update(threshold_agreement=float(np.mean(same)), coverage=float(np.mean(accept)),
                    reference_coverage=float(np.mean(ref_accept)))

@@ -258,9 +258,11 @@ class ValidateConfig(_Strict):
 
     @model_validator(mode="after")
     def _agreement_needs_threshold(self) -> "ValidateConfig":
-        if self.min_threshold_agreement is not None and self.threshold is None:
-            raise ValueError("min_threshold_agreement is the share of the same accept/reject decisions at a "
-                             "confidence threshold: set threshold too (e.g. 0.9)")
+        from edgekd.validate.gate import threshold_problem  # the rule validate's flags follow too
+
+        problem = threshold_problem(self.model_dump())
+        if problem:
+            raise ValueError(problem)
         return self
 
     def thresholds(self) -> dict[str, float]:

@@ -12,6 +12,7 @@ import numpy as np
 from edgekd import calibration, files
 from edgekd.compare import predictions, stats
 from edgekd.compare.stats import METRICS
+from edgekd.drift import decision_gap, top1_agreement
 from edgekd.errors import EdgeKDError, first_line
 
 BOOTSTRAP_SEED = 0
@@ -158,9 +159,8 @@ def _deployed_summary(v, rows: dict, mine: list[dict]) -> dict[str, Any]:
             figures["accuracy_drop"].append(m32["accuracy"] - m["accuracy"])
             figures["ece_drift"].append(m["ece"] - m32["ece"])
             figures["abs_ece_drift"].append(abs(m["ece"] - m32["ece"]))
-            figures["worst_class_drop"].append(max(
-                float(np.mean(z32[y == c].argmax(1) == c) - np.mean(z[y == c].argmax(1) == c)) for c in np.unique(y)))
-            figures["agreement"].append(float(np.mean(z.argmax(1) == z32.argmax(1))))
+            figures["worst_class_drop"].append(decision_gap(z, z32, y)["class_acc_drop"])
+            figures["agreement"].append(top1_agreement(z, z32))
         out["vs_fp32"] = {"of": fp32, "seeds": per_seed, **{k: stats.summarize(vals) for k, vals in figures.items()},
                           "per_seed": {k: vals for k, vals in figures.items()}}
     speeds = [r["deployed"]["search"]["speed_vs_fp32"] for r in mine if (r.get("deployed") or {}).get("search")]

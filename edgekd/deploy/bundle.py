@@ -34,6 +34,7 @@ from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opse
 from edgekd.deploy.source import STUDENT_FILE, Student, load_run_student, resolve_run, split_images
 from edgekd.deploy.temperature import FIT, Temperature, append_division, parse_temperature, scaled
 from edgekd.deploy.temperature import resolve as resolve_temperature
+from edgekd.drift import top1_agreement
 from edgekd.errors import CheckpointError, ExportError, Int8SearchError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
@@ -100,7 +101,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
     sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
     search = _search_request(sections, chosen, int8_search, search_budget)
-    trained = (student.ckpt.get("quantize") or {}).get("flavour")
+    trained = student.quantized_flavour
     if search is not None and trained in chosen:
         raise ExportError(f"{run.name} trained its {trained} file's quantization (train.quantize {trained}); the INT8 "
                           f"search would replace those learned ranges by a post-training calibration. Export without "
@@ -270,7 +271,7 @@ class BundleWriter:
                 kept = convert_fp16(raw, self.folder / name)
                 self._ship(self.folder / name)
                 files[name] = self._entry(name, "onnx", "fp16", **self._measure(name)[1], fp32_ops=kept)
-            trained = (self.student.ckpt.get("quantize") or {}).get("flavour")
+            trained = self.student.quantized_flavour
             if trained in chosen:  # a train.quantize run: that file from its learned ranges, no calibration
                 files.update(self._write_trained_int8(trained))
                 chosen = [p for p in chosen if p != trained]
@@ -297,11 +298,10 @@ class BundleWriter:
         trained = quantize.restore(copy.deepcopy(self.student.model), ck["quantize"], self.channels, self.size,
                                    ck["arch"])
         with torch.no_grad():
-            fake = torch.cat([trained(torch.from_numpy(self.x_val[i:i + 256]))
-                              for i in range(0, len(self.x_val), 256)]).numpy()
+            fake = parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)
         export_fp32(trained.converted(), self.folder / name, self.channels, self.size)
         onnx_logits = parity.onnxruntime_logits(self.folder / name, self.x_val)
-        agreement = float(np.mean(onnx_logits.argmax(axis=1) == fake.argmax(axis=1)))
+        agreement = top1_agreement(onnx_logits, fake)
         max_diff = float(np.max(np.abs(onnx_logits - fake)))
         if agreement < QAT_MIN_AGREEMENT:
             raise ParityError(f"{name} agrees with the fake-quantized PyTorch model on {agreement:.2%} of the val "

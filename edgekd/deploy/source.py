@@ -43,6 +43,11 @@ class Student:
     def split_info(self) -> dict:
         return self.ckpt["split"]
 
+    @property
+    def quantized_flavour(self) -> str | None:
+        """The INT8 flavour a train.quantize run learned its ranges for (None: trained in float)."""
+        return (self.ckpt.get("quantize") or {}).get("flavour")
+
     def preprocess(self, images: ImageSet) -> np.ndarray:
         """uint8 NHWC -> float32 NCHW with the run's own mean/std: what every file is fed."""
         pre = self.ckpt["preprocessing"]

@@ -75,16 +75,18 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
     # A quantize run's student.pt keeps the float net's weights under the keys of the model edgekd
     # builds by name (teachers, export's FP32 file), and the fake quantizers' state beside them.
     weights = student.float_state() if quantized else student.state_dict()
+
+    def on_cpu(state: dict) -> dict:
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
     ckpt.save_student(layout.student, {
         "arch": recipe.student.arch,
         "options": dict(recipe.student.options),
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "image_size": data.image_size,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in weights.items()},
-        "quantize": None if not quantized else {
-            "flavour": student.flavour,
-            "state": {k: v.detach().cpu().contiguous() for k, v in student.quant_state().items()}},
+        "state_dict": on_cpu(weights),
+        "quantize": {"flavour": student.flavour, "state": on_cpu(student.quant_state())} if quantized else None,
         "preprocessing": data.preprocessing(),
         "class_names": list(data.class_names),
         "split": data.split_info,

@@ -117,13 +117,18 @@ class QuantizedStudent(nn.Module):
 
     def float_state(self) -> dict[str, torch.Tensor]:
         """The float student's weights, under the keys of the model edgekd builds by name."""
-        return {k[len("graph."):]: v for k, v in self.state_dict().items()
-                if k.startswith("graph.") and not _is_quant_key(k[len("graph."):])}
+        return self._graph_state(quantizers=False)
 
     def quant_state(self) -> dict[str, torch.Tensor]:
         """The fake-quantize modules' state: what export needs besides the float weights."""
-        return {k[len("graph."):]: v for k, v in self.state_dict().items()
-                if k.startswith("graph.") and _is_quant_key(k[len("graph."):])}
+        return self._graph_state(quantizers=True)
+
+    def _graph_state(self, quantizers: bool) -> dict[str, torch.Tensor]:
+        """The captured graph's state without the `graph.` prefix: the fake quantizers' entries
+        (`activation_post_process_*`), or everything else."""
+        state = self.graph.state_dict()
+        return {k: v for k, v in state.items()
+                if k.split(".", 1)[0].startswith("activation_post_process") == quantizers}
 
     @torch.no_grad()
     def converted(self) -> nn.Module:
@@ -137,10 +142,6 @@ class QuantizedStudent(nn.Module):
         # The ONNX exporter calls .eval(), which a captured graph refuses unless told how to do it.
         pt2e.allow_exported_model_train_eval(converted)
         return converted
-
-
-def _is_quant_key(key: str) -> bool:
-    return key.split(".", 1)[0].startswith("activation_post_process")
 
 
 def prepare(model: nn.Module, flavour: str, in_channels: int, image_size: int, arch: str) -> QuantizedStudent:
@@ -161,19 +162,6 @@ def prepare(model: nn.Module, flavour: str, in_channels: int, image_size: int, a
                           f"post-training INT8") from e
     student = QuantizedStudent(prepared, flavour, arch)
     return student.train(was_training)
-
-
-def float_ops_left(student: QuantizedStudent) -> list[str]:
-    """The compute ops of the prepared graph that no fake quantizer feeds (they run in float in the
-    INT8 file), by aten op name, each once: what the run's first lines report."""
-    names: list[str] = []
-    for node in student.graph.graph.nodes:
-        if node.op != "call_function" or not hasattr(node.target, "name"):
-            continue
-        op = node.target.name().split("::")[-1].split(".")[0]
-        if op in ("conv2d", "linear") and not any("activation_post_process" in str(a) for a in node.all_input_nodes):
-            names.append(op)
-    return sorted(set(names))
 
 
 def restore(model: nn.Module, ckpt_quant: dict[str, Any], in_channels: int, image_size: int,

@@ -230,10 +230,8 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
     if t.quantize is not None:
         # The recipe refuses a forced setting with quantize; auto is off for all three.
         why = f"auto: train.quantize {t.quantize} trains the captured graph in fp32"
-        return SpeedSettings(False, False, None, {"channels_last": why if t.channels_last == "auto" else
-                                                  "set in the recipe", "compile": why if t.compile == "auto" else
-                                                  "set in the recipe", "amp": why if t.amp == "auto" else
-                                                  "set in the recipe"})
+        return SpeedSettings(False, False, None, {key: why if getattr(t, key) == "auto" else "set in the recipe"
+                                                  for key in ("channels_last", "compile", "amp")})
     amp_dtype = resolve_amp(t.amp, device)
 
     if t.channels_last == "auto":

@@ -11,7 +11,7 @@ from typing import Any
 from edgekd.errors import EdgeKDError, ModelError
 
 from . import timm_models
-from .registry import BUILT_IN, available_models, build_model, count_parameters, model_options, model_source
+from .registry import available_models, build_model, builtin_models, count_parameters, model_options, model_source
 
 SOURCES = ("builtin", "plugins", "timm")
 
@@ -45,7 +45,7 @@ def count_macs(model, in_channels: int, image_size: int) -> int:
 def _names(pattern: str | None, sources: tuple[str, ...]) -> list[str]:
     names: list[str] = []
     if "builtin" in sources or "plugins" in sources:
-        builtin = _builtin_names()
+        builtin = builtin_models()
         for name in available_models():  # built-ins and plugins (not imported for this)
             if ("builtin" if name in builtin else "plugins") in sources:
                 names.append(name)
@@ -59,12 +59,6 @@ def _names(pattern: str | None, sources: tuple[str, ...]) -> list[str]:
         bare = pattern[len(timm_models.PREFIX):] if pattern.startswith(timm_models.PREFIX) else pattern
         names += timm_models.model_names(bare)
     return sorted(set(names), key=natural_key)
-
-
-def _builtin_names() -> set[str]:
-    from .registry import _REGISTRY, _SOURCES
-
-    return {n for n in _REGISTRY if _SOURCES[n] == BUILT_IN}
 
 
 def model_catalog(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,

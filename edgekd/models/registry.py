@@ -84,6 +84,11 @@ def available_models() -> list[str]:
     return sorted({*_REGISTRY, *found.plugins} - set(found.clashes))
 
 
+def builtin_models() -> set[str]:
+    """The models edgekd itself registers (no plugin is looked at)."""
+    return {n for n, source in _SOURCES.items() if source == BUILT_IN}
+
+
 def ambiguous_models() -> dict[str, str]:
     """Names claimed by two sources (two plugins, or a plugin and edgekd), each with the
     line that looking it up raises. Only these names are refused; the others work."""
