@@ -101,9 +101,12 @@ def test_a_timm_student_distils_exports_and_validates(tmp_path):
     run, bundle = tmp_path / "run", tmp_path / "bundle"
     res = edgekd("distill", "recipes/quickstart.yaml", "--out", run, "--quiet", "--set", "train.epochs=1",
                  "--set", f"data.image_size={IMAGE_SIZE}", "--set", "student.arch=timm/mobilenetv3_small_050",
-                 # The recipe's lr 0.05 diverges this net at 16 px (NLL 45-82 after an epoch, and now and then a
-                 # non-finite gradient, whichever one it is depends on the thread count): the pipeline is under test.
-                 "--set", "optim.lr=0.005", "--set", "optim.grad_clip=1.0")
+                 # The pipeline is under test, not this net's numerics at 16 px. The recipe's lr 0.05 diverges it
+                 # (NLL 45-82 after an epoch, now and then a non-finite gradient, by thread count); at lr 0.005 with
+                 # clipping, bf16 autocast still gave a non-finite gradient at step 13 on one CI machine's CPU (not
+                 # on AMD EPYC at any thread count or ISA cap). fp32 kernels, and two skipped steps allowed.
+                 "--set", "optim.lr=0.005", "--set", "optim.grad_clip=1.0", "--set", "train.amp=off",
+                 "--set", "train.max_bad_steps=2")
     assert res.returncode == 0, res.stderr
     assert json.loads((run / "summary.json").read_text())["student"]["arch"] == "timm/mobilenetv3_small_050"
     res = edgekd("export", run, "--out", bundle, "--formats", "fp32,int8_cpu")
