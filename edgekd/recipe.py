@@ -93,12 +93,23 @@ class DataConfig(_Strict):
     # and augments there; `host` keeps them in host memory behind a torch DataLoader
     # (workers, pinned memory, prefetch); `auto` picks device when they fit.
     loader: Literal["auto", "device", "host"] = "auto"
-    workers: int = Field(2, ge=0, description="DataLoader worker processes for loader: host")
+    workers: int = Field(2, ge=0, description="DataLoader worker processes for loader: host and storage: stream")
+    # Where an image folder's training images are kept: `memory` decodes them all before training;
+    # `stream` keeps the file names and decodes each batch in `workers` processes, cropping from the
+    # full-resolution file (evaluation: resize + centre crop); `auto` streams when the decoded images
+    # would not fit in half the memory available. Other sources are always in memory.
+    storage: Literal["auto", "memory", "stream"] = "auto"
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":
         if self.name == "imagefolder" and not self.root:
             raise ValueError("data.root is required when data.name is imagefolder")
+        if self.storage == "stream" and self.name != "imagefolder":
+            raise ValueError(f"data.storage: stream reads image files (data.name: imagefolder); {self.name} is "
+                             "read into memory: set data.storage to memory or auto")
+        if self.storage == "stream" and self.loader == "device":
+            raise ValueError("data.storage: stream decodes files in worker processes on the host: set data.loader "
+                             "to auto or host")
         return self
 
     def split_args(self) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
-from edgekd.data.preprocess import preprocessing_spec
-from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, ImageSet, channel_stats, load_source
+from edgekd.data.files import FileSet, available_memory, sample_stats, scan_files, storage_for
+from edgekd.data.preprocess import EVAL_CROP_PCT, preprocessing_spec
+from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, ImageSet, channel_stats, first_image_side, load_source
 from edgekd.data.split import load_split_images, make_split, split_fingerprint
 from edgekd.errors import DataError
 
@@ -21,12 +22,15 @@ if TYPE_CHECKING:
     import torch
 
     from edgekd.data.loader import DeviceLoader, HostLoader
+    from edgekd.data.stream import StreamLoader
 
 __all__ = [
-    "DataModule", "ImageSet", "build_data", "choose_loader", "load_split_images", "make_split", "split_fingerprint",
+    "DataModule", "FileSet", "ImageSet", "build_data", "choose_loader", "load_split_images", "make_split", "split_fingerprint",
 ]  # fmt: skip
 
 LOADER_KINDS = ("device", "host")
+# Where the training images are kept: decoded in memory, or files decoded per batch (files.py).
+STORAGES = ("memory", "stream")
 # A device-resident train set may take this share of the free device memory; the
 # rest is for the models, activations, optimizer state and the allocator's slack.
 DEVICE_DATA_SHARE = 0.25
@@ -60,9 +64,10 @@ def choose_loader(kind: str, images_nbytes: int, device: "str | torch.device") -
 
 @dataclass
 class DataModule:
-    train: ImageSet
-    val: ImageSet
-    tune: ImageSet | None
+    # ImageSets (decoded) with storage "memory", FileSets (decoded per batch) with "stream".
+    train: ImageSet | FileSet
+    val: ImageSet | FileSet
+    tune: ImageSet | FileSet | None
     class_names: list[str]
     num_classes: int
     in_channels: int
@@ -71,22 +76,41 @@ class DataModule:
     std: tuple[float, ...]
     split_info: dict  # everything load_split_images needs to rebuild the split, plus sizes and fingerprint
     # Held out from everything but the final report (never trained on, never used to choose).
-    test: ImageSet | None = None
+    test: ImageSet | FileSet | None = None
+    storage: str = "memory"
 
     def preprocessing(self) -> dict:
-        return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels)
+        # Streamed files keep their own shapes: evaluation resizes and cuts the centre (torchvision's rule).
+        mode = "centre_crop" if self.storage == "stream" else "squash"
+        return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels, mode)
+
+    def train_nbytes(self) -> int:
+        """The decoded train split's bytes (what the in-memory loaders hold; an estimate when streamed)."""
+        if isinstance(self.train, FileSet):
+            return self.train.decoded_nbytes(self.image_size, self.in_channels)
+        return int(self.train.images.nbytes)
 
     def train_loader(
         self, batch_size, device, seed, augment=True, crop_padding=4, hflip=True, rank=0, world_size=1, drop_last=False,
         loader: str = "device", workers: int = 2, crop: str = "pad", crop_scale=CROP_SCALE, crop_ratio=CROP_RATIO,
-    ) -> "DeviceLoader | HostLoader":  # fmt: skip
+    ) -> "DeviceLoader | HostLoader | StreamLoader":  # fmt: skip
         """loader: 'device' (train set on the device) or 'host' (workers feed it); resolve 'auto' with choose_loader.
 
-        Both yield the same batches for the same arguments; `workers` only applies to 'host'.
+        Both yield the same batches for the same arguments; `workers` only applies to 'host' and to
+        streamed data (storage "stream" decodes files in `workers` processes, whatever `loader` says).
         crop: 'pad' (crop_padding) or 'resized' (crop_scale, crop_ratio), see edgekd.data.loader.
         """
         from edgekd.data.loader import DeviceLoader, HostLoader
 
+        if self.storage == "stream":
+            from edgekd.data.stream import StreamLoader
+
+            return StreamLoader(
+                self.train, self.preprocessing(), batch_size=batch_size, mean=self.mean, std=self.std, device=device,
+                shuffle=True, augment=augment, crop_padding=crop_padding, hflip=hflip, drop_last=drop_last,
+                seed=seed, rank=rank, world_size=world_size, crop=crop, crop_scale=crop_scale,
+                crop_ratio=crop_ratio, workers=workers,
+            )  # fmt: skip
         if loader not in LOADER_KINDS:
             hint = "; resolve 'auto' with choose_loader first" if loader == "auto" else ""
             raise DataError(f"unknown loader {loader!r}; allowed: {', '.join(LOADER_KINDS)}{hint}")
@@ -99,7 +123,8 @@ class DataModule:
             return HostLoader(self.train.images, self.train.labels, workers=workers, **kwargs)
         return DeviceLoader(self.train.images, self.train.labels, **kwargs)
 
-    def eval_loader(self, split: str, batch_size, device) -> "DeviceLoader":
+    def eval_loader(self, split: str, batch_size, device, workers: int = 2) -> "DeviceLoader | StreamLoader":
+        """`split` in a fixed order, prepared as `edgekd validate` prepares it; `workers` for streamed data."""
         from edgekd.data.loader import DeviceLoader
 
         sets = {"val": self.val, "tune": self.tune, "test": self.test, "train": self.train}
@@ -108,6 +133,11 @@ class DataModule:
         data = sets[split]
         if data is None:
             raise DataError(f"there is no {split} split; set data.{split}_fraction or data.{split}_size")
+        if isinstance(data, FileSet):
+            from edgekd.data.stream import StreamLoader
+
+            return StreamLoader(data, self.preprocessing(), batch_size=batch_size, mean=self.mean, std=self.std,
+                                device=device, shuffle=False, augment=False, workers=workers)
         return DeviceLoader(
             data.images, data.labels, batch_size=batch_size, mean=self.mean, std=self.std,
             device=device, shuffle=False, augment=False,
@@ -129,12 +159,24 @@ def build_data(
     split_seed: int = 0,
     download: bool = False,
     cache_dir: str | None = None,
+    storage: str = "memory",
 ) -> DataModule:
-    """Load a source's training images, split them (val/tune from the TRAIN set, never test), pick mean/std."""
+    """Load a source's training images, split them (val/tune from the TRAIN set, never test), pick mean/std.
+
+    storage: "memory" decodes every image now; "stream" (image folders only) keeps the file names and
+    decodes per batch; resolve "auto" with resolve_storage first."""
     if name not in SOURCE_NAMES:
         raise DataError(f"unknown data.name {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
+    if storage not in STORAGES:
+        raise DataError(f"unknown storage {storage!r}; allowed: {', '.join(STORAGES)}")
+    if storage == "stream" and name != "imagefolder":
+        raise DataError(f"data.storage stream reads image files (data.name: imagefolder); {name} is read into memory")
     abs_root = None if name == "digits" or root is None else str(Path(root).absolute())
-    full = load_source(name, abs_root, image_size, download, cache_dir)
+    if storage == "stream":
+        full = scan_files(abs_root)
+        side = int(image_size) if image_size is not None else first_image_side(Path(abs_root), full.class_names)
+    else:
+        full = load_source(name, abs_root, image_size, download, cache_dir)
     split = make_split(
         len(full), val_fraction=val_fraction, val_size=val_size, tune_fraction=tune_fraction,
         tune_size=tune_size, test_fraction=test_fraction, test_size=test_size, subset=subset, seed=split_seed,
@@ -142,13 +184,20 @@ def build_data(
     train, val = full.take(split["train"]), full.take(split["val"])
     tune = full.take(split["tune"]) if len(split["tune"]) else None
     test = full.take(split["test"]) if len(split["test"]) else None
-    n, h, w, c = full.images.shape
-    if h != w:
-        raise DataError(f"images are {w}x{h}, not square; set data.image_size")
-    if name in DATASET_STATS:
-        mean, std = DATASET_STATS[name]["mean"], DATASET_STATS[name]["std"]
+    stream = {}
+    if storage == "stream":
+        n, h, c = len(full), side, 3
+        stream = {"storage": "stream", "resize_mode": "centre_crop", "crop_pct": EVAL_CROP_PCT}
+        geometry = preprocessing_spec(h, (0.0,) * c, (1.0,) * c, c, "centre_crop")  # mean/std not known yet
+        mean, std = sample_stats(train, geometry, split_seed)  # a sample of TRAIN: val stays unseen
     else:
-        mean, std = channel_stats(train.images)  # from TRAIN only: val stays unseen
+        n, h, w, c = full.images.shape
+        if h != w:
+            raise DataError(f"images are {w}x{h}, not square; set data.image_size")
+        if name in DATASET_STATS:
+            mean, std = DATASET_STATS[name]["mean"], DATASET_STATS[name]["std"]
+        else:
+            mean, std = channel_stats(train.images)  # from TRAIN only: val stays unseen
     split_info = {
         "name": name,
         "root": abs_root,
@@ -165,8 +214,26 @@ def build_data(
         "num_images": n,
         "sizes": {k: int(len(v)) for k, v in split.items() if k != "test" or len(v)},
         "fingerprint": split_fingerprint(split),
+        **stream,  # how the split's files are prepared (load_split_images), absent for decoded sources
     }
     return DataModule(
         train=train, val=val, tune=tune, test=test, class_names=list(full.class_names), num_classes=len(full.class_names),
-        in_channels=c, image_size=h, mean=tuple(mean), std=tuple(std), split_info=split_info,
+        in_channels=c, image_size=h, mean=tuple(mean), std=tuple(std), split_info=split_info, storage=storage,
     )  # fmt: skip
+
+
+def resolve_storage(storage: str, name: str, root: str | None, image_size: int, channels: int) -> tuple[str, str]:
+    """data.storage -> ("memory" | "stream", why). `auto` streams an image folder whose decoded images
+    would take more than files.MEMORY_DATA_SHARE of the memory available now; other sources are in memory."""
+    if storage in STORAGES:
+        return storage, "set in the recipe"
+    if storage != "auto":
+        raise DataError(f"unknown data.storage {storage!r}; allowed: auto, {', '.join(STORAGES)}")
+    if name != "imagefolder":
+        return "memory", f"{name} is read into memory"
+    num_images = len(scan_files(root))  # names only: nothing is decoded
+    need, free = num_images * image_size * image_size * channels, available_memory()
+    choice = storage_for(need, free)
+    if free is None:
+        return choice, "the available memory is unknown here"
+    return choice, f"{num_images:,} images at {image_size} px decode to {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"

@@ -23,6 +23,7 @@ state_dict()/load_state_dict().
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -37,6 +38,8 @@ from edgekd.errors import DataError
 # (indices, row offsets, col offsets, flips, crop heights, crop widths); the crop sizes
 # are the image's own for crop="pad".
 Draws = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+# (indices, crop draws, flips) of images whose sizes are known only once decoded (streamed).
+StreamDraws = tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]
 CROPS = ("pad", "resized")
 
 
@@ -99,58 +102,132 @@ class BatchPlan:
         Drawn for the whole epoch, then sharded: an image's augmentation does not
         depend on world_size, so the union of all ranks equals a 1-process epoch.
         """
+        order, crop, flip = self._drawn(epoch)
+        if self.crop == "resized":
+            oy, ox, ch, cw = boxes_from_variates(crop, self.height, self.width, self.crop_scale, self.crop_ratio)
+        else:
+            (oy, ox), n = crop, self.n
+            ch, cw = torch.full((n,), self.height), torch.full((n,), self.width)
+        shard = self._shard()
+        return order[shard], oy[shard], ox[shard], flip[shard], ch[shard], cw[shard]
+
+    def stream_draws(self, epoch: int) -> StreamDraws:
+        """draws() for images whose sizes are known only once decoded: (indices, crop, flips), where
+        crop is the pad offsets (rows, cols) or the resized crops' variates (boxes_from_variates)."""
+        order, crop, flip = self._drawn(epoch)
+        shard = self._shard()
+        return order[shard], tuple(t[shard] for t in crop), flip[shard]
+
+    def _drawn(self, epoch: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor]:
         n = self.n
         g = _epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.crop == "resized":
-            oy, ox, ch, cw = resized_crop_boxes(g, n, self.height, self.width, self.crop_scale, self.crop_ratio)
+            crop = crop_variates(g, n)
         else:
             span = 2 * self.crop_padding + 1
-            oy = torch.randint(0, span, (n,), generator=g)
-            ox = torch.randint(0, span, (n,), generator=g)
-            ch, cw = torch.full((n,), self.height), torch.full((n,), self.width)
+            crop = (torch.randint(0, span, (n,), generator=g), torch.randint(0, span, (n,), generator=g))
         flip = torch.rand(n, generator=g) < 0.5
+        return order, crop, flip
+
+    def _shard(self) -> torch.Tensor:
         # Draws are sized n (not the padded total) so they match the 1-process epoch.
-        wrap = torch.arange(self.per_rank * self.world_size) % n
-        shard = wrap[self.rank :: self.world_size]
-        return order[shard], oy[shard], ox[shard], flip[shard], ch[shard], cw[shard]
+        wrap = torch.arange(self.per_rank * self.world_size) % self.n
+        return wrap[self.rank :: self.world_size]
 
 
-def resized_crop_boxes(
-    g: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-    attempts: int = 10,
+def make_plan(
+    n: int, height: int, width: int, *, batch_size: int, shuffle: bool, augment: bool, crop_padding: int = 4,
+    hflip: bool = True, drop_last: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1, crop: str = "pad",
+    crop_scale: tuple[float, float] = CROP_SCALE, crop_ratio: tuple[float, float] = CROP_RATIO,
+) -> BatchPlan:
+    """A checked BatchPlan: every loader's arguments, refused with one line each."""
+    if batch_size < 1 or crop_padding < 0:
+        raise DataError(f"batch_size must be >= 1 and crop_padding >= 0, got {batch_size} and {crop_padding}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"need 0 <= rank < world_size, got rank {rank} world_size {world_size}")
+    if crop not in CROPS:
+        raise DataError(f"unknown crop {crop!r}; allowed: {', '.join(CROPS)}")
+    if problem := crop_range_problem(crop_scale, crop_ratio):
+        raise DataError(problem)
+    return BatchPlan(
+        n=int(n), batch_size=int(batch_size), shuffle=bool(shuffle), augment=bool(augment),
+        crop_padding=int(crop_padding), hflip=bool(hflip), drop_last=bool(drop_last), seed=int(seed),
+        rank=int(rank), world_size=int(world_size), height=int(height), width=int(width), crop=crop,
+        crop_scale=tuple(map(float, crop_scale)), crop_ratio=tuple(map(float, crop_ratio)),
+    )  # fmt: skip
+
+
+def check_workers(workers: int) -> int:
+    """DataLoader worker processes: an integer from 0 to the CPUs this process may use."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise DataError(f"workers must be an integer >= 0, got {workers!r}")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cpus:
+        raise DataError(f"data.workers {workers} is more than the {cpus} CPUs this process may use; allowed: 0 to {cpus}")
+    return workers
+
+
+# The uniform variates behind n random-resized crops: (area shares [n, tries], log-ratio
+# positions [n, tries], (row, col) positions [n, 2]). Drawn apart from any image size, so a
+# streamed image's box can be made from them once its own size is known (decoding it).
+CropVariates = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+CROP_TRIES = 10
+
+
+def crop_variates(g: torch.Generator, n: int, attempts: int = CROP_TRIES) -> CropVariates:
+    area_u = torch.rand(n, attempts, generator=g, dtype=torch.float64)
+    ratio_u = torch.rand(n, attempts, generator=g, dtype=torch.float64)
+    pos_u = torch.rand(n, 2, generator=g, dtype=torch.float64)
+    return area_u, ratio_u, pos_u
+
+
+def boxes_from_variates(
+    variates: CropVariates, height: int | torch.Tensor, width: int | torch.Tensor,
+    scale: tuple[float, float], ratio: tuple[float, float],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(top, left, height, width) of n random-resized crops, drawn as torchvision's
-    RandomResizedCrop.get_params draws one: a share `scale` of the area at an aspect
-    ratio (w/h) log-uniform in `ratio`, the first of `attempts` tries that fits,
-    else the largest centred crop whose ratio is in range."""
-    area = height * width
-    target = area * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, attempts, generator=g, dtype=torch.float64))
+    """(top, left, height, width) of each crop, drawn as torchvision's RandomResizedCrop.get_params
+    draws one: a share `scale` of the area at an aspect ratio (w/h) log-uniform in `ratio`, the first
+    try that fits, else the largest centred crop whose ratio is in range. height/width: one size for
+    all images, or one per image (int64 tensors [n])."""
+    area_u, ratio_u, pos_u = variates
+    n = area_u.shape[0]
+    height = torch.as_tensor(height, dtype=torch.int64).expand(n)
+    width = torch.as_tensor(width, dtype=torch.int64).expand(n)
+    hh, ww = height[:, None], width[:, None]
+    target = (hh * ww) * (scale[0] + (scale[1] - scale[0]) * area_u)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    r = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, attempts, generator=g, dtype=torch.float64))
+    r = torch.exp(log_lo + (log_hi - log_lo) * ratio_u)
     cw = torch.round(torch.sqrt(target * r)).long()
     ch = torch.round(torch.sqrt(target / r)).long()
-    fits = (cw >= 1) & (cw <= width) & (ch >= 1) & (ch <= height)
+    fits = (cw >= 1) & (cw <= ww) & (ch >= 1) & (ch <= hh)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)  # the first try that fits
     ch, cw = ch.gather(1, first)[:, 0], cw.gather(1, first)[:, 0]
     fallback_h, fallback_w = _centre_crop(height, width, ratio)
     ok = fits.any(dim=1)
-    ch = torch.where(ok, ch, torch.full_like(ch, fallback_h))
-    cw = torch.where(ok, cw, torch.full_like(cw, fallback_w))
-    u = torch.rand(n, 2, generator=g, dtype=torch.float64)
-    top = torch.where(ok, (u[:, 0] * (height - ch + 1)).long(), (height - ch) // 2)
-    left = torch.where(ok, (u[:, 1] * (width - cw + 1)).long(), (width - cw) // 2)
+    ch = torch.where(ok, ch, fallback_h)
+    cw = torch.where(ok, cw, fallback_w)
+    top = torch.where(ok, (pos_u[:, 0] * (height - ch + 1)).long(), (height - ch) // 2)
+    left = torch.where(ok, (pos_u[:, 1] * (width - cw + 1)).long(), (width - cw) // 2)
     return top, left, ch, cw
 
 
-def _centre_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    """torchvision's fallback crop: the whole image, narrowed to the nearest ratio in range."""
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return max(1, round(width / ratio[0])), width
-    if in_ratio > ratio[1]:
-        return height, max(1, round(height * ratio[1]))
-    return height, width
+def resized_crop_boxes(
+    g: torch.Generator, n: int, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+    attempts: int = CROP_TRIES,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """n random-resized crop boxes of a height x width image (see boxes_from_variates)."""
+    return boxes_from_variates(crop_variates(g, n, attempts), height, width, scale, ratio)
+
+
+def _centre_crop(height: torch.Tensor, width: torch.Tensor, ratio: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """torchvision's fallback crop: the whole image, narrowed to the nearest ratio in range (per image)."""
+    in_ratio = width.double() / height.double()
+    cut_h = torch.clamp(torch.round(width.double() / ratio[0]).long(), min=1)  # too tall: a shorter crop
+    cut_w = torch.clamp(torch.round(height.double() * ratio[1]).long(), min=1)  # too wide: a narrower crop
+    fh = torch.where(in_ratio < ratio[0], cut_h, height)
+    fw = torch.where(in_ratio > ratio[1], cut_w, width)
+    return fh, fw
 
 
 def crop_flip(x: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, padding: int, hflip: bool) -> torch.Tensor:
@@ -265,26 +342,12 @@ class _PlannedLoader:
             raise DataError(f"{name} needs non-empty uint8 images [N, H, W, C], got {images.dtype} {list(images.shape)}")
         if len(labels) != len(images):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
-        if batch_size < 1 or crop_padding < 0:
-            raise DataError(f"batch_size must be >= 1 and crop_padding >= 0, got {batch_size} and {crop_padding}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise DataError(f"need 0 <= rank < world_size, got rank {rank} world_size {world_size}")
-        if crop not in CROPS:
-            raise DataError(f"unknown crop {crop!r}; allowed: {', '.join(CROPS)}")
-        if problem := crop_range_problem(crop_scale, crop_ratio):
-            raise DataError(problem)
-        channels = images.shape[3]
-        if len(mean) != channels or len(std) != channels:
-            raise DataError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
-        self.device = torch.device(device)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.plan = BatchPlan(
-            n=len(images), batch_size=int(batch_size), shuffle=bool(shuffle), augment=bool(augment),
-            crop_padding=int(crop_padding), hflip=bool(hflip), drop_last=bool(drop_last), seed=int(seed),
-            rank=int(rank), world_size=int(world_size), height=images.shape[1], width=images.shape[2], crop=crop,
-            crop_scale=tuple(map(float, crop_scale)), crop_ratio=tuple(map(float, crop_ratio)),
+        self.plan = make_plan(
+            len(images), images.shape[1], images.shape[2], batch_size=batch_size, shuffle=shuffle, augment=augment,
+            crop_padding=crop_padding, hflip=hflip, drop_last=drop_last, seed=seed, rank=rank,
+            world_size=world_size, crop=crop, crop_scale=crop_scale, crop_ratio=crop_ratio,
         )  # fmt: skip
+        self.device, self.mean, self.std = normalization(mean, std, images.shape[3], device)
         self.batch_size = self.plan.batch_size
         self.epoch = 0
         self._place(images, torch.as_tensor(np.asarray(labels), dtype=torch.int64))
@@ -300,8 +363,21 @@ class _PlannedLoader:
         return self.plan.num_batches()
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # Same float32 operation order as preprocess.normalize, so eval is bit-identical.
-        return (x.float() / 255 - self.mean) / self.std
+        return normalize_batch(x, self.mean, self.std)
+
+
+def normalization(mean: Sequence[float], std: Sequence[float], channels: int, device) -> tuple[torch.device, torch.Tensor, torch.Tensor]:
+    """(device, mean, std) as [1, C, 1, 1] float32 tensors there; mean/std must have one value per channel."""
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+    device = torch.device(device)
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)  # noqa: E731
+    return device, as_t(mean), as_t(std)
+
+
+def normalize_batch(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    # Same float32 operation order as preprocess.normalize, so eval is bit-identical.
+    return (x.float() / 255 - mean) / std
 
 
 class DeviceLoader(_PlannedLoader):
@@ -346,7 +422,7 @@ class _EpochBatches(Dataset):
         return self.plan.num_batches()
 
 
-class _EpochIndices(Sampler):
+class EpochIndices(Sampler):
     """Yields (epoch, 0), (epoch, 1), ... for the epoch set just before iteration (in the main process)."""
 
     def __init__(self, num_batches: int):
@@ -369,11 +445,9 @@ class HostLoader(_PlannedLoader):
 
     def __init__(self, images_uint8_nhwc: np.ndarray, labels: np.ndarray, *, workers: int = 2, **kwargs):
         """DeviceLoader's arguments plus `workers`."""
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise DataError(f"workers must be an integer >= 0, got {workers!r}")
-        self.workers = workers
+        self.workers = check_workers(workers)
         super().__init__(images_uint8_nhwc, labels, **kwargs)
-        self._indices = _EpochIndices(len(self))
+        self._indices = EpochIndices(len(self))
         self._loader = DataLoader(
             _EpochBatches(self.plan, self.images, self.labels),
             batch_size=None,  # items already are batches

@@ -144,7 +144,7 @@ def _class_folders(root: Path) -> list[str]:
     return classes
 
 
-def _scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names (sorted sub-folders, like torchvision) and (relative path, label) per image."""
     classes = _class_folders(root)
     files: list[tuple[str, int]] = []
@@ -219,7 +219,7 @@ def _decode_all(root: Path, files: list[tuple[str, int]], image_size: int | None
 def load_imagefolder(root: str | Path, image_size: int | None = None, cache_dir: str | Path | None = None) -> ImageSet:
     """ROOT/<class>/<image>: RGB uint8, labels in sorted class-folder order; optional .npz cache."""
     root = Path(root).absolute()
-    classes, files = _scan_imagefolder(root)
+    classes, files = scan_imagefolder(root)
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"imagefolder-{_cache_key(root, files, image_size)}.npz"
@@ -364,7 +364,7 @@ class SourceShape:
     image_size: int
 
 
-def _first_image_side(root: Path, classes: list[str]) -> int:
+def first_image_side(root: Path, classes: list[str]) -> int:
     """The width of the first image of the first class (PIL reads the header only, not the pixels)."""
     for dirpath, dirnames, filenames in os.walk(root / classes[0], followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -392,7 +392,7 @@ def source_shape(name: str, root: str | Path | None, image_size: int | None) -> 
     if name == "imagefolder":
         root = Path(root).absolute()
         classes = _class_folders(root)
-        return SourceShape(len(classes), 3, int(image_size) if image_size is not None else _first_image_side(root, classes))
+        return SourceShape(len(classes), 3, int(image_size) if image_size is not None else first_image_side(root, classes))
     return SourceShape(_CIFAR[name][6], 3, 32 if image_size is None else int(image_size))
 
 

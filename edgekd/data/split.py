@@ -102,12 +102,18 @@ def load_split_images(split_info: dict, which: str = "val", cache_dir: str | Pat
 
     Refuses if the data now yields a different split than the run recorded.
     """
+    from edgekd.data.files import scan_files
     from edgekd.data.sources import load_source
 
     if which not in SPLIT_KEYS:
         raise DataError(f"unknown split {which!r}; allowed: {', '.join(SPLIT_KEYS)}")
+    streamed = split_info.get("storage") == "stream"
     try:
-        full = load_source(split_info["name"], split_info.get("root"), split_info.get("image_size"), False, cache_dir)
+        if streamed:  # only this split's files are decoded, prepared as the run's evaluation prepared them
+            full = scan_files(split_info["root"])
+        else:
+            full = load_source(split_info["name"], split_info.get("root"), split_info.get("image_size"), False,
+                               cache_dir)
         split = make_split(
             len(full),
             val_fraction=split_info.get("val_fraction"),
@@ -127,4 +133,9 @@ def load_split_images(split_info: dict, which: str = "val", cache_dir: str | Pat
             f"the data under {split_info.get('root')} gives split {fingerprint}, but the run used "
             f"{split_info['fingerprint']}; the data changed (files added, removed or renamed)"
         )
+    if streamed:
+        size = int(split_info["image_size"])
+        geometry = {"resize": [size, size], "resize_mode": split_info["resize_mode"],
+                    "crop_pct": split_info["crop_pct"], "interpolation": "bilinear", "channel_order": "RGB"}
+        return full.decode(geometry, split[which])
     return full.take(split[which])

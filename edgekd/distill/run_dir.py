@@ -106,6 +106,8 @@ def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progre
     setup = prepare(recipe, dist, modules)
     if note and dist.is_main:
         note(setup.speed.line())
+        if setup.storage_note:
+            note(setup.storage_note)
         for role, report in setup.init_reports.items():
             for line in report.lines(role):
                 note(line)

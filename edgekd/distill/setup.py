@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.data import DataModule, build_data
-from edgekd.data.loader import batches_per_epoch
+from edgekd.data import DataModule, build_data, resolve_storage
+from edgekd.data.loader import batches_per_epoch, check_workers
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
 from edgekd.distill import tensorboard_log
@@ -45,6 +45,8 @@ class Setup:
     dist: Dist = SINGLE
     # What student.init / teacher.init: backbone loaded, by role (full loads leave none).
     init_reports: dict[str, InitReport] = field(default_factory=dict)
+    # Why data.storage: auto chose what it chose (None when the recipe set it).
+    storage_note: str | None = None
 
     @property
     def amp_dtype(self) -> torch.dtype | None:
@@ -342,9 +344,13 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
 
         student = quantize.prepare(student, recipe.train.quantize, shape.in_channels, shape.image_size,
                                    recipe.student.arch)
+    storage, why = resolve_storage(d.storage, d.name, d.root, shape.image_size,
+                                   shape.in_channels)
+    if storage == "stream" or d.loader == "host":
+        check_workers(d.workers)
     data = build_data(
         d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
-        download=d.download, cache_dir=d.cache_dir,
+        download=d.download, cache_dir=d.cache_dir, storage=storage,
     )
     if (data.num_classes, data.in_channels, data.image_size) != (shape.num_classes, shape.in_channels, shape.image_size):
         raise DataError(f"data.root {d.root} gave {data.num_classes} classes of {data.in_channels}-channel "
@@ -371,7 +377,8 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     method = method_cls(t_run, s_run, recipe.distill, label_smoothing=recipe.optim.label_smoothing)
     if dist.enabled:  # same initial weights everywhere (DDP checks), own dropout stream per rank
         seed_everything(recipe.train.seed + 1_000_003 * dist.rank)
-    return Setup(recipe, data, teacher, student, method, device, speed, dist, init_reports)
+    storage_note = f"data.storage auto: {storage} ({why})" if d.storage == "auto" and storage == "stream" else None
+    return Setup(recipe, data, teacher, student, method, device, speed, dist, init_reports, storage_note)
 
 
 def make_optimizer(params, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:

@@ -77,14 +77,15 @@ class Trainer:
         # Both loader kinds yield identical batches; they differ only in where the uint8
         # images live (device memory, or host memory behind DataLoader workers).
         d, aug = recipe.data, recipe.data.augment
-        self.loader_kind = choose_loader(d.loader, setup.data.train.images.nbytes, setup.device)
+        self.loader_kind = ("stream" if setup.data.storage == "stream"
+                            else choose_loader(d.loader, setup.data.train_nbytes(), setup.device))
         self.train_loader = setup.data.train_loader(
             distributed.per_rank_batch(d.batch_size, self.dist), setup.device, seed=recipe.train.seed,
             augment=True, crop=aug.crop, crop_padding=aug.crop_padding, crop_scale=aug.crop_scale,
             crop_ratio=aug.crop_ratio, hflip=aug.hflip,
             rank=self.dist.rank, world_size=self.dist.world_size, loader=self.loader_kind, workers=d.workers,
         )
-        self.eval_loader = setup.data.eval_loader(recipe.train.eval_split, d.eval_batch_size, setup.device)
+        self.eval_loader = setup.data.eval_loader(recipe.train.eval_split, d.eval_batch_size, setup.device, d.workers)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise RecipeError(

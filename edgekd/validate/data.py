@@ -19,6 +19,7 @@ from PIL import Image
 
 from edgekd.data.preprocess import normalize
 from edgekd.data.sources import ImageSet, load_cifar, load_digits, load_imagefolder, resize_images
+from edgekd.data.files import scan_files
 from edgekd.data.split import load_split_images
 from edgekd.errors import DataError
 from edgekd.validate.bundle import Bundle
@@ -59,6 +60,8 @@ def _from_spec(spec: str, bundle: Bundle) -> ImageSet:
         root = Path(arg).expanduser()
         if kind == "imagefolder":
             check_folder_classes(root, bundle.class_names)  # before decoding thousands of images
+            if bundle.preprocessing.get("resize_mode") == "centre_crop":  # trained on streamed files
+                return scan_files(root).decode(bundle.preprocessing)
             return load_imagefolder(root, bundle.image_size)
         return load_cifar(root, kind, train=False)  # the official test batch: never seen in training
     raise DataError(f"unknown --data {spec!r}; allowed: {SPEC_HELP}")
@@ -84,7 +87,7 @@ def check_folder_classes(root: Path, bundle_classes: list[str]) -> None:
     """ROOT/<class>/ names must be bundle classes (a subset is fine): else name the extras."""
     if not root.is_dir():
         raise DataError(f"imagefolder {root} does not exist" if not root.exists() else f"imagefolder {root} is not a folder")
-    # Same rule as sources._scan_imagefolder: hidden folders are not classes.
+    # Same rule as sources.scan_imagefolder: hidden folders are not classes.
     folders = {e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")}
     _check_names(folders, bundle_classes, f"imagefolder {root}")
 
