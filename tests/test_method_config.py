@@ -3,6 +3,7 @@ overriding the method switches it, runs saved with the old flat section still lo
 needs no torch (no import cycle with the methods' training code)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,6 +163,18 @@ def test_cli_refuses_another_methods_key_in_one_line(tmp_path, capsys):
                             str(tmp_path / "cmp"))
     assert (code, err.count("\n")) == (2, 1) and "--methods 'dml:switch=flipped': distill.switch" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "cmp").exists()
+
+
+def test_the_docs_say_which_keys_belong_to_which_method():
+    method_md = (REPO / "docs/method.md").read_text()
+    for method, keys in OWN_KEYS.items():
+        section = method_md.split(f"\n## {method}:")[1].split("\n## ")[0].replace("\n", " ")
+        assert re.findall(r"`(\w+)`", re.search(r"Keys: (.*?)(?:\.|\(|$)", section).group(1)) == list(keys), method
+    # README's recipe reference ends each distill key's row with the methods that take it.
+    rows = re.findall(r"^\| `distill\.(\w+)` \|.*; ([^;|]+) \|$", (REPO / "README.md").read_text(), re.M)
+    takers = {key: sorted(m for m in OWN_KEYS if key in OWN_KEYS[m]) for key in OWN_KEYS["bdkd"]}
+    assert {key: sorted(OWN_KEYS) if who == "every method" else sorted(re.findall(r"`(\w+)`", who))
+            for key, who in rows if key != "method"} == takers
 
 
 def _python(code: str) -> None:
