@@ -3,7 +3,8 @@
 Loading is `yaml.safe_load` only, so a recipe can never execute code. The schema
 is strict: an unknown key (a typo), a wrong type or an out-of-range value is a
 RecipeError naming the key path and what is allowed. `--set a.b=value`
-overrides are parsed as YAML scalars and validated by the same schema.
+overrides are parsed as YAML scalars and validated by the same schema. The
+`distill:` section takes only its method's keys (edgekd/distill/method_settings.py).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, field_validator,
-                      model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
+from edgekd.distill.method_settings import (METHOD_SETTINGS, BDKDSettings, DistillSettings, not_keys_of, own_keys_only,
+                                            unknown_method, with_method)
 from edgekd.errors import RecipeError
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
@@ -148,45 +150,6 @@ class NetConfig(_Strict):
         return self
 
 
-class DistillConfig(_Strict):
-    # Any name in the method registry (edgekd.distill.methods): the one list of methods.
-    method: str = "bdkd"
-    temperature: float = Field(4.0, gt=0, le=100)
-    ce_weight: float = Field(1.0, ge=0)
-    # Student's divergence weights: forward KL(p_t||p_s) gets kl_weight (a),
-    # reverse KL(p_s||p_t) gets reverse_weight (b). kd and dml use kl_weight only.
-    kl_weight: float = Field(1.0, ge=0)
-    reverse_weight: float = Field(1.0, ge=0)
-    # BD-KD per-sample weighting between forward and reverse KL.
-    weighting: Literal["hard", "soft", "forward", "reverse"] = "hard"
-    soft_tau: float = Field(0.1, gt=0, description="width of the soft switch, in nats of entropy gap")
-    # standard: a student more certain than the teacher gets forward KL (spread),
-    # a less certain one reverse KL (sharpen). flipped swaps them (ablation).
-    switch: Literal["standard", "flipped"] = "standard"
-    # Temperature at which the switch's two entropies are measured (default: temperature).
-    # At T=4 a 10-class prediction is nearly uniform and the entropy gap is a few
-    # thousandths of a nat; at 1 it reflects the confidence that calibration is about.
-    gap_temperature: Optional[float] = Field(None, gt=0, le=100)
-    # Teacher's term towards the student (dml: forward KL(p_s||p_t); bdkd: the
-    # regulariser, reverse KL(p_t||p_s) from the teacher's side by default).
-    teacher_kl_weight: float = Field(1.0, ge=0)
-    teacher_divergence: Literal["reverse", "forward", "none"] = "reverse"
-
-    @field_validator("method")
-    @classmethod
-    def _registered(cls, name: str) -> str:
-        # The registry's classes need torch; without it nothing can train, and
-        # `edgekd distill` says so before it reads a recipe.
-        try:
-            from edgekd.distill.methods import available_methods
-        except ImportError:
-            return name
-        names = available_methods()
-        if name not in names:
-            raise ValueError(f"{name!r} is not a method; available: {', '.join(names)}")
-        return name
-
-
 class OptimConfig(_Strict):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.05, gt=0)
@@ -298,7 +261,8 @@ class Recipe(_Strict):
     data: DataConfig
     teacher: NetConfig
     student: NetConfig
-    distill: DistillConfig = DistillConfig()
+    # The settings of the method `distill.method` names (edgekd/distill/method_settings.py).
+    distill: Annotated[DistillSettings, BeforeValidator(with_method)] = Field(default_factory=BDKDSettings)
     optim: OptimConfig = OptimConfig()
     teacher_optim: Optional[OptimConfig] = Field(None, description="teacher's optimizer; defaults to optim")
     train: TrainConfig
@@ -310,8 +274,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _method_needs(self) -> "Recipe":
-        if self.distill.method == "kd" and not self.teacher.checkpoint:
-            raise ValueError("distill.method kd distils from a frozen, trained teacher: set teacher.checkpoint")
+        if not self.distill.trains_teacher and not self.teacher.checkpoint:
+            raise ValueError(f"distill.method {self.distill.method} distils from a frozen, trained teacher: "
+                             f"set teacher.checkpoint")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -328,7 +293,9 @@ def _format_error(err: ValidationError) -> str:
     key comes first: a typo ('epocs') also makes the real key look missing."""
     errors = err.errors()
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+    if e["loc"][:1] == ("distill",) and (problem := _distill_problem(e, errors)):
+        return problem
+    loc = ".".join(str(p) for p in _without_method_tag(e["loc"]) if not str(p).startswith("function-after"))
     kind = e["type"]
     msg = e["msg"]
     if kind == "extra_forbidden":
@@ -343,6 +310,27 @@ def _format_error(err: ValidationError) -> str:
     got = e.get("input")
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"{loc}: {msg.lower()}{got_s}"
+
+
+def _distill_problem(e: dict[str, Any], errors: list[dict[str, Any]]) -> str | None:
+    """The `distill:` section's own problems: no such method, or keys its method does not take (all
+    of them at once: a recipe switched to another method by hand may hold several)."""
+    loc = e["loc"]
+    if e["type"] == "union_tag_invalid":
+        return f"distill.method: {unknown_method(e['input'].get('method'))}"
+    if e["type"] in ("union_tag_not_found", "model_attributes_type"):
+        return f"distill: must be a section (method and its keys), got {e['input']!r}"
+    if e["type"] == "extra_forbidden" and len(loc) == 3 and loc[1] in METHOD_SETTINGS:
+        keys = [x["loc"][2] for x in errors if x["type"] == "extra_forbidden" and x["loc"][:2] == loc[:2]]
+        return not_keys_of(loc[1], keys)
+    return None
+
+
+def _without_method_tag(loc: tuple) -> tuple:
+    # pydantic names the method in the path (distill.dml.temperature); the recipe's key is distill.temperature.
+    if len(loc) > 1 and loc[0] == "distill" and loc[1] in METHOD_SETTINGS:
+        return (loc[0], *loc[2:])
+    return loc
 
 
 def _allowed_keys(loc: tuple) -> str:
@@ -396,8 +384,11 @@ def _override_items(overrides: Overrides) -> list[tuple[str, list[str], Any]]:
 
 def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
     """Set each dotted key in `raw` (sections are created as needed); values from
-    KEY=VALUE strings are parsed as YAML scalars, values of a mapping are used as they are."""
-    for label, path, value in _override_items(overrides):
+    KEY=VALUE strings are parsed as YAML scalars, values of a mapping are used as they are.
+    An override of distill.method switches methods (see _switch_method)."""
+    items = _override_items(overrides)
+    method_before = _distill_method(raw)
+    for label, path, value in items:
         node = raw
         for part in path[:-1]:
             child = node.get(part)
@@ -407,7 +398,24 @@ def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]
                 raise RecipeError(f"{label}: '{part}' is not a section")
             node = child
         node[path[-1]] = value
+    _switch_method(raw, method_before, {tuple(path) for _, path, _ in items})
     return raw
+
+
+def _distill_method(raw: dict[str, Any]) -> Any:
+    section = raw.get("distill")
+    return with_method(section).get("method") if isinstance(section, dict) else None
+
+
+def _switch_method(raw: dict[str, Any], method_before: Any, overridden: set[tuple[str, ...]]) -> None:
+    """Overriding distill.method trains another method with the same recipe (`--set distill.method=dml`,
+    compare's variants): the recipe's distill keys were written for its own method, so those the new
+    method does not take are left out. Keys the overrides set stay, to be refused if it does not take them."""
+    method = _distill_method(raw)
+    if method == method_before or method not in METHOD_SETTINGS or ("distill",) in overridden:
+        return
+    takes = METHOD_SETTINGS[method].model_fields
+    raw["distill"] = {k: v for k, v in raw["distill"].items() if k in takes or ("distill", k) in overridden}
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -471,12 +479,22 @@ def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
     return build_recipe(read_yaml_mapping(path), overrides, source=str(path), default_name=Path(path).stem)
 
 
+def saved_recipe(saved: dict[str, Any], source: str = "saved recipe") -> Recipe:
+    """The Recipe a run saved (recipe.yaml, last.pt, student.pt, a comparison's files), also one
+    saved by an older edgekd: keys added since take their defaults, and a distill section written
+    flat, with every method's keys, keeps only its method's (method_settings.own_keys_only)."""
+    distill = saved.get("distill")
+    if isinstance(distill, dict):
+        saved = {**saved, "distill": own_keys_only(distill)}
+    return validate_recipe(saved, source)
+
+
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A recipe dict saved by an older edgekd, with keys added since filled with their
-    defaults (so a new key with its default value is not a difference)."""
+    """A recipe dict saved by an older edgekd as this edgekd writes it (saved_recipe), so that a
+    key added since, at its default, or another method's key it recorded, is not a difference."""
     try:
-        return Recipe.model_validate(saved).to_dict()
-    except ValidationError:
+        return saved_recipe(saved).to_dict()
+    except RecipeError:
         return saved
 
 

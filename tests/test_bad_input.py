@@ -101,7 +101,8 @@ def pretrained_recipe(w: Path, file: str, arch: str = "mobilenet_v3_small", meth
     """quickstart with the student (or teacher) started from `file` with init: backbone."""
     old = {"student": "student:\n  arch: cnn_tiny", "teacher": "teacher:\n  arch: cnn_small"}[role]
     text = QUICKSTART.replace(old, f"{role}:\n  arch: {arch}\n  checkpoint: {file}\n  init: backbone", 1)
-    return recipe(w, text.replace("method: bdkd", f"method: {method}", 1))
+    # quickstart's distill keys are BD-KD's; another method takes its defaults.
+    return recipe(w, text if method == "bdkd" else re.sub(r"distill:\n(  .*\n)+", f"distill:\n  method: {method}\n", text, count=1))
 
 
 def torchvision_file(w: Path, name: str, file: str = "pre.pth", **kw) -> str:

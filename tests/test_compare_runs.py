@@ -75,7 +75,7 @@ def test_variants_take_keys_of_every_section():
     with pytest.raises(RecipeError, match="optim.lrr"):
         plan(QUICK, parse_variants(["ce:optim.lrr=0.1"]), [0], [])
     with pytest.raises(RecipeError, match="share the run folder"):
-        parse_variants(["bdkd:a=1", "bdkd-a=1"])
+        parse_variants(["dml:optim.milestones=[0.5]", "dml:optim.milestones={0.5}"])
 
 
 def test_reuse_from_prediction_files_without_run_folders(tmp_path):

@@ -28,7 +28,7 @@ from torch import nn
 from edgekd.distill import losses as L
 from edgekd.distill.methods import available_methods, get_method
 from edgekd.errors import RecipeError
-from edgekd.recipe import DistillConfig
+from edgekd.distill.method_settings import METHOD_SETTINGS, KDSettings, method_names
 
 LN3 = math.log(3.0)
 KL_TS_A = 0.130812  # KL(p_t || p_s) on A  (= KL(p_s || p_t) on B)
@@ -81,9 +81,16 @@ def test_forward_weight(rule, flipped, expected):
     assert L.forward_weight(gap, rule, tau=0.1, flipped=flipped).tolist() == pytest.approx(expected, abs=1e-5)
 
 
+def _settings(method: str, **shared):
+    """The method's settings from values shared by every case (ASYM_CFG, a temperature): each
+    method takes the keys it has (ce no temperature, kd and dml no reverse_weight)."""
+    cls = METHOD_SETTINGS[method]
+    return cls(**{k: v for k, v in shared.items() if k in cls.model_fields})
+
+
 def _run(method: str, zs, zt, y=None, **cfg):
     """Run a method on fixed logits: identity 'networks' returning the given logits."""
-    cfg = DistillConfig(method=method, **cfg)
+    cfg = _settings(method, **cfg)
     student, teacher = Fixed(zs), Fixed(zt)
     m = get_method(method)(teacher, student, cfg)
     y = torch.zeros(zs.shape[0], dtype=torch.long) if y is None else y
@@ -178,14 +185,19 @@ def test_gradients_reach_only_their_own_net(method, extra):
 
 def test_kd_teacher_stays_frozen_in_train_mode():
     t, s = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)), nn.Linear(2, 2)
-    m = get_method("kd")(t, s, DistillConfig(method="kd"))
+    m = get_method("kd")(t, s, KDSettings())
     m.train()
     assert not t.training and s.training
     assert get_method("kd").trains_teacher is False
 
 
 def test_registry():
-    assert available_methods() == ["bdkd", "ce", "dml", "kd"]
+    assert available_methods() == ["bdkd", "ce", "dml", "kd"] == method_names()
+    for name in available_methods():  # each method's code runs on its own settings, and says what they are
+        assert get_method(name).settings is METHOD_SETTINGS[name]
+        assert get_method(name).trains_teacher is METHOD_SETTINGS[name].trains_teacher
+    with pytest.raises(TypeError, match="HintonKD takes KDSettings, not DMLSettings"):
+        get_method("kd")(nn.Linear(2, 2), nn.Linear(2, 2), METHOD_SETTINGS["dml"]())
     with pytest.raises(RecipeError, match="available: bdkd, ce, dml, kd"):
         get_method("dkd")
 
@@ -272,7 +284,7 @@ def _np_forward_weight(cfg):
 
 def _expected_terms(cfg, swap_directions=False):
     """The named loss terms of docs/method.md on ASYM_*; swap_directions reverses every KL (for the self-check)."""
-    T, a, b, c = cfg.temperature, cfg.kl_weight, cfg.reverse_weight, cfg.teacher_kl_weight
+    T, a = cfg.temperature, cfg.kl_weight
     ls, lt = _np_log_softmax(ASYM_ZS, T), _np_log_softmax(ASYM_ZT, T)
     kl = (lambda p, q: _np_kl(q, p)) if swap_directions else _np_kl
     t_to_s, s_to_t = kl(lt, ls), kl(ls, lt)  # KL(p_t || p_s) (forward), KL(p_s || p_t) (reverse)
@@ -281,11 +293,12 @@ def _expected_terms(cfg, swap_directions=False):
         terms["student_kl_fwd"] = a * T * T * t_to_s.mean()
         return terms
     terms["teacher_ce"] = _np_ce(ASYM_ZT, ASYM_Y)
+    c = cfg.teacher_kl_weight
     if cfg.method == "dml":
         terms["student_kl_fwd"] = a * T * T * t_to_s.mean()
         terms["teacher_kl"] = c * T * T * s_to_t.mean()
         return terms
-    w = _np_forward_weight(cfg)
+    w, b = _np_forward_weight(cfg), cfg.reverse_weight
     terms["student_kl_fwd"] = a * T * T * (w * t_to_s).mean()
     terms["student_kl_rev"] = b * T * T * ((1 - w) * s_to_t).mean()
     if cfg.teacher_divergence == "reverse":  # reverse from the teacher's side: KL(p_t || p_s)
@@ -314,7 +327,7 @@ DIRECTION_CASES = {
 def test_named_terms_match_the_documented_equations_in_both_kl_directions(case):
     method, extra = DIRECTION_CASES[case]
     kw = {**ASYM_CFG, **extra}
-    cfg = DistillConfig(method=method, **kw)
+    cfg = _settings(method, **kw)
     out, _, _ = _run(method, ASYM_ZS, ASYM_ZT, y=ASYM_Y, **kw)
     expected, swapped = _expected_terms(cfg), _expected_terms(cfg, swap_directions=True)
     assert set(out.losses) == set(expected)
@@ -366,7 +379,7 @@ def _live_soft_weight(cfg, zs):
 )
 def test_bdkd_no_gradient_through_the_switch(extra):
     kw = {**ASYM_CFG, **extra}
-    cfg = DistillConfig(method="bdkd", **kw)
+    cfg = _settings("bdkd", **kw)
     out, student, teacher = _run("bdkd", ASYM_ZS, ASYM_ZT, y=ASYM_Y, **kw)
     student_kl = out.losses["student_kl_fwd"] + out.losses["student_kl_rev"]
     grad_s, grad_t = torch.autograd.grad(student_kl, [student.z, teacher.z], allow_unused=True)

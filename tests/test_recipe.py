@@ -97,7 +97,10 @@ BAD = {
     "val_fraction_range": (lambda r: r["data"].update(val_fraction=1.5), "data.val_fraction"),
     "bad_device": (lambda r: r["train"].update(device="tpu"), "train.device"),
     "missing_section": (lambda r: r.pop("student"), "missing required key 'student'"),
-    "kd_without_teacher": (lambda r: r["distill"].update(method="kd"), "teacher.checkpoint"),
+    "kd_without_teacher": (lambda r: r.update(distill={"method": "kd"}), "teacher.checkpoint"),
+    "bdkd_key_under_dml": (lambda r: r.update(distill={"method": "dml", "weighting": "soft"}),
+                           "distill.weighting is not a key of dml (a key of bdkd); allowed for distill.method dml: "
+                           "temperature, ce_weight, kl_weight, teacher_kl_weight"),
     "imagefolder_without_root": (lambda r: r["data"].update(name="imagefolder"), "data.root"),
     # quickstart sets crop_padding: 2, which crop: resized would never read.
     "padding_with_resized_crop": (lambda r: r["data"]["augment"].update(crop="resized"),
@@ -132,7 +135,7 @@ def _assert_clean_failure(res, needle, cwd):
 
 
 @pytest.mark.slow  # a `python -m edgekd` process per case
-@pytest.mark.parametrize("case", ["typo_nested", "epochs_zero", "temperature_zero", "unknown_method"])
+@pytest.mark.parametrize("case", ["typo_nested", "epochs_zero", "temperature_zero", "unknown_method", "bdkd_key_under_dml"])
 def test_bad_recipe_cli(tmp_path, case):
     mutate, needle = BAD[case]
     res = run_cli("distill", str(_bad(tmp_path, mutate)), cwd=tmp_path)

@@ -4,6 +4,9 @@ A variant is a method name with optional recipe overrides joined by ':', e.g.
 `bdkd:weighting=soft:temperature=2` or `ce:optim.label_smoothing=0.1`. A key
 without a dot is a `distill.` key; a dotted key of any section (data., teacher.,
 student., distill., optim., teacher_optim., train., validate.) is used as is.
+A `distill.` key must be one the variant's method takes (`dml:weighting=soft` is
+refused); the recipe's own distill keys that the method does not take are left out
+(recipe.apply_overrides: a variant switches the recipe's method).
 A label ending in `+ts` (`ce+ts`) is a post-hoc row: the runs of the variant
 before `+ts`, their student logits divided by a temperature fitted on each run's
 tune split. It trains nothing of its own.
@@ -20,6 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgekd.distill.method_settings import METHOD_SETTINGS, not_keys_of, unknown_method
 from edgekd.errors import DataError, RecipeError
 from edgekd.recipe import Recipe, load_recipe
 
@@ -85,6 +89,8 @@ def split_top_level(text: str, sep: str) -> list[str]:
 
 def _parse_one(item: str) -> Variant:
     method, *pairs = split_top_level(item, ":")
+    if method not in METHOD_SETTINGS:
+        raise RecipeError(f"--methods {item!r}: {unknown_method(method)}")
     overrides = [f"distill.method={method}"]
     for pair in pairs:
         if "=" not in pair:
@@ -96,7 +102,11 @@ def _parse_one(item: str) -> Variant:
         if key in ("method", "distill.method"):
             raise RecipeError(f"--methods {item!r}: the method is the variant's name ({method}), not a key; "
                               f"write {value}{item[len(method):].replace(':' + pair, '')} instead")
-        overrides.append(f"{key if '.' in key else 'distill.' + key}={value}")
+        key = key if "." in key else f"distill.{key}"
+        section, _, name = key.partition(".")
+        if section == "distill" and name not in METHOD_SETTINGS[method].model_fields:
+            raise RecipeError(f"--methods {item!r}: {not_keys_of(method, [name])}")
+        overrides.append(f"{key}={value}")
     return Variant(item, method, tuple(overrides))
 
 
@@ -166,7 +176,10 @@ def plan(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides
     runs = []
     for v in trained_variants(variants):
         for seed in seeds:
-            r = load_recipe(recipe_path, [*overrides, *v.overrides, f"train.seed={seed}"])
+            try:
+                r = load_recipe(recipe_path, [*overrides, *v.overrides, f"train.seed={seed}"])
+            except RecipeError as e:  # --set applies to every variant: say which one it does not fit
+                raise RecipeError(f"variant {v.label!r}: {e}") from None
             runs.append((v, seed, r))
     return runs
 

@@ -11,10 +11,11 @@ w(i) are computed from detached entropies, so no gradient flows through the swit
 """
 
 from edgekd.distill import losses as L
+from edgekd.distill.method_settings import BDKDSettings
 from edgekd.distill.methods.base import Distiller, StepOutput, register_method
 
 
-@register_method("bdkd")
+@register_method(BDKDSettings)
 class BalancedDivergenceKD(Distiller):
     def forward_train(self, x, y) -> StepOutput:
         cfg = self.cfg

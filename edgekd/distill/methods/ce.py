@@ -1,9 +1,10 @@
 """ce: teacher and student trained independently with cross-entropy. The baseline."""
 
+from edgekd.distill.method_settings import CESettings
 from edgekd.distill.methods.base import Distiller, StepOutput, register_method
 
 
-@register_method("ce")
+@register_method(CESettings)
 class CrossEntropy(Distiller):
     def forward_train(self, x, y) -> StepOutput:
         zs = self.student(x)

@@ -7,10 +7,11 @@ softened prediction:
 """
 
 from edgekd.distill import losses as L
+from edgekd.distill.method_settings import DMLSettings
 from edgekd.distill.methods.base import Distiller, StepOutput, register_method
 
 
-@register_method("dml")
+@register_method(DMLSettings)
 class MutualLearning(Distiller):
     def forward_train(self, x, y) -> StepOutput:
         T = self.cfg.temperature

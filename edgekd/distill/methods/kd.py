@@ -6,18 +6,12 @@ L_s = ce_weight * CE(y, z_s) + kl_weight * T^2 * mean_i KL(p_t^T || p_s^T)
 import torch
 
 from edgekd.distill import losses as L
+from edgekd.distill.method_settings import KDSettings
 from edgekd.distill.methods.base import Distiller, StepOutput, register_method
 
 
-@register_method("kd")
+@register_method(KDSettings)  # trains_teacher False: the teacher stays frozen, in eval mode
 class HintonKD(Distiller):
-    trains_teacher = False
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.teacher.eval()  # frozen: BN statistics must not drift either
-        return self
-
     def forward_train(self, x, y) -> StepOutput:
         T = self.cfg.temperature
         zs = self.student(x)
