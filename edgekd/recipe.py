@@ -101,6 +101,12 @@ class DataConfig(_Strict):
     # full-resolution file (evaluation: resize + centre crop); `auto` streams when the decoded images
     # would not fit in half the memory available. Other sources are always in memory.
     storage: Literal["auto", "memory", "stream"] = "auto"
+    # Whose mean/std the inputs are normalised with: `data` (the training images' statistics), `teacher`
+    # or `student` (a timm model's pretrained_cfg: its mean, std, evaluation crop and, when
+    # data.image_size is unset, its input size), or `auto`: the teacher's, else the student's, where
+    # that net is a timm model loaded from a checkpoint (trained weights expect their own statistics),
+    # else the data's.
+    normalize: Literal["auto", "data", "teacher", "student"] = "auto"
 
     @model_validator(mode="after")
     def _root_needed(self) -> "DataConfig":

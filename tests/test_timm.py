@@ -97,10 +97,19 @@ def test_the_command(capsys):
 
 
 @pytest.mark.slow
-def test_a_timm_student_distils_exports_and_validates(tmp_path):
-    run, bundle = tmp_path / "run", tmp_path / "bundle"
+def test_a_timm_teacher_distils_a_timm_student_that_exports_and_validates(tmp_path):
+    """A timm teacher from its own weight file (model.safetensors), frozen (kd), teaching a timm student:
+    the inputs are normalised as the teacher's pretrained_cfg says, and export and validate use that."""
+    from safetensors.torch import save_file
+
+    run, bundle, weights = tmp_path / "run", tmp_path / "bundle", tmp_path / "model.safetensors"
+    torch.manual_seed(0)
+    teacher = build_model("timm/mobilenetv3_small_075", 10, 1, IMAGE_SIZE)
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(weights))
     res = edgekd("distill", "recipes/quickstart.yaml", "--out", run, "--quiet", "--set", "train.epochs=1",
-                 "--set", f"data.image_size={IMAGE_SIZE}", "--set", "student.arch=timm/mobilenetv3_small_050",
+                 "--set", f"data.image_size={IMAGE_SIZE}", "--set", "distill.method=kd",
+                 "--set", "teacher.arch=timm/mobilenetv3_small_075", "--set", f"teacher.checkpoint={weights}",
+                 "--set", "student.arch=timm/mobilenetv3_small_050",
                  # The pipeline is under test, not this net's numerics at 16 px. The recipe's lr 0.05 diverges it
                  # (NLL 45-82 after an epoch, now and then a non-finite gradient, by thread count); at lr 0.005 with
                  # clipping, bf16 autocast still gave a non-finite gradient at step 13 on one CI machine's CPU (not
@@ -108,11 +117,37 @@ def test_a_timm_student_distils_exports_and_validates(tmp_path):
                  "--set", "optim.lr=0.005", "--set", "optim.grad_clip=1.0", "--set", "train.amp=off",
                  "--set", "train.max_bad_steps=2")
     assert res.returncode == 0, res.stderr
-    assert json.loads((run / "summary.json").read_text())["student"]["arch"] == "timm/mobilenetv3_small_050"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["student"]["arch"] == "timm/mobilenetv3_small_050"
+    grey = float(np.mean(timm.data.IMAGENET_DEFAULT_MEAN))  # one channel: the average of the RGB means
+    student = torch.load(run / "student.pt", weights_only=True)
+    assert student["split"]["normalization"] == "timm/mobilenetv3_small_075 pretrained_cfg"
+    assert student["preprocessing"]["mean"] == pytest.approx([grey])
     res = edgekd("export", run, "--out", bundle, "--formats", "fp32,int8_cpu")
     assert res.returncode == 0, res.stderr
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["preprocessing"]["mean"] == pytest.approx([grey])
     res = edgekd("validate", bundle, "--max-ece", "1")
     assert res.returncode in (0, 1), res.stderr
+    assert "fp32" in res.stdout
+
+
+def test_normalisation_follows_the_net_that_was_trained_elsewhere():
+    from edgekd.distill.setup import net_normalization
+    from edgekd.errors import RecipeError
+    from edgekd.recipe import load_recipe
+
+    def recipe(**sets):
+        return load_recipe("recipes/quickstart.yaml", [f"{k}={v}" for k, v in sets.items()])
+
+    assert net_normalization(recipe()) == (None, None)  # built-in nets: the data's statistics
+    fresh = recipe(**{"student.arch": "timm/convnext_atto"})
+    assert net_normalization(fresh) == (None, None)  # fresh timm weights: nothing to match
+    norm, size = net_normalization(recipe(**{"student.arch": "timm/vit_tiny_patch16_224", "data.normalize": "student"}))
+    assert (norm.mean, norm.crop_pct, size) == ((0.5, 0.5, 0.5), 0.9, 224)  # the ViT's own cfg, not ImageNet's
+    with pytest.raises(RecipeError, match=r"^data.normalize: teacher takes a timm teacher's pretrained_cfg, but "
+                                          r"teacher.arch is cnn_small"):
+        net_normalization(recipe(**{"data.normalize": "teacher"}))
 
 
 def test_timm_weight_files_start_a_net(tmp_path):

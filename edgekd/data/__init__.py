@@ -28,6 +28,23 @@ __all__ = [
     "DataModule", "FileSet", "ImageSet", "build_data", "choose_loader", "load_split_images", "make_split", "split_fingerprint",
 ]  # fmt: skip
 
+@dataclass(frozen=True)
+class Normalization:
+    """A net's own input statistics (e.g. a timm model's pretrained_cfg), used instead of the data's."""
+
+    source: str  # what they came from, recorded in the run
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float = EVAL_CROP_PCT
+
+    def for_channels(self, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if channels == len(self.mean):
+            return self.mean, self.std
+        if channels == 1:  # a grey-scale stem of an RGB model: the channels' average, as a grey pixel sees it
+            return (sum(self.mean) / len(self.mean),), (sum(self.std) / len(self.std),)
+        raise DataError(f"{self.source} gives {len(self.mean)} channel statistics, the data has {channels} channels")
+
+
 LOADER_KINDS = ("device", "host")
 # Where the training images are kept: decoded in memory, or files decoded per batch (files.py).
 STORAGES = ("memory", "stream")
@@ -78,11 +95,12 @@ class DataModule:
     # Held out from everything but the final report (never trained on, never used to choose).
     test: ImageSet | FileSet | None = None
     storage: str = "memory"
+    crop_pct: float = EVAL_CROP_PCT  # the share of the resized image a streamed evaluation keeps
 
     def preprocessing(self) -> dict:
         # Streamed files keep their own shapes: evaluation resizes and cuts the centre (torchvision's rule).
         mode = "centre_crop" if self.storage == "stream" else "squash"
-        return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels, mode)
+        return preprocessing_spec(self.image_size, self.mean, self.std, self.in_channels, mode, self.crop_pct)
 
     def train_nbytes(self) -> int:
         """The decoded train split's bytes (what the in-memory loaders hold; an estimate when streamed)."""
@@ -160,11 +178,13 @@ def build_data(
     download: bool = False,
     cache_dir: str | None = None,
     storage: str = "memory",
+    normalization: Normalization | None = None,
 ) -> DataModule:
     """Load a source's training images, split them (val/tune from the TRAIN set, never test), pick mean/std.
 
     storage: "memory" decodes every image now; "stream" (image folders only) keeps the file names and
-    decodes per batch; resolve "auto" with resolve_storage first."""
+    decodes per batch; resolve "auto" with resolve_storage first. normalization: a net's own mean, std
+    and evaluation crop (a timm model's pretrained_cfg) instead of the data's statistics."""
     if name not in SOURCE_NAMES:
         raise DataError(f"unknown data.name {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
     if storage not in STORAGES:
@@ -185,19 +205,23 @@ def build_data(
     tune = full.take(split["tune"]) if len(split["tune"]) else None
     test = full.take(split["test"]) if len(split["test"]) else None
     stream = {}
+    crop_pct = normalization.crop_pct if normalization else EVAL_CROP_PCT
     if storage == "stream":
         n, h, c = len(full), side, 3
-        stream = {"storage": "stream", "resize_mode": "centre_crop", "crop_pct": EVAL_CROP_PCT}
-        geometry = preprocessing_spec(h, (0.0,) * c, (1.0,) * c, c, "centre_crop")  # mean/std not known yet
-        mean, std = sample_stats(train, geometry, split_seed)  # a sample of TRAIN: val stays unseen
+        stream = {"storage": "stream", "resize_mode": "centre_crop", "crop_pct": crop_pct}
     else:
         n, h, w, c = full.images.shape
         if h != w:
             raise DataError(f"images are {w}x{h}, not square; set data.image_size")
-        if name in DATASET_STATS:
-            mean, std = DATASET_STATS[name]["mean"], DATASET_STATS[name]["std"]
-        else:
-            mean, std = channel_stats(train.images)  # from TRAIN only: val stays unseen
+    if normalization is not None:
+        mean, std = normalization.for_channels(c)
+    elif storage == "stream":
+        geometry = preprocessing_spec(h, (0.0,) * c, (1.0,) * c, c, "centre_crop", crop_pct)  # mean/std come next
+        mean, std = sample_stats(train, geometry, split_seed)  # a sample of TRAIN: val stays unseen
+    elif name in DATASET_STATS:
+        mean, std = DATASET_STATS[name]["mean"], DATASET_STATS[name]["std"]
+    else:
+        mean, std = channel_stats(train.images)  # from TRAIN only: val stays unseen
     split_info = {
         "name": name,
         "root": abs_root,
@@ -215,10 +239,12 @@ def build_data(
         "sizes": {k: int(len(v)) for k, v in split.items() if k != "test" or len(v)},
         "fingerprint": split_fingerprint(split),
         **stream,  # how the split's files are prepared (load_split_images), absent for decoded sources
+        **({"normalization": normalization.source} if normalization else {}),
     }
     return DataModule(
         train=train, val=val, tune=tune, test=test, class_names=list(full.class_names), num_classes=len(full.class_names),
         in_channels=c, image_size=h, mean=tuple(mean), std=tuple(std), split_info=split_info, storage=storage,
+        crop_pct=crop_pct,
     )  # fmt: skip
 
 

@@ -49,7 +49,8 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
 
 
 def preprocessing_spec(
-    image_size: int, mean: Sequence[float], std: Sequence[float], channels: int, resize_mode: str = "squash"
+    image_size: int, mean: Sequence[float], std: Sequence[float], channels: int, resize_mode: str = "squash",
+    crop_pct: float = EVAL_CROP_PCT,
 ) -> dict:
     """What a checkpoint or bundle records so a device can rebuild the model input.
 
@@ -60,7 +61,9 @@ def preprocessing_spec(
     if resize_mode not in RESIZE_MODES:
         raise DataError(f"unknown resize mode {resize_mode!r}; allowed: {', '.join(RESIZE_MODES)}")
     m, s = _check_stats(mean, std, channels)
-    crop = {"resize_mode": "centre_crop", "crop_pct": EVAL_CROP_PCT} if resize_mode == "centre_crop" else {}
+    if not 0 < crop_pct <= 1:
+        raise DataError(f"crop_pct must be in (0, 1], got {crop_pct!r}")
+    crop = {"resize_mode": "centre_crop", "crop_pct": float(crop_pct)} if resize_mode == "centre_crop" else {}
     return {
         "resize": [int(image_size), int(image_size)],
         **crop,

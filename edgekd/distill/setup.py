@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.data import DataModule, build_data, resolve_storage
+from edgekd.data import DataModule, Normalization, build_data, resolve_storage
 from edgekd.data.loader import batches_per_epoch, check_workers
 from edgekd.distill import distributed
 from edgekd.distill.distributed import SINGLE, Dist
@@ -28,6 +28,7 @@ from edgekd.distill.nets import build_nets
 from edgekd.errors import DataError, MissingDependencyError, RecipeError
 from edgekd.models import user
 from edgekd.models.pretrained import InitReport
+from edgekd.models.timm_models import is_timm, pretrained_input
 from edgekd.recipe import OptimConfig, Recipe
 
 
@@ -307,6 +308,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def net_normalization(recipe: Recipe) -> tuple[Normalization | None, int | None]:
+    """data.normalize -> (a net's own input statistics or None for the data's, that net's input size).
+    auto: the teacher's, else the student's, for a timm net whose weights come from a checkpoint."""
+    choice = recipe.data.normalize
+    if choice == "data":
+        return None, None
+    for role in ("teacher", "student") if choice == "auto" else (choice,):
+        net = getattr(recipe, role)
+        if not is_timm(net.arch):
+            if choice != "auto":
+                raise RecipeError(f"data.normalize: {role} takes a timm {role}'s pretrained_cfg, but {role}.arch is "
+                                  f"{net.arch}; allowed: a timm/<name> {role}, or data.normalize data or auto")
+            continue
+        if choice == "auto" and not net.checkpoint:
+            continue  # fresh weights learn whatever statistics the data has
+        cfg = pretrained_input(net.arch)
+        return Normalization(f"{net.arch} pretrained_cfg", cfg["mean"], cfg["std"], cfg["crop_pct"]), cfg["image_size"]
+    return None, None
+
+
 def join_process_group(recipe: Recipe, dist: Dist) -> None:
     """Under torchrun, join the process group on this rank's device (no-op otherwise)."""
     distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
@@ -331,7 +352,9 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
                           f"but this run trains on {device.type}; set train.sync_bn: false")
     method_cls = get_method(recipe.distill.method)
     tensorboard_log.require(recipe.train.log)
-    shape = source_shape(d.name, d.root, d.image_size)
+    normalization, cfg_size = net_normalization(recipe)
+    image_size = d.image_size if d.image_size is not None else cfg_size
+    shape = source_shape(d.name, d.root, image_size)
     apply_determinism(recipe.train.deterministic, device)  # before any CUDA work
     seed_everything(recipe.train.seed)  # the nets' fresh weights come from this seed
     nets = build_nets(recipe, shape, modules, method_cls.trains_teacher)
@@ -344,13 +367,12 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
 
         student = quantize.prepare(student, recipe.train.quantize, shape.in_channels, shape.image_size,
                                    recipe.student.arch)
-    storage, why = resolve_storage(d.storage, d.name, d.root, shape.image_size,
-                                   shape.in_channels)
+    storage, why = resolve_storage(d.storage, d.name, d.root, shape.image_size, shape.in_channels)
     if storage == "stream" or d.loader == "host":
         check_workers(d.workers)
     data = build_data(
-        d.name, d.root, image_size=d.image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
-        download=d.download, cache_dir=d.cache_dir, storage=storage,
+        d.name, d.root, image_size=image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
+        download=d.download, cache_dir=d.cache_dir, storage=storage, normalization=normalization,
     )
     if (data.num_classes, data.in_channels, data.image_size) != (shape.num_classes, shape.in_channels, shape.image_size):
         raise DataError(f"data.root {d.root} gave {data.num_classes} classes of {data.in_channels}-channel "

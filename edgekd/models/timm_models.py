@@ -76,8 +76,19 @@ def build_timm(arch: str, num_classes: int, in_channels: int, image_size: int, o
         raise ModelError(f"timm could not build {name}: {type(e).__name__}: {first_line(e)}") from e
 
 
-def input_config(model: nn.Module) -> dict[str, Any]:
-    """What the model's pretrained_cfg says about its input: size, mean, std, interpolation, crop."""
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    keys = ("input_size", "mean", "std", "interpolation", "crop_pct")
-    return {k: (list(cfg[k]) if isinstance(cfg.get(k), tuple) else cfg.get(k)) for k in keys if k in cfg}
+def pretrained_input(arch: str) -> dict[str, Any]:
+    """What timm's pretrained_cfg of `arch` says its input is: image_size (the side of input_size),
+    mean, std, crop_pct and interpolation; timm's ImageNet defaults where the model has no cfg."""
+    name = check_name(arch)
+    timm = _timm()
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    get = (lambda k, default: getattr(cfg, k, None) or default) if cfg is not None else (lambda k, default: default)
+    return {
+        "image_size": int(get("input_size", (3, 224, 224))[-1]),
+        "mean": tuple(float(v) for v in get("mean", IMAGENET_DEFAULT_MEAN)),
+        "std": tuple(float(v) for v in get("std", IMAGENET_DEFAULT_STD)),
+        "crop_pct": float(get("crop_pct", 0.875)),
+        "interpolation": str(get("interpolation", "bilinear")),
+    }
