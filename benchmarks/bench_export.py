@@ -181,12 +181,12 @@ def throughput(engines: dict[str, list[Callable]], x: np.ndarray, repeats: int, 
 
 def bench_run(run: Path, args, work: Path) -> dict:
     student = load_run_student(run)
-    ck = student.ckpt
+    ck = student.checkpoint
     val = split_images(student, "val")
     x_val = student.preprocess(val)
     train = split_images(student, "train")
     fp32_path = work / f"{run.name}-fp32.onnx"
-    export_fp32(student.model, fp32_path, int(ck["in_channels"]), int(ck["image_size"]))
+    export_fp32(student.model, fp32_path, ck.in_channels, ck.image_size)
     fp32_logits = onnxruntime_logits(fp32_path, x_val)
     fp32 = calibration_metrics(fp32_logits, val.labels)
     torch_logits = student.logits(x_val)

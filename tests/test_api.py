@@ -274,8 +274,8 @@ def test_user_modules_are_trained_in_place_and_recorded_by_class_path(user_run):
     assert run.student_metrics["accuracy"] == epochs[-1]["student_accuracy"] == summary["student"]["accuracy"]
     assert set(run.teacher_metrics) == {"accuracy", "ece", "mce", "adaptive_ece", "classwise_ece", "nll", "brier"}
     ck = load_student(run.path / "student.pt")  # weights only: no class, no code
-    assert ck["arch"] == arch(PlainStudent)
-    assert all(torch.equal(ck["state_dict"][k], v.cpu()) for k, v in student.state_dict().items())
+    assert ck.arch == arch(PlainStudent)
+    assert all(torch.equal(ck.state_dict[k], v.cpu()) for k, v in student.state_dict().items())
 
 
 def test_user_model_bundle_validates_with_the_measured_numbers(user_run, tmp_path):

@@ -16,6 +16,7 @@ import pytest
 from edgekd import calibration
 from edgekd.compare import parse_variants, predictions
 from edgekd.compare.variants import DEPLOYED
+from edgekd.contracts import BundleManifest
 from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy.parity import onnxruntime_logits
@@ -59,9 +60,9 @@ def test_a_deployed_row_is_its_files_logits(deployed):
     for run in (r for r in report["runs"] if "@" in r["method"]):
         record = run["deployed"]
         bundle = Path(record["bundle"])
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        test = load_split_images(manifest["data"], "test")
-        x = normalize(test.images, manifest["preprocessing"]["mean"], manifest["preprocessing"]["std"])
+        manifest = BundleManifest.read(bundle)
+        test = load_split_images(manifest.data, "test")
+        x = normalize(test.images, manifest.preprocessing["mean"], manifest.preprocessing["std"])
         logits = onnxruntime_logits(bundle / DEPLOYED[record["flavour"]], x)
         slug = parse_variants([run["method"].split("@")[0]], [record["flavour"]])[1].slug
         saved = predictions.load(out, slug, run["seed"])

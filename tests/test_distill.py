@@ -63,10 +63,10 @@ def test_quickstart_end_to_end(quickstart_run):
 def test_student_checkpoint_has_everything_export_needs(quickstart_run):
     out, _ = quickstart_run
     ck = load_student(out / "student.pt")  # weights_only=True inside
-    assert ck["arch"] == "cnn_tiny" and ck["num_classes"] == 10 and ck["in_channels"] == 1
-    assert ck["preprocessing"]["resize"] == [32, 32] and len(ck["class_names"]) == 10
-    model = build_model(ck["arch"], ck["num_classes"], ck["in_channels"], ck["image_size"], ck["options"])
-    load_weights(model, ck["state_dict"], source="student.pt")
+    assert ck.arch == "cnn_tiny" and ck.num_classes == 10 and ck.in_channels == 1
+    assert ck.preprocessing["resize"] == [32, 32] and len(ck.class_names) == 10
+    model = build_model(ck.arch, ck.num_classes, ck.in_channels, ck.image_size, ck.options)
+    load_weights(model, ck.state_dict, source="student.pt")
     # The saved evaluation logits are the student's on the val split: recompute a few.
     logits = np.load(out / "eval_logits.npz")["student_logits"]
     summary = json.loads((out / "summary.json").read_text())
@@ -92,7 +92,7 @@ def test_one_epoch_on_cifar10_subset(tmp_path):
     assert summary["eval_images"] == 400
     assert summary["split"]["sizes"]["train"] == 1600
     ck = load_student(out / "student.pt")
-    assert ck["class_names"][0] == "airplane" and ck["in_channels"] == 3
+    assert ck.class_names[0] == "airplane" and ck.in_channels == 3
     # 1 epoch on 1,600 images: better than chance, but the point is the pipeline on real JPEGs.
     assert 0.1 < summary["teacher"]["accuracy"] <= 1.0
 

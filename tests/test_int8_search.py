@@ -18,6 +18,7 @@ can pass exactly by finding that conv, on any CPU.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 import json
 import os
 import re
@@ -331,7 +332,7 @@ def gate_met_with_the_conv_in_float(run: Path, workdir: Path) -> dict:
     workdir.mkdir()
     student = load_run_student(run)
     fp32, prepared = workdir / "model_fp32.onnx", workdir / "prepared.onnx"
-    export_fp32(student.model, fp32, int(student.ckpt["in_channels"]), int(student.ckpt["image_size"]))
+    export_fp32(student.model, fp32, student.checkpoint.in_channels, student.checkpoint.image_size)
     prepare(fp32, prepared)
     node, base = hostile_node(fp32), Int8Settings()
     picked, calib = calibration_images(student, base)
@@ -447,14 +448,13 @@ def test_validate_lists_the_float_nodes(searched):
 def test_without_a_tune_split_the_search_uses_training_images_apart_from_calibration(hostile):
     """The same data split but without tune: a held-apart slice of train, never val."""
     student = load_run_student(hostile)
-    info = dict(student.split_info)
-    info.update(tune_fraction=0.0, tune_size=None)
+    info = replace(student.split_info, tune_fraction=0.0, tune_size=None)
     from edgekd.data.sources import load_source
 
-    n = len(load_source(info["name"], info.get("root"), info.get("image_size"), False, None))
-    split = make_split(n, val_fraction=info["val_fraction"], seed=info["seed"])
-    info.update(fingerprint=split_fingerprint(split), sizes={k: len(v) for k, v in split.items() if k != "test"})
-    student.ckpt["split"] = info
+    n = len(load_source(info.name, info.root, info.image_size, False, None))
+    split = make_split(n, val_fraction=info.val_fraction, seed=info.seed)
+    info = replace(info, fingerprint=split_fingerprint(split), sizes={k: len(v) for k, v in split.items() if k != "test"})
+    student.checkpoint = replace(student.checkpoint, split=info)
     s = Int8Settings()
     picked = pick_calibration(len(split["train"]), s)
     data = search_data(student, picked, s.seed)

@@ -78,11 +78,10 @@ def test_export_writes_the_trained_quantized_network(qat_run, qat_bundle):
     assert q["method"] == "train.quantize" and q["flavour"] == "int8_cpu" and q["samples"] is None
     assert q["fake_quant_agreement"] >= 0.995
     student = load_run_student(qat_run)
-    ck = student.ckpt
+    ck = student.checkpoint
     val = split_images(student, "val")
     x = student.preprocess(val)
-    trained = quantize.restore(copy.deepcopy(student.model), ck["quantize"], ck["in_channels"], ck["image_size"],
-                               ck["arch"])
+    trained = quantize.restore(copy.deepcopy(student.model), ck.quantize, ck.in_channels, ck.image_size, ck.arch)
     with torch.no_grad():
         fake = trained(torch.from_numpy(x)).numpy()
     deployed = parity.onnxruntime_logits(qat_bundle / "model_int8_cpu.onnx", x)

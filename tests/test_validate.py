@@ -205,7 +205,7 @@ def test_validates_without_torch(full_run, bundle):
 # What a device imports: the validate side, the Python API, the runtime layer both sides share, and the contract modules.
 DEVICE_MODULES = ["edgekd.validate", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base",
                   "edgekd.runtime.onnxruntime_session", "edgekd.runtime.openvino_cpu", "edgekd.runtime.tensorrt_engine",
-                  "edgekd.runtime.gpu_memory", "edgekd.bundle_schema",
+                  "edgekd.runtime.gpu_memory", "edgekd.contracts",
                   "edgekd.drift", "edgekd.calibration"]
 
 

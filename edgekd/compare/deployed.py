@@ -11,7 +11,6 @@ the tune split and folded into the file, as it would ship.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from edgekd.compare import predictions
 from edgekd.compare.variants import DEPLOYED, Variant
-from edgekd.contracts import RunLayout
+from edgekd.contracts import BundleManifest, RunLayout
 from edgekd.data import load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.deploy import export_bundle
@@ -42,9 +41,9 @@ def export_groups(rows: list[Variant]) -> dict[tuple[bool, bool], list[Variant]]
     return groups
 
 
-def _images(manifest: dict, split: str) -> tuple[np.ndarray, np.ndarray]:
-    images = load_split_images(manifest["data"], split)
-    pre = manifest["preprocessing"]
+def _images(manifest: BundleManifest, split: str) -> tuple[np.ndarray, np.ndarray]:
+    images = load_split_images(manifest.data, split)
+    pre = manifest.preprocessing
     return normalize(images.images, pre["mean"], pre["std"]), images.labels
 
 
@@ -63,9 +62,9 @@ def deploy_run(out: Path, run_name: str, seed: int, rows: list[Variant], trained
         log(f"  exporting {', '.join(r.label for r in group)} into {folder}")
         export_bundle(run_dir=run_dir, out=folder, formats=sorted(set(formats)), overwrite=True, int8_search=search,
                       temperature="fit" if posthoc else None, log=lambda line: None)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = BundleManifest.read(folder)
         x, labels = _images(manifest, eval_split)
-        tune = _images(manifest, "tune") if int((manifest["data"].get("sizes") or {}).get("tune") or 0) else None
+        tune = _images(manifest, "tune") if manifest.data.size("tune") else None
         for row in group:
             file = DEPLOYED[row.deployed]
             logits = onnxruntime_logits(folder / file, x)
@@ -77,15 +76,15 @@ def deploy_run(out: Path, run_name: str, seed: int, rows: list[Variant], trained
             predictions.save(out, row.slug, seed, meta, labels, logits, None if tune is None else tune[1], tune_logits)
 
 
-def deployed_record(manifest: dict, flavour: str, folder: Path) -> dict[str, Any]:
+def deployed_record(manifest: BundleManifest, flavour: str, folder: Path) -> dict[str, Any]:
     """What a deployed row's prediction file says of its file: where it is, how it was quantized, the
     temperature inside it, and for int8_search the chosen candidate and its speed against FP32."""
     file = DEPLOYED[flavour]
-    entry = manifest["files"][file]
+    entry = manifest.files[file]
     record: dict[str, Any] = {"flavour": flavour, "file": file, "bundle": str(folder), "sha256": entry["sha256"],
                               "quantization": entry.get("quantization"),
-                              "temperature": (manifest.get("temperature") or {}).get("value")}
-    search = manifest.get("int8_search")
+                              "temperature": manifest.temperature_value}
+    search = manifest.int8_search
     if flavour == "int8_search" and search:
         found = search["files"][file]
         chosen = found["candidates"][found["chosen"]]

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgekd.contracts import RunLayout
+from edgekd.contracts import EvalLogits, RunLayout
 from edgekd.distill import checkpoint
 from edgekd.distill.run_dir import run_distill
 from edgekd.distill.setup import prepare
@@ -24,11 +24,11 @@ def train(recipe: Recipe, run_dir: Path, resume: bool, on_epoch: Callable[[dict]
     return run_distill(recipe, run_dir, resume=resume, on_epoch=on_epoch)
 
 
-def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str, dict[str, np.ndarray]]:
+def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str, EvalLogits]:
     """Teacher and student of a finished run (its last.pt) on each split, built the way training
     builds them (same data, split, preprocessing and device; evaluated in fp32, as the trainer does).
 
-    Returns {split: {"labels", "teacher", "student"}} (logits float32).
+    Returns {split: its labels and both nets' logits (float32)}.
     """
     last = RunLayout(run_dir).last
     if not last.is_file():
@@ -49,5 +49,5 @@ def evaluate_final(recipe: Recipe, run_dir: Path, splits: list[str]) -> dict[str
         t_logits, labels = predict(setup.teacher, loader, setup.channels_last)
         s_logits, s_labels = predict(setup.student, loader, setup.channels_last)
         assert np.array_equal(labels, s_labels)  # one unshuffled loader: same order twice
-        out[split] = {"labels": labels, "teacher": t_logits, "student": s_logits}
+        out[split] = EvalLogits(labels=labels, student=s_logits, teacher=t_logits)
     return out

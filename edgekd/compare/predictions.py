@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgekd import calibration, files
+from edgekd.contracts import SplitInfo
 from edgekd.errors import RecipeError
 
 FORMAT = 1
@@ -48,20 +49,15 @@ def _labels(y: np.ndarray) -> np.ndarray:
     return y.astype(np.min_scalar_type(int(y.max())) if len(y) else np.uint8)
 
 
-def split_images_digest(split_info: dict, which: str) -> str:
+def split_images_digest(split_info: SplitInfo, which: str) -> str:
     """Short sha256 of the image indices of one split of a run (rebuilt from its split_info,
     without the data): two runs with the same digest were evaluated on the same images."""
     from edgekd.data.split import make_split
 
-    split = make_split(
-        split_info["num_images"], val_fraction=split_info.get("val_fraction"), val_size=split_info.get("val_size"),
-        tune_fraction=split_info.get("tune_fraction", 0.0), tune_size=split_info.get("tune_size"),
-        test_fraction=split_info.get("test_fraction", 0.0), test_size=split_info.get("test_size"),
-        subset=split_info.get("subset"), seed=split_info.get("seed", 0),
-    )
+    split = make_split(split_info.num_images, **split_info.carving())
     idx = np.asarray(split[which], dtype="<i8")
     # Not the data's root: the same images under another folder (another session's machine) still pair.
-    digest = hashlib.sha256(f"{split_info['name']}:{split_info['num_images']}:{which}:".encode() + idx.tobytes())
+    digest = hashlib.sha256(f"{split_info.name}:{split_info.num_images}:{which}:".encode() + idx.tobytes())
     return digest.hexdigest()[:16]
 
 

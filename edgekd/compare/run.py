@@ -15,12 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from edgekd import calibration
 from edgekd.compare import predictions
 from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
-from edgekd.contracts import RunLayout
+from edgekd.contracts import EvalLogits, RunLayout, SplitInfo
 from edgekd.errors import RecipeError
 from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, saved_recipe_diff
 
@@ -249,7 +247,8 @@ def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epo
         log(f"{head}: {'resuming' if resume else 'training'} in {run_dir}")
         evaluate.train(r, run_dir, resume=resume, on_epoch=on_epoch)
     summary = json.loads(RunLayout(run_dir).summary.read_text())
-    has_tune = int(summary["split"].get("sizes", {}).get("tune", 0)) > 0
+    split_info = SplitInfo.from_dict(summary["split"], f"{RunLayout(run_dir).summary}: split")
+    has_tune = split_info.size("tune") > 0
     wanted = [split] + (["tune"] if has_tune and split != "tune" else [])
     logits_file = RunLayout(run_dir).eval_logits
     # The run's own final evaluation is the same nets on the same split: no need to run it again.
@@ -259,20 +258,19 @@ def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epo
         log(f"{head}: evaluating the final nets on {' and '.join(todo)}")
     evals = evaluate.evaluate_final(r, run_dir, todo) if todo else {}
     if reuse_own:
-        with np.load(logits_file) as z:
-            evals[split] = {"labels": z["labels"], "teacher": z["teacher_logits"], "student": z["student_logits"]}
+        evals[split] = EvalLogits.read(logits_file)
     main = evals[split]
     tune = evals.get("tune") if split != "tune" else None
     meta = {
         "variant": run.variant.label, "seed": run.seed, "recipe_hash": r.digest(), "recipe": r.to_dict(),
-        "eval_split": split, "eval_images": int(len(main["labels"])),
-        "eval_images_digest": predictions.split_images_digest(summary["split"], split),
-        "tune_images": int(len(tune["labels"])) if tune else 0,
-        "teacher": calibration.calibration_metrics(main["teacher"], main["labels"]),
+        "eval_split": split, "eval_images": int(len(main.labels)),
+        "eval_images_digest": predictions.split_images_digest(split_info, split),
+        "tune_images": int(len(tune.labels)) if tune else 0,
+        "teacher": calibration.calibration_metrics(main.teacher, main.labels),
         "summary": summary,
     }
-    predictions.save(cmp.out, run.variant.slug, run.seed, meta, main["labels"], main["student"],
-                     tune["labels"] if tune else None, tune["student"] if tune else None)
+    predictions.save(cmp.out, run.variant.slug, run.seed, meta, main.labels, main.student,
+                     tune.labels if tune else None, tune.student if tune else None)
 
 
 def run_all(recipe_path: Path, variants: list[Variant], seeds: list[int], overrides: list[str], out: Path,

@@ -11,6 +11,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgekd.contracts import SplitInfo
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
 from edgekd.data.files import FileSet, available_memory, sample_stats, scan_files, storage_for
 from edgekd.data.preprocess import EVAL_CROP_PCT, preprocessing_spec
@@ -91,7 +92,7 @@ class DataModule:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    split_info: dict  # everything load_split_images needs to rebuild the split, plus sizes and fingerprint
+    split_info: SplitInfo  # everything load_split_images needs to rebuild the split, plus sizes and fingerprint
     # Held out from everything but the final report (never trained on, never used to choose).
     test: ImageSet | FileSet | None = None
     storage: str = "memory"
@@ -208,7 +209,7 @@ def build_data(
     crop_pct = normalization.crop_pct if normalization else EVAL_CROP_PCT
     if storage == "stream":
         n, h, c = len(full), side, 3
-        stream = {"storage": "stream", "resize_mode": "centre_crop", "crop_pct": crop_pct}
+        stream = dict(storage="stream", resize_mode="centre_crop", crop_pct=crop_pct)
     else:
         n, h, w, c = full.images.shape
         if h != w:
@@ -222,25 +223,16 @@ def build_data(
         mean, std = DATASET_STATS[name]["mean"], DATASET_STATS[name]["std"]
     else:
         mean, std = channel_stats(train.images)  # from TRAIN only: val stays unseen
-    split_info = {
-        "name": name,
-        "root": abs_root,
-        # The actual size: rebuilding with it reproduces these arrays (no resize if already that size).
-        "image_size": h,
-        "val_fraction": val_fraction,
-        "val_size": val_size,
-        "tune_fraction": tune_fraction,
-        "tune_size": tune_size,
-        "test_fraction": test_fraction,
-        "test_size": test_size,
-        "subset": subset,
-        "seed": split_seed,
-        "num_images": n,
-        "sizes": {k: int(len(v)) for k, v in split.items() if k != "test" or len(v)},
-        "fingerprint": split_fingerprint(split),
+    split_info = SplitInfo(
+        name=name, root=abs_root,
+        image_size=h,  # the actual size: rebuilding with it reproduces these arrays (no resize if already that size)
+        val_fraction=val_fraction, val_size=val_size, tune_fraction=tune_fraction, tune_size=tune_size,
+        test_fraction=test_fraction, test_size=test_size, subset=subset, seed=split_seed, num_images=n,
+        sizes={k: int(len(v)) for k, v in split.items() if k != "test" or len(v)},
+        fingerprint=split_fingerprint(split),
         **stream,  # how the split's files are prepared (load_split_images), absent for decoded sources
-        **({"normalization": normalization.source} if normalization else {}),
-    }
+        normalization=normalization.source if normalization else None,
+    )  # fmt: skip
     return DataModule(
         train=train, val=val, tune=tune, test=test, class_names=list(full.class_names), num_classes=len(full.class_names),
         in_channels=c, image_size=h, mean=tuple(mean), std=tuple(std), split_info=split_info, storage=storage,

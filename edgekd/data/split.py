@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgekd.contracts import SplitInfo
 from edgekd.errors import DataError
 
 SPLIT_KEYS = ("train", "val", "tune", "test")
@@ -97,7 +98,7 @@ def split_fingerprint(split: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_split_images(split_info: dict, which: str = "val", cache_dir: str | Path | None = None):
+def load_split_images(split_info: SplitInfo, which: str = "val", cache_dir: str | Path | None = None):
     """Rebuild one split recorded in a run's split_info (see build_data) -> ImageSet, torch-free.
 
     Refuses if the data now yields a different split than the run recorded.
@@ -107,35 +108,20 @@ def load_split_images(split_info: dict, which: str = "val", cache_dir: str | Pat
 
     if which not in SPLIT_KEYS:
         raise DataError(f"unknown split {which!r}; allowed: {', '.join(SPLIT_KEYS)}")
-    streamed = split_info.get("storage") == "stream"
-    try:
-        if streamed:  # only this split's files are decoded, prepared as the run's evaluation prepared them
-            full = scan_files(split_info["root"])
-        else:
-            full = load_source(split_info["name"], split_info.get("root"), split_info.get("image_size"), False,
-                               cache_dir)
-        split = make_split(
-            len(full),
-            val_fraction=split_info.get("val_fraction"),
-            val_size=split_info.get("val_size"),
-            tune_fraction=split_info.get("tune_fraction", 0.0),
-            tune_size=split_info.get("tune_size"),
-            test_fraction=split_info.get("test_fraction", 0.0),
-            test_size=split_info.get("test_size"),
-            subset=split_info.get("subset"),
-            seed=split_info.get("seed", 0),
-        )
-    except KeyError as e:
-        raise DataError(f"split_info lacks {e.args[0]!r}; it must come from build_data") from None
+    if split_info.streamed:  # only this split's files are decoded, prepared as the run's evaluation prepared them
+        full = scan_files(split_info.root)
+    else:
+        full = load_source(split_info.name, split_info.root, split_info.image_size, False, cache_dir)
+    split = make_split(len(full), **split_info.carving())
     fingerprint = split_fingerprint(split)
-    if split_info.get("fingerprint") not in (None, fingerprint):
+    if split_info.fingerprint not in (None, fingerprint):
         raise DataError(
-            f"the data under {split_info.get('root')} gives split {fingerprint}, but the run used "
-            f"{split_info['fingerprint']}; the data changed (files added, removed or renamed)"
+            f"the data under {split_info.root} gives split {fingerprint}, but the run used "
+            f"{split_info.fingerprint}; the data changed (files added, removed or renamed)"
         )
-    if streamed:
-        size = int(split_info["image_size"])
-        geometry = {"resize": [size, size], "resize_mode": split_info["resize_mode"],
-                    "crop_pct": split_info["crop_pct"], "interpolation": "bilinear", "channel_order": "RGB"}
+    if split_info.streamed:
+        size = int(split_info.image_size)
+        geometry = {"resize": [size, size], "resize_mode": split_info.resize_mode,
+                    "crop_pct": split_info.crop_pct, "interpolation": "bilinear", "channel_order": "RGB"}
         return full.decode(geometry, split[which])
     return full.take(split[which])

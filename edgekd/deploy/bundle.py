@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import numpy as np
 
 import edgekd
-from edgekd.bundle_schema import BUNDLE_KIND, INCOMPLETE_KEY, MANIFEST_FILE, PRECISIONS, SCHEMA_VERSION
 from edgekd.calibration import METRIC_KEYS, calibration_metrics
-from edgekd.contracts import RunLayout
+from edgekd.contracts import PRECISIONS, BundleManifest
 from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
 from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Result, Int8Settings, calibration_file,
@@ -31,7 +30,7 @@ from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Result, Int8Setting
 from edgekd.deploy.int8_search import (SearchData, SearchOutcome, SearchPlan, check_budget, held_apart, run_search,
                                        search_split, search_thresholds)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
-from edgekd.deploy.source import STUDENT_FILE, Student, load_run_student, resolve_run, split_images
+from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.deploy.temperature import FIT, Temperature, append_division, parse_temperature, scaled
 from edgekd.deploy.temperature import resolve as resolve_temperature
 from edgekd.drift import top1_agreement
@@ -51,7 +50,7 @@ ONNX_FILES = {p: f"model_{p}.onnx" for p in PRECISIONS}
 ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
 INT8_FLAVOURS = {"int8": TENSORRT_INT8, "int8_cpu": CPU_INT8}
-REFERENCE_METRICS = METRIC_KEYS  # manifest["reference"]: PyTorch's every calibration metric
+REFERENCE_METRICS = METRIC_KEYS  # the manifest's reference: PyTorch's every calibration metric
 # A train.quantize run's INT8 file against its fake-quantized PyTorch model, top-1 on val (issue 25):
 # both compute the same quantized network, up to the float rounding of the dequantized arithmetic.
 QAT_MIN_AGREEMENT = 0.995
@@ -99,7 +98,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     out = Path(out) if out is not None else Path("export") / run.name
     student = load_run_student(run, model)
     # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
-    sections = saved_sections(student.recipe, str(student.run_dir / STUDENT_FILE))
+    sections = saved_sections(student.recipe, str(student.path))
     search = _search_request(sections, chosen, int8_search, search_budget)
     trained = student.quantized_flavour
     if search is not None and trained in chosen:
@@ -133,13 +132,14 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
         manifest = _manifest(student, run, val.labels, ref_metrics, files, trt_target, sections.gate.model_dump())
         if shipped is not None:
-            manifest["temperature"] = shipped.record()
+            manifest = replace(manifest, temperature=shipped.record())
         if searched is not None:
-            manifest["int8_search"] = searched.record()
+            manifest = replace(manifest, int8_search=searched.record())
             if not searched.passed:  # `edgekd validate` without a bundle named skips it
-                manifest[INCOMPLETE_KEY] = f"the INT8 search found no file for {', '.join(searched.failed_files)}"
-        write_json(tmp / MANIFEST_FILE, manifest)
-    _print_table(log, ref_metrics, manifest["files"])
+                manifest = replace(manifest, incomplete=f"the INT8 search found no file for "
+                                                        f"{', '.join(searched.failed_files)}")
+        manifest.write(tmp)
+    _print_table(log, ref_metrics, manifest.files)
     if searched is not None:
         log("INT8 search:")
         for line in searched.table():
@@ -181,7 +181,7 @@ def calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, n
 
 def search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
     """The images the INT8 search judges on (int8_search.search_split): never val or test."""
-    which = search_split(student.split_info.get("sizes") or {})
+    which = search_split(student.split_info.sizes)
     if which == "tune":
         tune = split_images(student, "tune")
         return SearchData("tune", student.preprocess(tune), tune.labels, "the tune split")
@@ -194,7 +194,7 @@ def search_data(student: Student, picked: np.ndarray, seed: int) -> SearchData:
 def _temperature(student: Student, spec: float | str, log: Callable[[str], Any]) -> Temperature:
     """The temperature to ship: `spec` as given, or fitted on the run's tune split (FIT), with its
     effect there. Found before anything is written: FIT without a tune split is bad input."""
-    has_tune = int((student.split_info.get("sizes") or {}).get("tune") or 0) > 0
+    has_tune = student.split_info.size("tune") > 0
     if spec == FIT and not has_tune:
         raise ExportError(f"--temperature fit fits on the run's tune split, and {student.run_dir} has none (never "
                           "val, whose figures the bundle reports); train with data.tune_fraction or data.tune_size, "
@@ -214,7 +214,7 @@ def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray,
     every file's are: what every exported file is compared with."""
     logits = student.logits(x_val)
     if not np.all(np.isfinite(logits)):
-        raise CheckpointError(f"{RunLayout(student.run_dir).student} gives NaN or infinite logits on the val split "
+        raise CheckpointError(f"{student.path} gives NaN or infinite logits on the val split "
                               "(a diverged run?)")
     logits = scaled(logits, temperature)
     return logits, calibration_metrics(logits, labels)
@@ -229,8 +229,7 @@ class BundleWriter:
         self.folder, self.student, self.x_val, self.labels = folder, student, x_val, labels
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
         self.temperature = temperature
-        ck = student.ckpt
-        self.channels, self.size = int(ck["in_channels"]), int(ck["image_size"])
+        self.channels, self.size = student.checkpoint.in_channels, student.checkpoint.image_size
 
     def _measure(self, name: str) -> tuple[np.ndarray, dict]:
         """Run the file on the val split in ONNX Runtime (CPU): its logits and its figures vs PyTorch."""
@@ -294,9 +293,8 @@ class BundleWriter:
 
         name = ONNX_FILES[flavour]
         self.log(f"writing {name} (from the ranges learned in training: train.quantize {flavour}; no calibration)")
-        ck = self.student.ckpt
-        trained = quantize.restore(copy.deepcopy(self.student.model), ck["quantize"], self.channels, self.size,
-                                   ck["arch"])
+        ck = self.student.checkpoint
+        trained = quantize.restore(copy.deepcopy(self.student.model), ck.quantize, self.channels, self.size, ck.arch)
         with torch.no_grad():
             fake = parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)
         export_fp32(trained.converted(), self.folder / name, self.channels, self.size)
@@ -329,7 +327,7 @@ class BundleWriter:
         ranges_file = None
         if result.flavour is TENSORRT_INT8:
             write_json(self.folder / RANGES_FILE,
-                       calibration_file(result, s, picked, self.student.split_info.get("fingerprint")))
+                       calibration_file(result, s, picked, self.student.split_info.fingerprint))
             ranges_file = RANGES_FILE
         quantization = {**quantization_entry(result, s, len(picked), ranges_file), **extra}
         files[name] = self._entry(name, "onnx", result.flavour.precision, **self._measure(name)[1],
@@ -407,28 +405,17 @@ def _tool_versions(trt_target) -> dict[str, str | None]:
 
 
 def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict, files: dict, trt_target,
-              gate: dict) -> dict:
-    ck, recipe = student.ckpt, student.recipe
-    c, k, size = int(ck["in_channels"]), int(ck["num_classes"]), int(ck["image_size"])
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": BUNDLE_KIND,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": {"arch": ck["arch"], "num_classes": k, "params": count_parameters(student.model),
-                  "options": dict(ck.get("options") or {})},
-        "input": {"name": INPUT_NAME, "shape": ["batch", c, size, size], "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", k], "dtype": "float32"},
-        "preprocessing": ck["preprocessing"],
-        "class_names": list(ck["class_names"]),
-        "source": {"run": str(run), "recipe": recipe.get("name"), "recipe_hash": ck.get("recipe_hash"),
-                   "student_sha256": student.sha256},
-        "data": student.split_info,
-        "reference": {"runtime": "pytorch", "split": "val", "n": int(len(labels)),
-                      **{m: ref_metrics[m] for m in REFERENCE_METRICS}},
-        "gate": gate,  # the recipe's validate: section as the schema read it (saved_sections)
-        "files": files,
-        "tools": _tool_versions(trt_target),
-    }
+              gate: dict) -> BundleManifest:
+    ck = student.checkpoint
+    return BundleManifest.describe(
+        arch=ck.arch, options=ck.options, params=count_parameters(student.model), num_classes=ck.num_classes,
+        channels=ck.in_channels, image_size=ck.image_size, input_name=INPUT_NAME, output_name=OUTPUT_NAME,
+        preprocessing=ck.preprocessing, class_names=ck.class_names, run=str(run), recipe_name=ck.recipe_name,
+        recipe_hash=ck.recipe_hash, student_sha256=student.sha256, data=student.split_info,
+        reference_n=int(len(labels)), reference_metrics={m: ref_metrics[m] for m in REFERENCE_METRICS},
+        gate=gate,  # the recipe's validate: section as the schema read it (saved_sections)
+        files=files, tools=_tool_versions(trt_target), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )  # fmt: skip
 
 
 def _print_table(log: Callable[[str], Any], ref: dict, files: dict) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekd.contracts import RunLayout
+from edgekd.contracts import RunLayout, SplitInfo, StudentCheckpoint
 from edgekd.data import ImageSet, load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.distill.checkpoint import load_student
@@ -24,33 +24,37 @@ from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
 from edgekd.models.user import class_name, is_user_arch
 
-STUDENT_FILE = RunLayout.STUDENT  # the name export messages use
 TORCH_BATCH = 256
 
 
 @dataclass
 class Student:
     run_dir: Path
-    ckpt: dict[str, Any]
+    checkpoint: StudentCheckpoint
     sha256: str
     model: nn.Module
 
     @property
-    def recipe(self) -> dict:
-        return self.ckpt.get("recipe") or {}
+    def path(self) -> Path:
+        """The student.pt it was read from."""
+        return RunLayout(self.run_dir).student
 
     @property
-    def split_info(self) -> dict:
-        return self.ckpt["split"]
+    def recipe(self) -> dict:
+        return self.checkpoint.recipe
+
+    @property
+    def split_info(self) -> SplitInfo:
+        return self.checkpoint.split
 
     @property
     def quantized_flavour(self) -> str | None:
         """The INT8 flavour a train.quantize run learned its ranges for (None: trained in float)."""
-        return (self.ckpt.get("quantize") or {}).get("flavour")
+        return self.checkpoint.quantized_flavour
 
     def preprocess(self, images: ImageSet) -> np.ndarray:
         """uint8 NHWC -> float32 NCHW with the run's own mean/std: what every file is fed."""
-        pre = self.ckpt["preprocessing"]
+        pre = self.checkpoint.preprocessing
         return normalize(images.images, pre["mean"], pre["std"])
 
     @torch.no_grad()
@@ -71,8 +75,9 @@ def resolve_run(run_dir: str | Path | None, log: Callable[[str], Any]) -> Path:
         raise EdgeKDError(f"run directory {run_dir} does not exist")
     if not run_dir.is_dir():
         raise EdgeKDError(f"{run_dir} is not a directory")
-    if not (run_dir / STUDENT_FILE).is_file():
-        raise EdgeKDError(f"{run_dir} has no {STUDENT_FILE}; is the run finished? (edgekd distill writes it at the end)")
+    if not RunLayout(run_dir).student.is_file():
+        raise EdgeKDError(f"{run_dir} has no {RunLayout.STUDENT}; is the run finished? (edgekd distill writes it at "
+                          "the end)")
     return run_dir
 
 
@@ -80,20 +85,17 @@ def load_run_student(run_dir: Path, model: nn.Module | None = None) -> Student:
     """The run's student.pt, its weights loaded into a model rebuilt from its arch, or into a
     CPU copy of `model` (needed for a user model, which no name rebuilds; the caller's
     module is left as it is)."""
-    path = run_dir / STUDENT_FILE
+    path = RunLayout(run_dir).student
     ckpt = load_student(path)
-    if not isinstance(ckpt.get("split"), dict):
-        raise CheckpointError(f"{path} does not record its data split; re-run edgekd distill to write a complete student.pt")
     if model is not None:
         model = copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format)
-    elif is_user_arch(ckpt["arch"]):
+    elif is_user_arch(ckpt.arch):
         raise CheckpointError(
-            f"the student of {run_dir} is a user model ({ckpt['arch']}), which edgekd cannot rebuild from a name; "
-            f"export it from Python with the module: edgekd.export(run, student={class_name(ckpt['arch'])}(...))")
+            f"the student of {run_dir} is a user model ({ckpt.arch}), which edgekd cannot rebuild from a name; "
+            f"export it from Python with the module: edgekd.export(run, student={class_name(ckpt.arch)}(...))")
     else:
-        model = build_model(ckpt["arch"], ckpt["num_classes"], ckpt["in_channels"], ckpt["image_size"],
-                            ckpt.get("options"))
-    load_weights(model, ckpt["state_dict"], source=str(path))
+        model = build_model(ckpt.arch, ckpt.num_classes, ckpt.in_channels, ckpt.image_size, ckpt.options)
+    load_weights(model, ckpt.state_dict, source=str(path))
     return Student(run_dir, ckpt, sha256_file(path), model.eval())
 
 

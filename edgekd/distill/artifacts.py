@@ -1,8 +1,8 @@
 """What a finished run leaves next to its last.pt: summary.json, student.pt,
 eval_logits.npz and one reliability diagram per net.
 
-`evals` maps "teacher" and "student" to (logits, labels, metrics) on the
-evaluation split, as Trainer.evaluate returns them.
+`evals` maps "teacher" and "student" to their NetEval on the evaluation split,
+as Trainer.evaluate returns them.
 """
 
 from __future__ import annotations
@@ -10,17 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import edgekd
 from edgekd import calibration, files
-from edgekd.contracts import RunLayout
+from edgekd.contracts import EvalLogits, NetEval, RunLayout, StudentCheckpoint
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill.setup import Setup
 from edgekd.models import count_parameters
 
-Evals = dict[str, tuple[np.ndarray, np.ndarray, dict[str, float]]]
+Evals = dict[str, NetEval]  # by role: "teacher", "student"
 
 
 def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, history: list[dict[str, Any]],
@@ -37,9 +36,9 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         "method": recipe.distill.method,
         "epochs": epochs,
         "eval_split": recipe.train.eval_split,
-        "eval_images": int(len(evals["student"][1])),
+        "eval_images": evals["student"].n,
         "train_seconds": float(sum(h["seconds"] for h in history)),
-        "split": data.split_info,
+        "split": data.split_info.to_dict(),
         "edgekd_version": edgekd.__version__,
         "torch_version": torch.__version__,
         "device": str(setup.device),
@@ -50,7 +49,7 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
     }
     last_epoch = history[-1] if history else {}
     for role, net in (("teacher", setup.teacher), ("student", setup.student)):
-        logits, labels, metrics = evals[role]
+        logits, labels, metrics = evals[role].logits, evals[role].labels, evals[role].metrics
         arch = getattr(recipe, role).arch
         summary[role] = {
             "arch": arch,
@@ -66,8 +65,7 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
             title=f"{role} {arch} ({recipe.distill.method}) on {recipe.train.eval_split}",
         )
     layout = RunLayout(run_dir)
-    files.write_npz(layout.eval_logits, labels=evals["student"][1], student_logits=evals["student"][0],
-                    teacher_logits=evals["teacher"][0])
+    EvalLogits.of(teacher=evals["teacher"], student=evals["student"]).write(layout.eval_logits)
     from edgekd.distill.quantize import QuantizedStudent
 
     student = setup.student
@@ -79,21 +77,21 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
     def on_cpu(state: dict) -> dict:
         return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
-    ckpt.save_student(layout.student, {
-        "arch": recipe.student.arch,
-        "options": dict(recipe.student.options),
-        "num_classes": data.num_classes,
-        "in_channels": data.in_channels,
-        "image_size": data.image_size,
-        "state_dict": on_cpu(weights),
-        "quantize": {"flavour": student.flavour, "state": on_cpu(student.quant_state())} if quantized else None,
-        "preprocessing": data.preprocessing(),
-        "class_names": list(data.class_names),
-        "split": data.split_info,
-        "recipe": recipe.to_dict(),
-        "recipe_hash": recipe.digest(),
-        "metrics": {k: summary["student"][k] for k in calibration.METRIC_KEYS},
-        "edgekd_version": edgekd.__version__,
-    })
+    ckpt.save_student(layout.student, StudentCheckpoint(
+        arch=recipe.student.arch,
+        options=dict(recipe.student.options),
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        state_dict=on_cpu(weights),
+        quantize={"flavour": student.flavour, "state": on_cpu(student.quant_state())} if quantized else None,
+        preprocessing=data.preprocessing(),
+        class_names=list(data.class_names),
+        split=data.split_info,
+        recipe=recipe.to_dict(),
+        recipe_hash=recipe.digest(),
+        metrics={k: summary["student"][k] for k in calibration.METRIC_KEYS},
+        edgekd_version=edgekd.__version__,
+    ))
     files.write_json(layout.summary, summary)
     return summary

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from edgekd import files
+from edgekd.contracts import StudentCheckpoint
 from edgekd.errors import CheckpointError, first_line
 
-STUDENT_FORMAT = "edgekd.student/1"
 TRAINING_FORMAT = "edgekd.training/1"
 
 
@@ -97,8 +97,8 @@ def safe_load(path: str | Path, what: str) -> dict[str, Any]:
     return obj
 
 
-def save_student(path: str | Path, payload: dict[str, Any]) -> None:
-    files.torch_save({"format": STUDENT_FORMAT, **payload}, path)
+def save_student(path: str | Path, student: StudentCheckpoint) -> None:
+    files.torch_save(student.to_dict(), path)
 
 
 def _load_format(path: str | Path, what: str, fmt: str) -> dict[str, Any]:
@@ -108,13 +108,9 @@ def _load_format(path: str | Path, what: str, fmt: str) -> dict[str, Any]:
     return ckpt
 
 
-def load_student(path: str | Path) -> dict[str, Any]:
-    ckpt = _load_format(path, "student", STUDENT_FORMAT)
-    required = ("arch", "num_classes", "in_channels", "image_size", "state_dict", "preprocessing", "class_names")
-    missing = [k for k in required if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}; re-run edgekd distill to write a complete student.pt")
-    return ckpt
+def load_student(path: str | Path) -> StudentCheckpoint:
+    """student.pt, read safely (weights only) and checked by its contract."""
+    return StudentCheckpoint.from_dict(safe_load(path, "student checkpoint"), str(path))
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
@@ -204,8 +200,8 @@ def read_net_weights(path: str | Path, role: str = "teacher", key: str | None = 
     top = tuple(str(k) for k in ckpt)
     if key is not None:
         state, where = _at_key(ckpt, key, path, role), f"its {key!r} entry"
-    elif ckpt.get("format") == STUDENT_FORMAT:
-        state, where = ckpt.get("state_dict"), "its edgekd student"
+    elif StudentCheckpoint.is_one(ckpt):
+        state, where = StudentCheckpoint.weights_in(ckpt, str(path)), "its edgekd student"
     elif ckpt.get("format") == TRAINING_FORMAT:
         state, where = ckpt.get(role), f"its edgekd {role}"
     elif _is_state(ckpt):

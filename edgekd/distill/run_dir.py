@@ -172,7 +172,7 @@ def _train_into(setup: Setup, run_dir: Path, resume: bool, on_epoch, progress, a
         if main and (state is None or changed):  # a changed recipe is what the run follows now: on disk too
             files.write_yaml(layout.recipe, recipe.to_dict())
         if main and state is None:
-            files.write_json(layout.split, setup.data.split_info)
+            setup.data.split_info.write(layout.split)
         return trainer.fit()
     except BaseException:
         if created and not layout.last.exists():

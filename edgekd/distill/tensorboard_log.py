@@ -58,8 +58,8 @@ class TensorBoardLog:
         ...) and <eval split>/reliability_<net> (an image)."""
         step = rec["epoch"]
         add = self.writer.add_scalar
-        evaluated = {f"{net}_{metric}": value for net, (_, _, metrics) in (evals or {}).items()
-                     for metric, value in metrics.items() if metric in calibration.METRIC_KEYS}
+        evaluated = {f"{net}_{metric}": value for net, result in (evals or {}).items()
+                     for metric, value in result.metrics.items() if metric in calibration.METRIC_KEYS}
         for key, value in rec.items():
             if key in loss_terms:
                 add(f"loss/{key}", value, step)
@@ -71,8 +71,8 @@ class TensorBoardLog:
                 add(f"train/{key}", value, step)
         for key, value in evaluated.items():
             add(f"{self.eval_split}/{key}", value, step)
-        for net, (logits, labels, _) in (evals or {}).items():
-            png = plots.reliability_png(calibration.reliability_bins(logits, labels),
+        for net, result in (evals or {}).items():
+            png = plots.reliability_png(calibration.reliability_bins(result.logits, result.labels),
                                         title=f"{net} {self.archs[net]}, epoch {step}, {self.eval_split}")
             self.writer.add_image(f"{self.eval_split}/reliability_{net}", _rgb(png), step, dataformats="HWC")
         self.writer.flush()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from edgekd import calibration, faults, files
-from edgekd.contracts import RunLayout
+from edgekd.contracts import NetEval, RunLayout
 from edgekd.data import choose_loader
 from edgekd.distill import checkpoint as ckpt
 from edgekd.distill import distributed, tensorboard_log
@@ -258,7 +258,7 @@ class Trainer:
         out = {}
         for role, net in (("teacher", self.setup.teacher), ("student", self.setup.student)):
             logits, labels = predict(net, self.eval_loader, self.setup.channels_last)
-            out[role] = (logits, labels, calibration.calibration_metrics(logits, labels))
+            out[role] = NetEval(logits, labels, calibration.calibration_metrics(logits, labels))
             if role == "teacher":
                 faults.hit("eval")
         return out
@@ -274,7 +274,7 @@ class Trainer:
         evals = self.evaluate()
         for role in ("teacher", "student"):
             for k in ("accuracy", "ece", "nll"):
-                rec[f"{role}_{k}"] = evals[role][2][k]
+                rec[f"{role}_{k}"] = evals[role].metrics[k]
         rec["eval_seconds"] = time.perf_counter() - t_eval
         return evals
 

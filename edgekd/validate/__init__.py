@@ -116,7 +116,7 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
         log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
         if b.temperature is not None:  # part of every file: what is measured is what ships
             log(f"temperature: every file divides its logits by {b.temperature:.4g} "
-                f"({b.manifest['temperature'].get('source', 'given')}); the figures are of the files as shipped")
+                f"({b.manifest.temperature.get('source', 'given')}); the figures are of the files as shipped")
         for fmt, rt in runtimes.items():
             log(f"{fmt}: {b.formats[fmt]} on {rt.name} ({', '.join(rt.providers)})")
             if (nodes := b.float_nodes(fmt)) is not None:

@@ -8,7 +8,6 @@ agree with each other (and, once a model is loaded, with the model: see
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,15 +15,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgekd.arguments import TEXT, check_argument
-from edgekd.bundle_schema import (BUNDLE_KIND, CPU_ONLY_PRECISIONS, INCOMPLETE_KEY, MANIFEST_FILE, PRECISIONS,
-                                  SCHEMA_VERSION)
+from edgekd.contracts import CPU_ONLY_PRECISIONS, PRECISIONS, BundleManifest
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
 from edgekd.validate.gate import CHECKS as GATE_CHECKS
 from edgekd.validate.gate import THRESHOLD as GATE_THRESHOLD
 
-REQUIRED_KEYS = ("schema_version", "kind", "model", "input", "output", "preprocessing", "class_names",
-                 "data", "reference", "gate", "files")
 # Any precision but the CPU-only ones may be an engine (export builds fp16 and int8 only).
 ENGINE_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_ONLY_PRECISIONS)
 # Command-line names, in the order results are shown: the FP32 ONNX file comes first
@@ -38,56 +34,55 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 class Bundle:
     """A checked bundle (what `edgekd.export` returns, and what validate reads).
 
-    path: the bundle folder. manifest: manifest.json (export/README.md describes it;
-    manifest["files"][name] holds each file's export-time metrics, drift and parity
-    against PyTorch). formats: format name ("fp32", "int8_cpu", "engine_fp16", ...) ->
-    file name, FP32 first (the order validate reports them in).
+    path: the bundle folder. manifest: its manifest.json (export/README.md describes it;
+    manifest.files[name], also manifest["files"][name], holds each file's export-time metrics,
+    drift and parity against PyTorch). formats: format name ("fp32", "int8_cpu", "engine_fp16",
+    ...) -> file name, FP32 first (the order validate reports them in).
     """
 
     path: Path
-    manifest: dict = field(repr=False)
+    manifest: BundleManifest = field(repr=False)
     formats: dict[str, str]  # format name -> file name, in FORMAT_ORDER
 
     @property
     def class_names(self) -> list[str]:
         """The class names, in the order of the model's outputs."""
-        return self.manifest["class_names"]
+        return self.manifest.class_names
 
     @property
     def num_classes(self) -> int:
         """The number of classes (outputs)."""
-        return int(self.manifest["model"]["num_classes"])
+        return self.manifest.num_classes
 
     @property
     def preprocessing(self) -> dict:
-        """How an image becomes the model's input (resize, mean, std, ...: manifest["preprocessing"])."""
-        return self.manifest["preprocessing"]
+        """How an image becomes the model's input (resize, mean, std, ...: the manifest's preprocessing)."""
+        return self.manifest.preprocessing
 
     @property
     def image_size(self) -> int:
         """The input's height and width, in pixels."""
-        return int(self.manifest["input"]["shape"][2])
+        return self.manifest.image_size
 
     @property
     def channels(self) -> int:
         """The input's channels (1 or 3)."""
-        return int(self.manifest["input"]["shape"][1])
+        return self.manifest.channels
 
     @property
     def gate(self) -> dict:
         """The recipe's validate: thresholds, recorded at export (validate's defaults)."""
-        return self.manifest["gate"]
+        return self.manifest.gate
 
     @property
     def reference(self) -> dict:
         """PyTorch's metrics on the run's val split (runtime, split, n, accuracy, ece, ...)."""
-        return self.manifest["reference"]
+        return self.manifest.reference
 
     @property
     def temperature(self) -> float | None:
         """The temperature inside every file (export --temperature), or None."""
-        t = self.manifest.get("temperature")
-        return None if t is None else float(t["value"])
+        return self.manifest.temperature_value
 
     def _file_name(self, fmt: str) -> str:
         check_argument("Bundle", "fmt", fmt, TEXT)
@@ -102,13 +97,13 @@ class Bundle:
     def entry(self, fmt: str) -> dict:
         """Format `fmt`'s manifest entry: sha256, bytes, and for an exported ONNX file its metrics,
         drift and parity against PyTorch on the val split."""
-        return self.manifest["files"][self._file_name(fmt)]
+        return self.manifest.files[self._file_name(fmt)]
 
     def float_nodes(self, fmt: str) -> list[str] | None:
         """The nodes an INT8 file (or the engine built from it) keeps in float: export's
         excluded_nodes, the INT8 search's fallbacks among them. None for other formats."""
         entry = self.entry(fmt)
-        source = self.manifest["files"].get(entry.get("from"), {}) if "quantization" not in entry else entry
+        source = self.manifest.files.get(entry.get("from"), {}) if "quantization" not in entry else entry
         quantization = source.get("quantization")
         return None if quantization is None else list(quantization["excluded_nodes"])
 
@@ -120,26 +115,17 @@ def is_engine(fmt: str) -> bool:
 # ---------------------------------------------------------------- finding and loading
 
 
-def _incomplete(bundle: Path) -> str | None:
-    """Why a bundle is incomplete (its manifest says so), or None; an unreadable manifest counts as
-    complete here, so that loading it reports what is wrong with it."""
-    try:
-        reason = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8")).get(INCOMPLETE_KEY)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(reason) if reason else None
-
-
 def find_bundle(root: Path = Path("export"), log: Callable[[str], Any] = print) -> Path:
     """The complete bundle under `root` whose manifest.json was written last. Newer incomplete
-    ones (INCOMPLETE_KEY) are skipped, each with a one-line notice."""
+    ones (BundleManifest.incomplete) are skipped, each with a one-line notice."""
     # Hidden folders are half-written bundles (atomic_dir's temp names) or backups.
-    found = [d for d in root.iterdir() if not d.name.startswith(".") and (d / MANIFEST_FILE).is_file()] \
+    found = [d for d in root.iterdir() if not d.name.startswith(".") and BundleManifest.is_in(d)] \
         if root.is_dir() else []
     if not found:
-        raise BundleError(f"no bundle under {root}/ (a folder with manifest.json); run edgekd export first or pass BUNDLE")
-    for d in sorted(found, key=lambda d: (d / MANIFEST_FILE).stat().st_mtime_ns, reverse=True):
-        reason = _incomplete(d)
+        raise BundleError(f"no bundle under {root}/ (a folder with {BundleManifest.FILE}); run edgekd export first "
+                          "or pass BUNDLE")
+    for d in sorted(found, key=lambda d: BundleManifest.path_in(d).stat().st_mtime_ns, reverse=True):
+        reason = BundleManifest.incomplete_reason(d)
         if reason is None:
             return d
         log(f"skipping {d}: incomplete ({reason}); name it to validate it anyway")
@@ -155,32 +141,12 @@ def load_bundle(path: Path | None, log: Callable[[str], Any] = print) -> Bundle:
     log(f"validating bundle {path}")
     if not path.is_dir():
         raise BundleError(f"bundle folder {path} does not exist" if not path.exists() else f"{path} is not a folder")
-    manifest = read_manifest(path / MANIFEST_FILE)
-    if manifest.get(INCOMPLETE_KEY):
-        log(f"note: {path} is incomplete ({manifest[INCOMPLETE_KEY]}): validating the files it has")
+    manifest = BundleManifest.read(path)
+    if manifest.incomplete:
+        log(f"note: {path} is incomplete ({manifest.incomplete}): validating the files it has")
     formats = check_manifest(manifest)
-    verify_files(path, manifest["files"])
+    verify_files(path, manifest.files)
     return Bundle(path, manifest, formats)
-
-
-def read_manifest(path: Path) -> dict:
-    if not path.is_file():
-        raise BundleError(f"{path.parent} has no manifest.json; is it a bundle written by edgekd export?")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise BundleError(f"{path} is not valid JSON (not UTF-8 text)") from None
-    except json.JSONDecodeError as e:
-        raise BundleError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    _require(isinstance(manifest, dict) and manifest.get("kind") == BUNDLE_KIND,
-             f"{path} is not an edgekd bundle manifest (kind must be {BUNDLE_KIND!r})")
-    version = manifest.get("schema_version")
-    _require(version == SCHEMA_VERSION,
-             f"{path} has schema_version {version!r}; this edgekd reads schema_version {SCHEMA_VERSION}"
-             + (": upgrade edgekd" if isinstance(version, int) and version > SCHEMA_VERSION else ""))
-    missing = [k for k in REQUIRED_KEYS if k not in manifest]
-    _require(not missing, f"{path} lacks keys: {', '.join(missing)}")
-    return manifest
 
 
 # ---------------------------------------------------------------- consistency of the manifest
@@ -199,15 +165,15 @@ def _is_fraction(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v <= 1
 
 
-def check_manifest(m: dict) -> dict[str, str]:
+def check_manifest(m: BundleManifest) -> dict[str, str]:
     """Check that the manifest's entries agree with each other; return format -> file name."""
-    where = MANIFEST_FILE
-    model, inp, out, pre = m["model"], m["input"], m["output"], m["preprocessing"]
-    for key in ("model", "input", "output", "preprocessing", "data", "reference", "gate", "files"):
-        _require(isinstance(m[key], dict), f"{where}: {key} must be an object")
+    where = BundleManifest.FILE
+    model, inp, out, pre = m.model, m.input, m.output, m.preprocessing
+    for key, section in m.sections().items():
+        _require(isinstance(section, dict), f"{where}: {key} must be an object")
     c = model.get("num_classes")
     _require(_is_int(c) and c >= 2, f"{where}: model.num_classes must be an integer >= 2, got {c!r}")
-    names = m["class_names"]
+    names = m.class_names
     _require(isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names),
              f"{where}: class_names must be a list of distinct strings")
     _require(len(names) == c, f"{where}: {len(names)} class_names but model.num_classes is {c}")
@@ -223,19 +189,19 @@ def check_manifest(m: dict) -> dict[str, str]:
     _require(isinstance(oshape, list) and len(oshape) == 2 and oshape[1] == c,
              f"{where}: output.shape {oshape!r} disagrees with model.num_classes {c} (expected [batch, {c}])")
     _check_preprocessing(pre, shape[1], shape[2:], where)
-    thresholds = m["gate"]
+    thresholds = m.gate
     for key in (*GATE_CHECKS, GATE_THRESHOLD):  # the thresholds the gate checks, by name, and the confidence
         v = thresholds.get(key)
         _require(v is None or _is_fraction(v), f"{where}: gate.{key} must be a fraction in [0, 1] or null, got {v!r}")
-    t = m.get("temperature")
+    t = m.temperature
     if t is not None:
         v = t.get("value") if isinstance(t, dict) else None
         _require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
                  f"{where}: temperature.value must be a number > 0, got {v!r}")
-    ref = m["reference"]
+    ref = m.reference
     for key in ("accuracy", "ece"):
         _require(_is_fraction(ref.get(key)), f"{where}: reference.{key} must be a fraction in [0, 1], got {ref.get(key)!r}")
-    return _check_files(m["files"], where)
+    return _check_files(m.files, where)
 
 
 def _check_preprocessing(pre: dict, channels: int, hw: list[int], where: str) -> None:
@@ -292,7 +258,7 @@ def verify_files(root: Path, files: dict) -> None:
     for name, e in files.items():
         path = root / name
         if not path.is_file():
-            raise BundleError(f"{name} is listed in manifest.json but missing from {root}")
+            raise BundleError(f"{name} is listed in {BundleManifest.FILE} but missing from {root}")
         digest = sha256_file(path)
         if digest != e["sha256"]:
             size = path.stat().st_size
@@ -304,20 +270,19 @@ def verify_files(root: Path, files: dict) -> None:
 def check_model_io(bundle: Bundle, fmt: str, input_name: str, input_shape: list, output_name: str,
                    output_shape: list) -> None:
     """The loaded model must take and give what the manifest says (a hand-edited manifest would not)."""
-    m = bundle.manifest
-    want_in, want_out = m["input"], m["output"]
+    want_in, want_out = bundle.manifest.input, bundle.manifest.output
     # Dynamic axes come back as a string (ONNX Runtime), None or -1 (TensorRT): compare fixed axes only.
     def fixed(shape: list) -> list:
         return [v if _is_int(v) and v >= 0 else "dynamic" for v in shape]
 
     if input_name != want_in["name"] or fixed(input_shape)[1:] != want_in["shape"][1:] or len(input_shape) != 4:
         raise BundleError(
-            f"manifest.json says input {want_in['name']!r} {['batch'] + want_in['shape'][1:]} but "
+            f"{BundleManifest.FILE} says input {want_in['name']!r} {['batch'] + want_in['shape'][1:]} but "
             f"{bundle.formats[fmt]} takes {input_name!r} {fixed(input_shape)}: the manifest was edited or belongs to another model"
         )
     if output_name != want_out["name"] or len(output_shape) != 2 or fixed(output_shape)[1] != bundle.num_classes:
         raise BundleError(
-            f"manifest.json says output {want_out['name']!r} [batch, {bundle.num_classes}] but "
+            f"{BundleManifest.FILE} says output {want_out['name']!r} [batch, {bundle.num_classes}] but "
             f"{bundle.formats[fmt]} gives {output_name!r} {fixed(output_shape)}: the manifest was edited or belongs to another model"
         )
 

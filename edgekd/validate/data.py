@@ -43,7 +43,7 @@ class EvalData:
 def load_eval_data(spec: str | None, bundle: Bundle) -> EvalData:
     """Load, map labels to the bundle's classes, and preprocess (resize, channels, normalize)."""
     if spec is None:
-        images, spec_text = _reference_split(bundle), f"val split of {bundle.manifest['data'].get('name')}"
+        images, spec_text = _reference_split(bundle), f"val split of {bundle.manifest.data.name}"
     else:
         images, spec_text = _from_spec(spec, bundle), spec
     labels, present = map_labels(images, bundle.class_names, spec_text)
@@ -68,15 +68,15 @@ def _from_spec(spec: str, bundle: Bundle) -> ImageSet:
 
 
 def _reference_split(bundle: Bundle) -> ImageSet:
-    info = bundle.manifest["data"]
-    name, root = info.get("name"), info.get("root")
+    info = bundle.manifest.data
+    name, root = info.name, info.root
     if name != "digits" and (root is None or not Path(root).exists()):
         raise DataError(
             f"the run's {name} data is not at {root} on this machine, so its val split cannot be rebuilt; "
             f"pass --data ({SPEC_HELP})"
         )
     images = load_split_images(info, "val")  # refuses a split whose fingerprint differs
-    expected = (info.get("sizes") or {}).get("val", bundle.reference.get("n"))
+    expected = info.sizes.get("val", bundle.reference.get("n"))
     if expected is not None and len(images) != expected:
         raise DataError(f"the rebuilt val split has {len(images)} images but the bundle was measured on {expected}; "
                         f"the data under {root} changed: pass --data to validate on it anyway")

@@ -48,9 +48,9 @@ def device_info(runtime: str, providers: list[str], onnxruntime_version: str | N
 def bundle_info(bundle) -> dict:
     m = bundle.manifest
     floats = {f: bundle.float_nodes(f) for f in bundle.formats}
-    return {"path": str(bundle.path), "created": m.get("created"), "model": m["model"], "source": m.get("source"),
-            "files": {f: bundle.formats[f] for f in bundle.formats}, "reference": m["reference"],
-            "float_nodes": {f: nodes for f, nodes in floats.items() if nodes is not None}, "tools": m.get("tools")}
+    return {"path": str(bundle.path), "created": m.created, "model": m.model, "source": m.source,
+            "files": {f: bundle.formats[f] for f in bundle.formats}, "reference": m.reference,
+            "float_nodes": {f: nodes for f, nodes in floats.items() if nodes is not None}, "tools": m.tools}
 
 
 def results_document(results: dict[str, dict], thresholds: dict, checks: list[Check], passed: bool, data: dict,

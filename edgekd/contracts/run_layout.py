@@ -1,7 +1,7 @@
-"""What one stage hands the next, by name, in one torch-free place.
+"""RunLayout: the files of one run folder, by name.
 
-A run folder (written by `edgekd distill`, read by `export`, `compare` and `--resume`) is a
-RunLayout: every file it holds has one name, here, and no stage spells another's file names.
+A run folder (written by `edgekd distill`, read by `export`, `compare` and `--resume`) holds each
+file under one name, here; no stage spells another's file names.
 """
 
 from __future__ import annotations
