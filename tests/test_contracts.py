@@ -121,8 +121,8 @@ def test_split_info_refuses_another_version_and_a_missing_key():
     raw = _old_split()
     with pytest.raises(SplitInfoError, match=r"format 'edgekd.split/2'; this edgekd reads 'edgekd.split/1'"):
         SplitInfo.from_dict({**raw, "format": "edgekd.split/2"})
-    del raw["num_images"]
-    with pytest.raises(DataError, match="lacks num_images; it must come from build_data"):
+    del raw["name"]
+    with pytest.raises(DataError, match="lacks name; it must come from build_data"):
         SplitInfo.from_dict(raw, "split.json")
 
 

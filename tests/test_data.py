@@ -428,7 +428,7 @@ def test_build_data_digits():
     spec = dm.preprocessing()
     assert spec["resize"] == [32, 32] and spec["channel_order"] == "L" and spec["layout"] == "NCHW"
     info = dm.split_info
-    assert info["sizes"] == {"train": 500, "val": 359, "tune": 100} and len(info["fingerprint"]) == 16
+    assert info.sizes == {"train": 500, "val": 359, "tune": 100} and len(info.fingerprint) == 16
     np.testing.assert_array_equal(load_split_images(info).images, dm.val.images)
     x, y = _batches(dm.eval_loader("tune", 64, "cpu"))
     assert np.abs(x.numpy() - normalize(dm.tune.images, dm.mean, dm.std)).max() < 1e-6

@@ -58,10 +58,10 @@ def stream_data(root, **kw):
 
 def test_the_split_is_the_in_memory_split(folder):
     memory, stream = stream_data(folder, storage="memory"), stream_data(folder, storage="stream")
-    assert stream.split_info["fingerprint"] == memory.split_info["fingerprint"]
+    assert stream.split_info.fingerprint == memory.split_info.fingerprint
     assert np.array_equal(stream.train.labels, memory.train.labels)
     assert np.array_equal(stream.val.labels, memory.val.labels)
-    assert stream.split_info["storage"] == "stream" and "storage" not in memory.split_info
+    assert stream.split_info.storage == "stream" and "storage" not in memory.split_info.to_dict()
     assert stream.preprocessing()["resize_mode"] == "centre_crop" and "resize_mode" not in memory.preprocessing()
 
 

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
+from edgekd.contracts import BundleManifest
 from edgekd.validate import gate
 from edgekd.errors import BundleError
 from edgekd.validate.bundle import Bundle, onnx_providers_for
@@ -760,8 +761,9 @@ def test_preprocessing_equals_training_eval_transform(tmp_path, image_size):
     torch_labels = np.concatenate([y.numpy() for _, y in dm.eval_loader("val", 16, "cpu")])
 
     size = dm.image_size
-    m = {"class_names": dm.class_names, "model": {"num_classes": dm.num_classes},
-         "input": {"shape": ["batch", dm.in_channels, size, size]}, "preprocessing": dm.preprocessing()}
+    m = BundleManifest(class_names=dm.class_names, model={"num_classes": dm.num_classes},
+                       input={"shape": ["batch", dm.in_channels, size, size]}, output={},
+                       preprocessing=dm.preprocessing(), data=dm.split_info, reference={}, gate={}, files={})
     data = load_eval_data(f"imagefolder:{root}", Bundle(tmp_path, m, {"fp32": "model_fp32.onnx"}))
     val = make_split(len(data.labels), val_fraction=0.5, seed=3)["val"]
     assert data.inputs.dtype == np.float32 and data.inputs.shape[1:] == (3, size, size)

@@ -25,8 +25,8 @@ class SplitInfo:
     # regenerate byte for byte, so to_dict writes FORMAT only once there is a version 2 to tell apart.
     FORMAT = "edgekd.split/1"
     FORMAT_KEY = "format"
-    # A split cannot be rebuilt without these; the rest has the defaults build_data's arguments have.
-    REQUIRED = ("name", "num_images")
+    # A split cannot be rebuilt without its source; the rest has the defaults build_data's arguments have.
+    REQUIRED = ("name",)
 
     name: str  # the data source (digits, cifar10, imagefolder, ...)
     root: str | None  # its absolute folder (None for digits)
@@ -39,7 +39,7 @@ class SplitInfo:
     test_size: int | None = None
     subset: int | None = None
     seed: int = 0
-    num_images: int = 0
+    num_images: int | None = None  # how many the source held (a comparison pairs splits by it)
     sizes: dict[str, int] = field(default_factory=dict)  # images per split (test only when it has some)
     fingerprint: str | None = None  # of the split's indices: a changed data folder is refused
     storage: str | None = None  # "stream" for image files decoded per batch

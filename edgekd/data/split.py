@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -98,11 +99,14 @@ def split_fingerprint(split: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_split_images(split_info: SplitInfo, which: str = "val", cache_dir: str | Path | None = None):
+def load_split_images(split_info: SplitInfo | Mapping, which: str = "val", cache_dir: str | Path | None = None):
     """Rebuild one split recorded in a run's split_info (see build_data) -> ImageSet, torch-free.
+    A mapping (a manifest's `data` read as JSON) is read through SplitInfo first.
 
     Refuses if the data now yields a different split than the run recorded.
     """
+    if not isinstance(split_info, SplitInfo):
+        split_info = SplitInfo.from_dict(split_info)
     from edgekd.data.files import scan_files
     from edgekd.data.sources import load_source
 
