@@ -117,9 +117,9 @@ def net_normalization(recipe: Recipe) -> tuple[Normalization | None, int | None]
     return None, None
 
 
-def join_process_group(recipe: Recipe, dist: Dist) -> None:
-    """Under torchrun, join the process group on this rank's device (no-op otherwise)."""
-    distributed.init(dist, distributed.local_device(dist, resolve_device(recipe.train.device)))
+def rank_device(recipe: Recipe, dist: Dist) -> torch.device:
+    """The device this rank trains on: train.device, and under torchrun cuda:LOCAL_RANK of it."""
+    return distributed.local_device(dist, resolve_device(recipe.train.device))
 
 
 def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module] | None = None) -> Setup:
@@ -132,7 +132,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
     for role in ("teacher", "student"):
         user.require_module(role, getattr(recipe, role).arch, modules.get(role))
     d = recipe.data
-    device = distributed.local_device(dist, resolve_device(recipe.train.device))
+    device = rank_device(recipe, dist)
     resolve_amp(recipe.train.amp, device)  # a forced precision this device lacks fails before the data loads
     per_rank = distributed.per_rank_batch(d.batch_size, dist)
     if dist.enabled and recipe.train.sync_bn and device.type != "cuda":
@@ -176,7 +176,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         student = student.to(memory_format=torch.channels_last)
     teacher.to(device)
     student.to(device)
-    distributed.init(dist, device)
+    distributed.require_joined(dist)
     # The method calls the wrapped nets (DDP, compiled); state, evaluation and
     # checkpoints use the raw modules, so checkpoint keys never carry "module." or
     # "_orig_mod.". A frozen teacher (kd) has no gradients to all-reduce.
