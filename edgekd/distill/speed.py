@@ -118,7 +118,7 @@ AUTO_COMPILE_MIN_STEPS: dict[str, int | None] = {
 # 3.08x (resnet18 -> mobilenet_v2) fp32 NCHW, 1.49x and 2.06x channels_last in fp32; short real
 # runs ended with the same student accuracy and ECE within their spread over 3 seeds. So auto
 # trains in bf16 wherever cpu_has_bf16(); CPUs without the instructions would emulate it in fp32
-# (slower), so they stay fp32. (Issue 15's earlier probe had measured 0.77-1.00x.)
+# (slower), so they stay fp32.
 AUTO_CPU_BF16 = True
 
 
