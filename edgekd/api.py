@@ -156,12 +156,21 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
         raise EdgeKDError(f"progress={progress!r} is not one of {', '.join(PROGRESS)}")
     need_torch("distill")
     from edgekd.distill import distributed
-    from edgekd.distill.run_dir import default_run_dir, find_resumable, train_run
-    from edgekd.distill.setup import join_process_group
-    from edgekd.progress import EpochReporter
+    from edgekd.distill.setup import rank_device
 
     dist = distributed.from_env()
-    join_process_group(r, dist)  # under torchrun: needed to agree on the run directory
+    # Under torchrun the group is needed from here on (the ranks agree on the run directory) and is
+    # left however the run ends.
+    with distributed.process_group(dist, rank_device(r, dist)):
+        return _distill_in_group(r, dist, out, resume, allow_recipe_change, progress, on_epoch, warn, modules)
+
+
+def _distill_in_group(r, dist, out, resume, allow_recipe_change, progress, on_epoch, warn, modules) -> "Run":
+    """distill's body, inside the process group (under torchrun)."""
+    from edgekd.distill import distributed
+    from edgekd.distill.run_dir import default_run_dir, find_resumable, train_run
+    from edgekd.progress import EpochReporter
+
     if out is None:
         out = distributed.broadcast(find_resumable(r) if resume else default_run_dir(r), dist)
     out = Path(out)

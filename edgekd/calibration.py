@@ -37,7 +37,8 @@ __all__ = [
 
 # ---------------------------------------------------------------- validation
 
-def _check_logits(logits: Any) -> np.ndarray:
+def check_logits(logits: Any) -> np.ndarray:
+    """Logits as a float64 [N, C] array, or one EdgeKDError saying what is wrong with them."""
     try:
         z = np.asarray(logits)
     except (ValueError, TypeError) as e:  # ragged nested lists
@@ -55,8 +56,9 @@ def _check_logits(logits: Any) -> np.ndarray:
     return z
 
 
-def _check(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
-    z = _check_logits(logits)
+def check_pair(logits: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """check_logits, and labels as int64 [N] class indices that fit the logits."""
+    z = check_logits(logits)
     y = np.asarray(labels)
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise EdgeKDError(f"labels must be a 1-D integer array [N], got shape {y.shape} dtype {y.dtype}")
@@ -76,7 +78,7 @@ def _check_bins(n_bins: Any) -> int:
 
 # ---------------------------------------------------------------- core math on probabilities
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
+def log_softmax(z: np.ndarray) -> np.ndarray:
     zc = z - z.max(axis=1, keepdims=True)  # largest term becomes exp(0) = 1: no overflow
     return zc - np.log(np.exp(zc).sum(axis=1, keepdims=True))
 
@@ -99,7 +101,7 @@ def _edges32(n_bins: int) -> np.ndarray:
     return np.where(i < (n_bins + 1) // 2, i * step, 1.0 - (n_bins - i) * step).astype(np.float32)
 
 
-def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
+def bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
     """Equal-width bin of each value in [0, 1], as torchmetrics assigns it.
 
     Returns ints in [0, n_bins]; index n_bins is the extra [1, 1] bin (see module doc).
@@ -108,7 +110,7 @@ def _bin_index(values: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 def _binned(conf: np.ndarray, hits: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
-    idx = _bin_index(conf, n_bins)
+    idx = bin_index(conf, n_bins)
     m = n_bins + 1
     count = np.bincount(idx, minlength=m)
     sum_conf = np.bincount(idx, weights=conf, minlength=m)
@@ -116,7 +118,7 @@ def _binned(conf: np.ndarray, hits: np.ndarray, n_bins: int) -> tuple[np.ndarray
     return count, sum_conf, sum_hit
 
 
-def _ece(conf: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
+def ece_of_confidences(conf: np.ndarray, hits: np.ndarray, n_bins: int) -> float:
     _, sum_conf, sum_hit = _binned(conf, hits, n_bins)
     # |bin|/N * |acc - conf| == |sum_hit - sum_conf| / N, and empty bins add 0.
     return float(np.abs(sum_hit - sum_conf).sum() / len(conf))
@@ -144,7 +146,7 @@ def _classwise_ece(p: np.ndarray, y: np.ndarray, n_bins: int) -> float:
     n, c = p.shape
     m = n_bins + 1
     # One bincount over (class, bin) pairs instead of a python loop over classes.
-    idx = (_bin_index(p, n_bins) + m * np.arange(c)).ravel()
+    idx = (bin_index(p, n_bins) + m * np.arange(c)).ravel()
     onehot = (y[:, None] == np.arange(c)).ravel().astype(np.float64)
     sum_p = np.bincount(idx, weights=p.ravel(), minlength=m * c)
     sum_y = np.bincount(idx, weights=onehot, minlength=m * c)
@@ -165,12 +167,12 @@ def _brier(p: np.ndarray, y: np.ndarray) -> float:
 
 def softmax(logits: Any) -> np.ndarray:
     """Row-wise softmax of logits [N, C], float64, stable for any finite logits."""
-    return np.exp(_log_softmax(_check_logits(logits)))
+    return np.exp(log_softmax(check_logits(logits)))
 
 
 def accuracy(logits: Any, labels: Any) -> float:
     """Top-1 accuracy. `logits` are pre-softmax scores [N, C]; labels ints [N]."""
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     return float(_top(softmax(z), y)[1].mean())
 
 
@@ -182,8 +184,8 @@ def ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     probabilities: probabilities passed here are softmaxed again and give a wrong ECE.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
-    return _ece(*_top(softmax(z), y), n_bins)
+    z, y = check_pair(logits, labels)
+    return ece_of_confidences(*_top(softmax(z), y), n_bins)
 
 
 def mce(logits: Any, labels: Any, n_bins: int = 15) -> float:
@@ -192,7 +194,7 @@ def mce(logits: Any, labels: Any, n_bins: int = 15) -> float:
     Equals torchmetrics `multiclass_calibration_error(norm="max")`. Takes LOGITS.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     return _mce(*_top(softmax(z), y), n_bins)
 
 
@@ -202,7 +204,7 @@ def adaptive_ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     With N < n_bins the empty groups are dropped. Takes LOGITS.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     return _adaptive_ece(*_top(softmax(z), y), n_bins)
 
 
@@ -216,7 +218,7 @@ def classwise_ece(logits: Any, labels: Any, n_bins: int = 15) -> float:
     `ece`. Takes LOGITS.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     return _classwise_ece(softmax(z), y, n_bins)
 
 
@@ -225,8 +227,8 @@ def nll(logits: Any, labels: Any) -> float:
 
     Takes LOGITS.
     """
-    z, y = _check(logits, labels)
-    return _nll(_log_softmax(z), y)
+    z, y = check_pair(logits, labels)
+    return _nll(log_softmax(z), y)
 
 
 def brier(logits: Any, labels: Any) -> float:
@@ -234,7 +236,7 @@ def brier(logits: Any, labels: Any) -> float:
 
     Takes LOGITS.
     """
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     return _brier(softmax(z), y)
 
 
@@ -250,9 +252,9 @@ def reliability_bins(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, An
     recomputing ECE from the folded bins can differ when such confidences exist.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     conf, hits = _top(softmax(z), y)
-    idx = np.minimum(_bin_index(conf, n_bins), n_bins - 1)
+    idx = np.minimum(bin_index(conf, n_bins), n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     sum_conf = np.bincount(idx, weights=conf, minlength=n_bins)
     sum_hit = np.bincount(idx, weights=hits.astype(np.float64), minlength=n_bins)
@@ -265,7 +267,7 @@ def reliability_bins(logits: Any, labels: Any, n_bins: int = 15) -> dict[str, An
         "count": [int(k) for k in count],
         "accuracy": per_bin(sum_hit),
         "confidence": per_bin(sum_conf),
-        "ece": _ece(conf, hits, n_bins),
+        "ece": ece_of_confidences(conf, hits, n_bins),
     }
 
 
@@ -280,13 +282,13 @@ def calibration_metrics(logits: Any, labels: Any, n_bins: int = 15) -> dict[str,
     Keys: METRIC_KEYS (floats), n (int).
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
-    logp = _log_softmax(z)
+    z, y = check_pair(logits, labels)
+    logp = log_softmax(z)
     p = np.exp(logp)
     conf, hits = _top(p, y)
     return {
         "accuracy": float(hits.mean()),
-        "ece": _ece(conf, hits, n_bins),
+        "ece": ece_of_confidences(conf, hits, n_bins),
         "mce": _mce(conf, hits, n_bins),
         "adaptive_ece": _adaptive_ece(conf, hits, n_bins),
         "classwise_ece": _classwise_ece(p, y, n_bins),
@@ -312,7 +314,7 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     on devices). Returns 1.0 when the NLL does not depend on T (every row constant).
     Takes LOGITS.
     """
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     zc = z - z.max(axis=1, keepdims=True)  # <= 0 with a 0 per row: exp never overflows
     zy = zc[np.arange(len(y)), y]
 
@@ -348,11 +350,11 @@ def temperature_headroom(logits: Any, labels: Any, n_bins: int = 15) -> dict[str
     Returns {"temperature", "ece", "nll" (after scaling), "ece_before", "nll_before"}.
     """
     n_bins = _check_bins(n_bins)
-    z, y = _check(logits, labels)
+    z, y = check_pair(logits, labels)
     t = fit_temperature(z, y)
     out: dict[str, float] = {"temperature": t}
     for suffix, zz in (("", z / t), ("_before", z)):
-        logp = _log_softmax(zz)
-        out["ece" + suffix] = _ece(*_top(np.exp(logp), y), n_bins)
+        logp = log_softmax(zz)
+        out["ece" + suffix] = ece_of_confidences(*_top(np.exp(logp), y), n_bins)
         out["nll" + suffix] = _nll(logp, y)
     return out

@@ -48,12 +48,12 @@ def test_compare_end_to_end_and_reuse(tmp_path):
     assert report["summary"]["ce"]["student"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     md = (out / "comparison.md").read_text()
     # Each student row shows its own mean accuracy and 95% CI, as the JSON has them.
-    from edgekd.compare.report import _cell
+    from edgekd.compare.report import format_stat
 
     for label in ("ce", "bdkd:weighting=soft"):
         acc = report["summary"][label]["student"]["accuracy"]
         assert acc["ci"] is not None and acc["ci"][0] < acc["mean"] < acc["ci"][1]
-        assert f"| {label} | {_cell('accuracy', acc)} |" in md
+        assert f"| {label} | {format_stat('accuracy', acc)} |" in md
     assert (out / "reliability_students.png").stat().st_size > 1000
     # A second call reuses every finished run instead of training again.
     res = _compare(out)

@@ -108,15 +108,8 @@ def test_reuse_from_prediction_files_without_run_folders(tmp_path):
     assert "### vs ce (students)" in md and "400 images per run" in md and "3 seeds" in md and "**" not in md
     assert "not a finding" in md
     assert "rows ending in +ts" in md and "never on the test split" in md
-    # The regime, from the ce rows alone: teacher minus student accuracy, sizes, the longest run.
-    regime = report["regime"]
-    ce = [r for r in report["runs"] if r["method"] == "ce"]
-    assert regime["seeds"] == [0, 1, 2] and regime["params_ratio"] == 1000 / 16000
-    assert regime["accuracy_gap"]["mean"] == pytest.approx(
-        np.mean([r["teacher"]["accuracy"] - r["student"]["accuracy"] for r in ce]))
-    assert regime["student_ece"]["mean"] == pytest.approx(np.mean([r["student"]["ece"] for r in ce]))
-    assert regime["train_seconds_max"] == 62.0 and regime["train_seconds_median"] == 61.0
-    assert "### the regime" in md and "1/16.0 of the teacher's" in md and "| one run's training | longest 1.0 min, median 1.0 min |" in md
+    # compare stays generic: the regime of the ce rows belongs to the study that reads it (studies/regime.py).
+    assert "regime" not in report and "regime" not in md
     # The same comparison again (e.g. in a later session): identical statistics.
     again = run_all(QUICK, parse_variants(["ce", "ce+ts", "bdkd"]), [0, 1, 2], SPLITS, out, log=logs.append,
                     eval_split="test", replicates=200)

@@ -143,7 +143,7 @@ def test_noise_floor_equals_a_direct_simulation():
     z, _ = _calibrated(rng, 700, 10)
     conf = calibration.softmax(z).max(axis=1)
     sim = np.random.default_rng(9)
-    direct = [calibration._ece(conf, sim.random(700) < conf, 15) for _ in range(120)]
+    direct = [calibration.ece_of_confidences(conf, sim.random(700) < conf, 15) for _ in range(120)]
     assert stats.ece_noise_floor(z, replicates=120, rng_seed=9, chunk=50) == pytest.approx(np.mean(direct), abs=1e-12)
 
 

@@ -18,7 +18,8 @@ from PIL import Image
 from edgekd.data import build_data, load_split_images
 from edgekd.data.loader import DeviceLoader
 from edgekd.data.preprocess import normalize, prepare_image, preprocessing_spec
-from edgekd.data.sources import DATASET_STATS, channel_stats, load_cifar, load_digits, load_imagefolder
+from edgekd.data.cifar import load_cifar
+from edgekd.data.sources import DATASET_STATS, channel_stats, load_digits, load_imagefolder
 from edgekd.data.split import make_split, split_fingerprint
 from edgekd.errors import DataError
 
@@ -258,7 +259,7 @@ def test_cifar_download_offline_is_a_clean_error(tmp_path):
         pytest.skip("network is reachable: this test would download 170 MB")
     except OSError:
         pass
-    code = f"from edgekd.data.sources import load_cifar\nload_cifar({str(tmp_path)!r}, 'cifar10', download=True)"
+    code = f"from edgekd.data.cifar import load_cifar\nload_cifar({str(tmp_path)!r}, 'cifar10', download=True)"
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=REPO)
     except subprocess.TimeoutExpired:

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
-from edgekd.data.loader import DeviceLoader, HostLoader, resized_crop_boxes
+from edgekd.data.augment import resized_crop_boxes
+from edgekd.data.loader import DeviceLoader, HostLoader
 from edgekd.errors import DataError
 from edgekd.recipe import AugmentConfig
 

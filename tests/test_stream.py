@@ -20,7 +20,7 @@ from PIL import Image
 
 from edgekd.data import build_data, resolve_storage
 from edgekd.data.files import MEMORY_DATA_SHARE, scan_files, storage_for
-from edgekd.data.loader import boxes_from_variates, crop_variates, resized_crop_boxes
+from edgekd.data.augment import boxes_from_variates, crop_variates, resized_crop_boxes
 from edgekd.data.preprocess import centre_crop_array, normalize, preprocessing_spec
 from edgekd.data.split import load_split_images
 from edgekd.data.stream import INDEX_LOG_ENV, StreamLoader

@@ -7,8 +7,8 @@ the statistics to tell a difference from noise.
 - predictions.py: the per-run prediction files that outlive the run folders (torch-free)
 - stats.py: t intervals, the paired hierarchical bootstrap, the ECE noise floor (numpy only)
 - report.py: comparison.json, comparison.md, the reliability diagram (torch-free)
-- selection.py: a pre-registered tuning rule applied to a tuning comparison.json (torch-free)
-- decision.py: a pre-registered decision rule applied to the report and ablation comparisons (torch-free)
+
+What one experiment makes of a comparison (its selection and decision rules) lives in studies/.
 """
 
 from edgekd.compare.run import Comparison, prepare_comparison, run_all, run_comparison

@@ -40,7 +40,7 @@ def paths(out: Path, slug: str, seed: int) -> tuple[Path, Path]:
 
 def compact_logits(logits: np.ndarray) -> np.ndarray:
     """float16 log-softmax of logits (clipped to float16's range, so always finite)."""
-    logp = calibration._log_softmax(calibration._check_logits(logits))
+    logp = calibration.log_softmax(calibration.check_logits(logits))
     return np.clip(logp, _F16_MIN, 0.0).astype(np.float16)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,13 +19,13 @@ BOOTSTRAP_SEED = 0
 NOISE_REPLICATES = 200
 NOISE_SEED = 0
 _PCT = {"accuracy", "ece", "adaptive_ece", "classwise_ece"}
-_NAMES = {"accuracy": "acc", "ece": "ECE", "adaptive_ece": "adaptive ECE", "classwise_ece": "classwise ECE",
+METRIC_NAMES = {"accuracy": "acc", "ece": "ECE", "adaptive_ece": "adaptive ECE", "classwise_ece": "classwise ECE",
           "nll": "NLL", "brier": "Brier"}
 
 
 def read_comparison(path: Path) -> Any:
     """A comparison.json's content: the one reader of the file for the tools that post-process it
-    (selection, decision); each checks the fields it uses. One EdgeKDError when unreadable."""
+    (the scripts in studies/); each checks the fields it uses. One EdgeKDError when unreadable."""
     try:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
@@ -91,35 +91,7 @@ def build(cmp, preds: dict, command: str | None) -> tuple[dict[str, Any], dict]:
         result["more_references"] = list(cmp.more_references)
         result["vs_more_references"] = {ref: _versus(cmp, preds, rows, cmp.replicates, ref)
                                         for ref in cmp.more_references}
-    regime = _regime(runs)
-    if regime:
-        result["regime"] = regime
     return result, rows
-
-
-def _regime(runs: list[dict]) -> dict | None:
-    """What the plain `ce` runs (both nets trained alone with cross-entropy) say about the
-    regime: is the teacher really better than the student, how much bigger is it, how
-    over-confident is the CE student, how long does a run take. None without `ce` rows."""
-    ce = [r for r in runs if r["method"] == "ce"]
-    if not ce:
-        return None
-    gap = [r["teacher"]["accuracy"] - r["student"]["accuracy"] for r in ce]
-    out = {
-        "seeds": [r["seed"] for r in ce],
-        "teacher_accuracy": stats.summarize([r["teacher"]["accuracy"] for r in ce]),
-        "student_accuracy": stats.summarize([r["student"]["accuracy"] for r in ce]),
-        "accuracy_gap": stats.summarize(gap),
-        "student_ece": stats.summarize([r["student"]["ece"] for r in ce]),
-        "params": ce[0]["params"],
-    }
-    t, st = out["params"].get("teacher"), out["params"].get("student")
-    out["params_ratio"] = st / t if t and st else None
-    secs = [r["train_seconds"] for r in ce if r.get("train_seconds") is not None]
-    out["train_seconds_max"] = max(secs) if secs else None
-    # The median too: a run that shared the CPU with another job is slow for a reason that is not the recipe's.
-    out["train_seconds_median"] = float(np.median(secs)) if secs else None
-    return out
 
 
 def _summaries(cmp, runs: list[dict], rows: dict) -> dict:
@@ -198,19 +170,21 @@ def _versus(cmp, preds: dict, rows: dict, replicates: int, reference: str) -> di
 
 # ---------------------------------------------------------------- markdown
 
-def _num(k: str, x: float | None, signed: bool = False) -> str:
+def format_value(k: str, x: float | None, signed: bool = False) -> str:
+    """Metric k's value as the tables print it: accuracy and ECEs in percent, the rest as is."""
     if x is None:
         return "—"
     sign = "+" if signed else ""
     return f"{100 * x:{sign}.2f}" if k in _PCT else f"{x:{sign}.4f}"
 
 
-def _cell(k: str, st: dict) -> str:
+def format_stat(k: str, st: dict) -> str:
+    """A stats.summarize() result as a cell: the mean and its 95% interval in brackets."""
     if st["mean"] is None:
         return "—"
     if st["ci"] is None:
-        return _num(k, st["mean"])
-    return f"{_num(k, st['mean'])} [{_num(k, st['ci'][0])}, {_num(k, st['ci'][1])}]"
+        return format_value(k, st["mean"])
+    return f"{format_value(k, st['mean'])} [{format_value(k, st['ci'][0])}, {format_value(k, st['ci'][1])}]"
 
 
 def _softmax_sentence(report: dict) -> str:
@@ -222,7 +196,9 @@ def _softmax_sentence(report: dict) -> str:
             f"temperature fitted (NLL) on each run's tune split, never on the {report['eval_split']} split.")
 
 
-def markdown(report: dict, image: str = "reliability_students.png") -> str:
+def markdown(report: dict, image: str = "reliability_students.png", sections: Sequence[str] = ()) -> str:
+    """comparison.md. `sections`: markdown lines a caller adds about its own rows, placed after the
+    per-variant tables and before the paired differences, which read best last."""
     lines = []
     if report.get("command"):
         lines += [f"Command: `{report['command']}`", ""]
@@ -238,25 +214,25 @@ def markdown(report: dict, image: str = "reliability_students.png") -> str:
         f"confidences would show on this many images ({m['noise_floor_replicates']} simulations); an ECE near "
         "it cannot be told apart from perfect calibration.", "",
     ]
-    cols = [(k, _NAMES[k] + (" %" if k in _PCT else "")) for k in METRICS]
+    cols = [(k, METRIC_NAMES[k] + (" %" if k in _PCT else "")) for k in METRICS]
     head = ["variant", *[c for _, c in cols]]
     head.insert(3, "ECE floor %")
     lines += ["### student", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for label in report["variants"]:
         s = report["summary"][label]
-        cells = [_cell(k, s["student"][k]) for k in METRICS]
-        cells.insert(2, _num("ece", s["ece_noise_floor"]))
+        cells = [format_stat(k, s["student"][k]) for k in METRICS]
+        cells.insert(2, format_value("ece", s["ece_noise_floor"]))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "### teacher", "", "| " + " | ".join(["variant", *[c for _, c in cols]]) + " |",
               "|---" * (len(cols) + 1) + "|"]
     for label in report["variants"]:
         s = report["summary"][label]
         if "teacher" in s:
-            lines.append(f"| {label} | " + " | ".join(_cell(k, s["teacher"][k]) for k in METRICS) + " |")
+            lines.append(f"| {label} | " + " | ".join(format_stat(k, s["teacher"][k]) for k in METRICS) + " |")
     if any("teacher" not in report["summary"][v] for v in report["variants"]):
         lines += ["", "A +ts or deployed (`@`) row shares the teacher of the run it is made from."]
     lines += _deployed_markdown(report)
-    lines += _regime_markdown(report)
+    lines += list(sections)
     lines += _versus_markdown(report["reference"], report["vs_reference"], report["method"])
     for ref, vs in report.get("vs_more_references", {}).items():
         lines += _versus_markdown(ref, vs, report["method"])
@@ -279,35 +255,11 @@ def _deployed_markdown(report: dict) -> list[str]:
     for label, d in rows:
         f = d["vs_fp32"]
         speed = d.get("speed_vs_fp32")
-        lines.append(f"| {label} | {_cell('accuracy', f['accuracy_drop'])} | {_cell('ece', f['ece_drift'])} | "
-                     f"{_cell('ece', f['abs_ece_drift'])} | {_cell('accuracy', f['worst_class_drop'])} | "
-                     f"{_cell('accuracy', f['agreement'])} | "
+        lines.append(f"| {label} | {format_stat('accuracy', f['accuracy_drop'])} | {format_stat('ece', f['ece_drift'])} | "
+                     f"{format_stat('ece', f['abs_ece_drift'])} | {format_stat('accuracy', f['worst_class_drop'])} | "
+                     f"{format_stat('accuracy', f['agreement'])} | "
                      + (f"{speed['mean']:.2f}x |" if speed and speed.get("mean") is not None else "— |"))
     return lines
-
-
-def _regime_markdown(report: dict) -> list[str]:
-    g = report.get("regime")
-    if not g:
-        return []
-    p = g["params"]
-    size = (f"teacher {p['teacher']:,} parameters, student {p['student']:,} (1/{1 / g['params_ratio']:.1f} of the "
-            f"teacher's)" if g.get("params_ratio") else "parameter counts not recorded")
-    secs = g.get("train_seconds_max")
-    return [
-        "", "### the regime (ce runs: both nets trained alone with cross-entropy)", "",
-        f"{len(g['seeds'])} seed{'s' * (len(g['seeds']) != 1)}; mean with 95% t interval, on the "
-        f"{report['eval_split']} split.", "",
-        "| | value |", "|---|---|",
-        f"| teacher accuracy % | {_cell('accuracy', g['teacher_accuracy'])} |",
-        f"| student accuracy % | {_cell('accuracy', g['student_accuracy'])} |",
-        f"| teacher minus student, points | {_cell('accuracy', g['accuracy_gap'])} |",
-        f"| student ECE % | {_cell('ece', g['student_ece'])} |",
-        f"| size | {size} |",
-        f"| one run's training | longest {secs / 60:.1f} min"
-        + (f", median {g['train_seconds_median'] / 60:.1f} min |" if g.get("train_seconds_median") else " |")
-        if secs is not None else "| one run's training | not recorded |",
-    ]
 
 
 def _versus_markdown(ref: str, vs: dict, m: dict) -> list[str]:
@@ -328,8 +280,8 @@ def _versus_markdown(ref: str, vs: dict, m: dict) -> list[str]:
             continue
         for k in METRICS:
             d = entry["metrics"][k]
-            ci = "—" if d["ci"] is None else f"[{_num(k, d['ci'][0], True)}, {_num(k, d['ci'][1], True)}]"
-            lines.append(f"| {label} | {len(entry['seeds'])} | {_NAMES[k]} | {_num(k, d['diff'], True)} | {ci} | "
+            ci = "—" if d["ci"] is None else f"[{format_value(k, d['ci'][0], True)}, {format_value(k, d['ci'][1], True)}]"
+            lines.append(f"| {label} | {len(entry['seeds'])} | {METRIC_NAMES[k]} | {format_value(k, d['diff'], True)} | {ci} | "
                          f"{d['verdict']} |")
     notes = [f"{label}: {e['note']}" for label, e in vs.items() if e.get("note") and "metrics" in e]
     return lines + ([""] + notes if notes else [])

@@ -104,8 +104,8 @@ class ImageTerms:
 
 
 def image_terms(logits, labels, n_bins: int = N_BINS) -> ImageTerms:
-    z, y = calibration._check(logits, labels)
-    logp = calibration._log_softmax(z)
+    z, y = calibration.check_pair(logits, labels)
+    logp = calibration.log_softmax(z)
     p = np.exp(logp)
     n, c = p.shape
     m = n_bins + 1  # + the [1, 1] bin of calibration's binning
@@ -118,9 +118,9 @@ def image_terms(logits, labels, n_bins: int = N_BINS) -> ImageTerms:
     linear[:, 0] = hit
     linear[:, 1] = -logp[rows, y]
     linear[:, 2] = (resid * resid).sum(axis=1)
-    linear[rows, 3 + calibration._bin_index(conf, n_bins)] = hit - conf
+    linear[rows, 3 + calibration.bin_index(conf, n_bins)] = hit - conf
     linear[:, 3 + m:] = resid
-    bins = calibration._bin_index(p, n_bins)
+    bins = calibration.bin_index(p, n_bins)
     img, cls = np.nonzero(bins > 0)
     cell = cls * m + bins[img, cls]
     by_cell = np.argsort(cell, kind="stable")
@@ -317,7 +317,7 @@ def ece_noise_floor(logits, replicates: int = 200, rng_seed: int = 0, n_bins: in
     p = calibration.softmax(logits)
     conf = p.max(axis=1)
     n, m = len(conf), n_bins + 1
-    bins = calibration._bin_index(conf, n_bins)
+    bins = calibration.bin_index(conf, n_bins)
     rng = np.random.default_rng(rng_seed)
     total = 0.0
     for start in range(0, replicates, chunk):

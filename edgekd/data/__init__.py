@@ -15,7 +15,8 @@ from edgekd.contracts import SplitInfo
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
 from edgekd.data.files import FileSet, available_memory, sample_stats, scan_files, storage_for
 from edgekd.data.preprocess import EVAL_CROP_PCT, preprocessing_spec
-from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, ImageSet, channel_stats, first_image_side, load_source
+from edgekd.data.images import ImageSet
+from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, channel_stats, first_image_side, load_source
 from edgekd.data.split import load_split_images, make_split, split_fingerprint
 from edgekd.errors import DataError
 

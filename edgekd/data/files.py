@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from edgekd.data.preprocess import prepare_image
-from edgekd.data.sources import ImageSet, scan_imagefolder, channel_stats
+from edgekd.data.images import ImageSet
+from edgekd.data.sources import channel_stats, scan_imagefolder
 from edgekd.errors import DataError
 
 # Streamed training data is not all decoded, so its mean/std come from this many train images

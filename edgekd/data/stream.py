@@ -24,10 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
 from edgekd.data.files import FileSet
-from edgekd.data.loader import (
-    BatchPlan, StreamDraws, EpochIndices, boxes_from_variates, check_workers, crop_flip, make_plan, normalization,
-    normalize_batch,
-)  # fmt: skip
+from edgekd.data.augment import boxes_from_variates, crop_flip
+from edgekd.data.loader import BatchPlan, EpochIndices, StreamDraws, check_workers, make_plan, normalization, normalize_batch
 from edgekd.data.preprocess import prepare_image
 from edgekd.errors import DataError
 

@@ -51,7 +51,7 @@ ENGINE_FILES = {"fp16": "model_fp16.engine", "int8": "model_int8.engine"}
 RANGES_FILE = "int8_calibration.json"
 INT8_FLAVOURS = {"int8": TENSORRT_INT8, "int8_cpu": CPU_INT8}
 REFERENCE_METRICS = METRIC_KEYS  # the manifest's reference: PyTorch's every calibration metric
-# A train.quantize run's INT8 file against its fake-quantized PyTorch model, top-1 on val (issue 25):
+# A train.quantize run's INT8 file against its fake-quantized PyTorch model, top-1 on val:
 # both compute the same quantized network, up to the float rounding of the dequantized arithmetic.
 QAT_MIN_AGREEMENT = 0.995
 

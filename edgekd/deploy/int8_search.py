@@ -193,8 +193,8 @@ class Judgement:
 def mean_kl(reference_logits: np.ndarray, logits: np.ndarray) -> float:
     """Mean KL(p_reference || p) over images, in nats: how far a candidate's whole output
     distribution moved, confidence included (a finer signal than top-1 for ranking nodes)."""
-    ref = calibration._log_softmax(reference_logits.astype(np.float64))
-    cand = calibration._log_softmax(logits.astype(np.float64))
+    ref = calibration.log_softmax(reference_logits.astype(np.float64))
+    cand = calibration.log_softmax(logits.astype(np.float64))
     return float(np.mean(np.sum(np.exp(ref) * (ref - cand), axis=1)))
 
 

@@ -66,6 +66,28 @@ def shutdown(d: Dist) -> None:
         tdist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def process_group(d: Dist, device: torch.device) -> Iterator[None]:
+    """The process group for the body, joined on entry and left on exit however the body ends (a
+    RecipeError found after joining included). The one place a run joins and leaves; a group that
+    was already joined (by the caller) is left to its owner."""
+    owner = d.enabled and not tdist.is_initialized()
+    if owner:
+        init(d, device)
+    try:
+        yield
+    finally:
+        if owner:
+            shutdown(d)
+
+
+def require_joined(d: Dist) -> None:
+    """Under torchrun, the nets are wrapped in DDP: the group must have been joined by process_group."""
+    if d.enabled and not tdist.is_initialized():
+        raise EdgeKDError(f"rank {d.rank} of {d.world_size} has not joined the process group; run the training "
+                          "inside edgekd.distill.distributed.process_group (edgekd.distill() does)")
+
+
 def local_device(d: Dist, device: torch.device) -> torch.device:
     """One GPU per process: rank r of a node takes cuda:LOCAL_RANK."""
     if d.enabled and device.type == "cuda":

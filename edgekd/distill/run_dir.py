@@ -111,15 +111,12 @@ def train_run(recipe: Recipe, run_dir: Path, resume: bool, on_epoch=None, progre
         for role, report in setup.init_reports.items():
             for line in report.lines(role):
                 note(line)
-    try:
-        summary = _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
-        # The other ranks wait for rank 0's final evaluation and files, so that every rank leaves the
-        # process group together: a rank that tore gloo down while rank 0 was still working was seen
-        # to abort at exit ("terminate called without an active exception"), failing a finished run.
-        distributed.barrier(dist)
-        return summary, setup
-    finally:
-        distributed.shutdown(dist)
+    summary = _train_into(setup, run_dir, resume, on_epoch, progress, allow_recipe_change, warn)
+    # The other ranks wait for rank 0's final evaluation and files, so that every rank leaves the
+    # process group together: a rank that tore gloo down while rank 0 was still working was seen
+    # to abort at exit ("terminate called without an active exception"), failing a finished run.
+    distributed.barrier(dist)
+    return summary, setup
 
 
 def run_distill(recipe: Recipe, run_dir: Path, resume: bool, **kwargs) -> dict[str, Any]:

@@ -31,7 +31,8 @@ from edgekd.distill.artifacts import Evals, write_artifacts
 from edgekd.distill.distributed import Dist
 from edgekd.distill.methods import StepOutput
 from edgekd.distill.schedule import lr_factor
-from edgekd.distill.setup import Setup, autocast, make_optimizer
+from edgekd.distill.setup import Setup, make_optimizer
+from edgekd.distill.speed import autocast
 from edgekd.errors import CheckpointError, EdgeKDError, RecipeError, first_line
 
 

@@ -18,7 +18,9 @@ import numpy as np
 from PIL import Image
 
 from edgekd.data.preprocess import normalize
-from edgekd.data.sources import ImageSet, load_cifar, load_digits, load_imagefolder, resize_images
+from edgekd.data.cifar import load_cifar
+from edgekd.data.images import ImageSet
+from edgekd.data.sources import load_digits, load_imagefolder, resize_images
 from edgekd.data.files import scan_files
 from edgekd.data.split import load_split_images
 from edgekd.errors import DataError

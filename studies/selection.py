@@ -1,11 +1,11 @@
 """Pick one grid point per method from a tuning comparison, by a rule fixed before looking.
 
-The rule (results/cifar10-distill-plan.md): per method, among the grid points whose mean
-student accuracy is within `within` (a fraction: 0.01 = 1 point) of the method's best,
-the lowest mean student ECE; ties go to the lower NLL. It reads only a comparison.json,
-so the choice is reproducible from committed files:
+The rule (results/cifar10-distill-plan.md, and results/cifar10-edge-plan.md after it): per
+method, among the grid points whose mean student accuracy is within `within` (a fraction:
+0.01 = 1 point) of the method's best, the lowest mean student ECE; ties go to the lower NLL.
+It reads only a comparison.json, so the choice is reproducible from committed files:
 
-    python -m edgekd.compare.selection results/cifar10-distill-tuning/comparison.json --within 0.01
+    python -m studies.selection results/cifar10-distill-tuning/comparison.json --within 0.01
 
 Torch-free.
 """

@@ -10,7 +10,9 @@ import shutil
 import pytest
 from test_compare_runs import QUICK, SPLITS, _write_predictions
 
-from edgekd.compare import decision, parse_variants, predictions, run_all
+from edgekd.compare import parse_variants, predictions, run_all
+from studies import regime
+from studies.cifar10_distill import decision
 
 BDKD, DML, SANITY = "bdkd:temperature=4", "dml:temperature=8", "bdkd:temperature=8:weighting=forward:teacher_divergence=forward"
 
@@ -22,6 +24,7 @@ def folders(tmp_path_factory):
     _write_predictions(rep, ["ce", DML, BDKD], [1, 2, 3], SPLITS)
     run_all(QUICK, parse_variants(["ce", "ce+ts", DML, BDKD]), [1, 2, 3], SPLITS, rep, log=lambda s: None,
             eval_split="test", replicates=100, reference=[DML, "ce+ts"])
+    regime.add_regime(rep)
     _write_predictions(abl, [BDKD, DML, f"{BDKD}:weighting=reverse", SANITY], [1, 2, 3], SPLITS)
     for seed in (1, 2, 3):  # the sanity variant's students are DML's, as when the code is right
         shutil.copyfile(predictions.paths(abl, _slug(DML), seed)[0], predictions.paths(abl, _slug(SANITY), seed)[0])
@@ -63,6 +66,7 @@ def test_decision_files_follow_the_comparisons(folders, capsys):
     md = (root / "result.md").read_text()
     assert "identical student log-probabilities" in md and "](result-reliability.png)" in md and "](report/reliability_students.png)" in md
     assert "### vs ce+ts (students)" in md and "## The regime's four conditions" in md and "**" not in md
+    assert "#### the regime (ce runs" in md  # the report comparison's own regime table, one level down
     assert (root / "result-reliability.png").read_bytes() == (rep / "reliability_students.png").read_bytes()
     assert "## Notes" not in md
     (root / "note.md").write_text("Seed 3 shared the cores with another job.\n")
@@ -157,10 +161,16 @@ def test_bad_input_is_one_line_and_writes_nothing(folders, tmp_path, capsys):
     doc = json.loads((shape / "comparison.json").read_text())
     del doc["regime"]["student_ece"]
     (shape / "comparison.json").write_text(json.dumps(doc))
+    plain = tmp_path / "plain"  # as `edgekd compare` writes it, before studies.regime
+    shutil.copytree(rep, plain)
+    doc = json.loads((plain / "comparison.json").read_text())
+    del doc["regime"]
+    (plain / "comparison.json").write_text(json.dumps(doc))
     cases = [
         (["--report", str(tmp_path / "junk")], "is not a comparison.json written by `edgekd compare`"),
         (["--report", str(tmp_path / "none")], "is not a readable comparison.json"),
         (["--report", str(shape)], "a comparison.json of an unexpected shape (KeyError"),
+        (["--report", str(plain)], f"has no regime section; add it with `python -m studies.regime {plain}`"),
         (["--dml", BDKD], "reference is 'dml:temperature=8', not --dml"),
         (["--ce-ts", "ce"], "has no paired table against 'ce'"),
         (["--ablations", str(rep)], "reference is 'dml:temperature=8', not --bdkd"),

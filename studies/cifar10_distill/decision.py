@@ -7,12 +7,12 @@ give DML's results), and the rule (a difference counts only when its 95% CI excl
 module reads two comparison.json files and writes what that rule says, so the decision in the
 README can be re-derived from committed files:
 
-    python -m edgekd.compare.decision --report results/cifar10-distill \\
+    python -m studies.cifar10_distill.decision --report results/cifar10-distill \\
         --ablations results/cifar10-distill-ablations --bdkd LABEL --dml LABEL --ce-ts ce+ts \\
         --sanity LABEL --out results/cifar10-distill
 
-The report comparison has --reference DML* and a further --reference CE+TS; the ablation
-comparison has --reference BD-KD*. Writes OUT.json (the decision and both comparisons in full:
+The report comparison has --reference DML*, a further --reference CE+TS and its regime (added
+by `python -m studies.regime`); the ablation comparison has --reference BD-KD*. Writes OUT.json (the decision and both comparisons in full:
 commands, per-run metrics, statistics), OUT.md and OUT-reliability.png (the report's pooled
 student reliability diagram). Everything is read and rendered before the first file is written;
 existing outputs are kept unless --overwrite. Torch-free.
@@ -38,6 +38,7 @@ from edgekd.compare.stats import NO_DIFFERENCE
 from edgekd.compare.variants import parse_variants
 from edgekd.errors import EdgeKDError
 from edgekd.recipe import with_resolved_auto
+from studies import regime as regime_md
 
 PLAN = "results/cifar10-distill-plan.md"
 SELECTION = "results/cifar10-distill-tuning/selection.md"
@@ -75,7 +76,8 @@ def _contrast(doc: dict, reference: str, variant: str) -> dict:
 def _regime(doc: dict) -> dict:
     g = doc.get("regime")
     if not g:
-        raise EdgeKDError(f"{doc['_source']} has no regime section (it needs plain `ce` rows)")
+        raise EdgeKDError(f"{doc['_source']} has no regime section; add it with "
+                          f"`python -m studies.regime {Path(doc['_source']).parent}` (it needs plain `ce` rows)")
     out = {"seeds": g["seeds"], "split": doc["eval_split"], "conditions": []}
     for key, label, required, test in CONDITIONS:
         value = g.get(key)
@@ -170,7 +172,7 @@ def decide(report: dict, ablations: dict | None, bdkd: str, dml: str, ce_ts: str
 def _ci(k: str, d: dict) -> str:
     if d["ci"] is None:
         return "—"
-    return f"[{report_md._num(k, d['ci'][0], True)}, {report_md._num(k, d['ci'][1], True)}]"
+    return f"[{report_md.format_value(k, d['ci'][0], True)}, {report_md.format_value(k, d['ci'][1], True)}]"
 
 
 def _contrast_rows(name: str, c: dict) -> list[str]:
@@ -178,13 +180,13 @@ def _contrast_rows(name: str, c: dict) -> list[str]:
     for i, k in enumerate(("ece", "accuracy", "nll")):
         d = c[k]
         lead = f"| {name} | {len(c['seeds'])}" if i == 0 else "| |"
-        rows.append(f"{lead} | {report_md._NAMES[k]} | {report_md._num(k, d['diff'], True)} | {_ci(k, d)} | "
+        rows.append(f"{lead} | {report_md.METRIC_NAMES[k]} | {report_md.format_value(k, d['diff'], True)} | {_ci(k, d)} | "
                     f"{d['verdict']} |")
     return rows
 
 
 def _line(what: str, c: dict, said: str) -> str:
-    return f"- {what}: {report_md._num('ece', c['ece']['diff'], True)} {_ci('ece', c['ece'])}: {said}."
+    return f"- {what}: {report_md.format_value('ece', c['ece']['diff'], True)} {_ci('ece', c['ece'])}: {said}."
 
 
 def _measured(c: dict) -> str:
@@ -248,10 +250,10 @@ def markdown(decision: dict, report: dict, ablations: dict | None, command: str,
         lines += ["", "## Notes (written by hand, not derived by this module)", "", note.strip()]
     lines += ["", f"![student reliability, pooled over seeds]({links['image']})", "",
               f"## The report comparison (seeds {_seeds(report)}, {report['eval_split']} split)", ""]
-    lines += _demote(report_md.markdown(report, image=links["report_image"]))
+    lines += _demote(report_md.markdown(report, image=links["report_image"], sections=regime_md.markdown(report)))
     if ablations is not None:
         lines += ["", f"## The ablation comparison (seeds {_seeds(ablations)}, {ablations['eval_split']} split)", ""]
-        lines += _demote(report_md.markdown(ablations, image=links["ablation_image"]))
+        lines += _demote(report_md.markdown(ablations, image=links["ablation_image"], sections=regime_md.markdown(ablations)))
     return "\n".join(lines) + "\n"
 
 
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a markdown file included under 'Notes' (context the comparisons cannot hold, e.g. a deviation)")
     ap.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     args = ap.parse_args(argv)
-    command = "python -m edgekd.compare.decision " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = "python -m studies.cifar10_distill.decision " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
         outputs, decision = _render(args, command)
         for path, data in outputs.items():

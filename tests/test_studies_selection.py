@@ -1,11 +1,11 @@
-"""The pre-registered grid-point rule (edgekd.compare.selection), checked against hand-worked cases."""
+"""The pre-registered grid-point rule (studies/selection.py), checked against hand-worked cases."""
 
 import json
 
 import pytest
 
-from edgekd.compare.selection import main, select
 from edgekd.errors import EdgeKDError
+from studies.selection import main, select
 
 
 def _summary(points):
