@@ -13,14 +13,14 @@ that changes results shows.
    cache: what the first run of a recipe pays). Then --rounds rounds time one epoch of each,
    the first of the round rotating (bench_train.rotate). Images/s medians, ratios to fp32 NCHW.
 2. compile break-even: compile seconds over the seconds a compiled step saves against
-   channels_last (edgekd.distill.speed.compile_break_even_steps, the formula of the constant
+   channels_last (edgekd.training.speed.compile_break_even_steps, the formula of the constant
    AUTO_COMPILE_MIN_STEPS["cpu"]).
 3. results: per setting, --seeds real runs of the cifar10-cpu recipe, --epochs epochs on --images
    training images (run_distill: the path of `edgekd distill`); the student's accuracy and ECE on
    the recipe's val split (5,000 images), mean +- sd over the seeds.
-bf16 runs only on a CPU with bf16 instructions (edgekd.distill.speed.cpu_has_bf16); elsewhere the
+bf16 runs only on a CPU with bf16 instructions (edgekd.training.speed.cpu_has_bf16); elsewhere the
 setting is reported as not available. The last table says what the AUTO_* constants in
-edgekd/distill/speed.py would be from these figures, next to what they are.
+edgekd/training/speed.py would be from these figures, next to what they are.
 
 --tiny: recipes/quickstart.yaml at 16 px (digits, cnn_small -> cnn_tiny), 2 steps, 1 round, 2 seeds of 1
 epoch on 256 images, torch.compile with its aot_eager backend (no C++ code generation, which takes
@@ -43,14 +43,14 @@ from pathlib import Path
 import torch
 from bench_train import rotate, time_trainer_epoch, trainer_for
 
-from edgekd.distill import speed as speed_rules
-from edgekd.distill.run_dir import run_distill
-from edgekd.distill.speed import compile_break_even_steps, cpu_has_bf16
+from edgekd.training import speed as speed_rules
+from edgekd.training.run_dir import run_distill
+from edgekd.training.speed import compile_break_even_steps, cpu_has_bf16
 from edgekd.errors import EdgeKDError, first_line
 from edgekd.files import write_json
 from edgekd.recipe import load_recipe
 from edgekd.text import pct
-from edgekd.validate.report import cpu_name
+from edgekd.validation.report import cpu_name
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_RECIPE = REPO / "recipes/cifar10-cpu.yaml"
@@ -210,7 +210,7 @@ def markdown(report: dict) -> str:
         secs = statistics.mean(x["seconds"] for x in row["runs"])
         lines.append(f"| {setting} | {pct(row['accuracy_mean'])} +- {100 * row['accuracy_sd']:.2f} "
                      f"| {pct(row['ece_mean'])} +- {100 * row['ece_sd']:.2f} | {secs:.0f} |")
-    lines += ["", "| edgekd/distill/speed.py | now | from these figures | rule |", "|---|---|---|---|"]
+    lines += ["", "| edgekd/training/speed.py | now | from these figures | rule |", "|---|---|---|---|"]
     for s in report["suggested"]:
         now, measured = s["now"], s["measured"]
         if "STEPS" in s["constant"]:

@@ -63,7 +63,7 @@ from edgekd.drift import reference_gap
 from edgekd.deploy.onnx_export import INPUT_NAME, export_fp32
 from edgekd.deploy.parity import onnxruntime_logits
 from edgekd.deploy.source import Student, load_run_student, split_images
-from edgekd.validate.report import cpu_name
+from edgekd.validation.report import cpu_name
 
 BATCHES = (1, 64)
 MODES = ("latency", "throughput")

@@ -52,7 +52,7 @@ from edgekd.deploy.onnx_export import export_fp32
 from edgekd.files import write_json
 from edgekd.models import build_model, count_parameters
 from edgekd.runtime import OnnxRuntimeSession, OpenVinoCpu, Runner, onnxruntime_version, openvino_version
-from edgekd.validate.report import cpu_name
+from edgekd.validation.report import cpu_name
 
 CHANNELS, IMAGE_SIZE, CLASSES = 3, 32, 10
 BATCH = 64

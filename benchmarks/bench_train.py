@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from edgekd.distill.setup import make_optimizer, prepare
-from edgekd.distill.trainer import Trainer
+from edgekd.training.setup import make_optimizer, prepare
+from edgekd.training.trainer import Trainer
 from edgekd.recipe import load_recipe
 
 

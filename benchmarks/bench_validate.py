@@ -4,7 +4,7 @@
 
 For each ONNX format, alternates (who goes first swaps every round, so drifting
 machine load is shared) between
-  - validator: edgekd.validate.metrics.run_format, the function `edgekd validate`
+  - validator: edgekd.validation.metrics.run_format, the function `edgekd validate`
     reports throughput from, on the session `edgekd validate` opens;
   - bare:      `for b in batches: session.run(None, {name: b})` on a fresh
     onnxruntime.InferenceSession with the same providers, timed the same way,
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgekd.validate import open_runtimes
-from edgekd.validate.bundle import is_engine, load_bundle, select_formats
-from edgekd.validate.data import load_eval_data
-from edgekd.validate.metrics import TimingBudget, make_batches, run_format
+from edgekd.validation import open_runtimes
+from edgekd.validation.bundle import is_engine, load_bundle, select_formats
+from edgekd.validation.data import load_eval_data
+from edgekd.validation.metrics import TimingBudget, make_batches, run_format
 
 
 def bare_throughput(session: ort.InferenceSession, batches: list, seconds: float) -> float:

@@ -43,8 +43,8 @@ import numpy as np
 import torch
 from bench_train import alternate, time_trainer_epoch, trainer_for
 
-from edgekd.distill.setup import prepare
-from edgekd.distill.trainer import Trainer
+from edgekd.training.setup import prepare
+from edgekd.training.trainer import Trainer
 from edgekd.errors import first_line
 from edgekd.files import write_json
 from edgekd.recipe import load_recipe

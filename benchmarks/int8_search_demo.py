@@ -58,9 +58,9 @@ from edgekd.errors import Int8SearchError
 from edgekd.recipe import saved_sections
 from edgekd.runtime import OnnxRuntimeSession
 from edgekd.text import pct
-from edgekd.validate import gate
-from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
-from edgekd.validate.report import cpu_name
+from edgekd.validation import gate
+from edgekd.validation.metrics import TimingBudget, comparisons, format_metrics, run_format
+from edgekd.validation.report import cpu_name
 
 TINY = {"calib_samples": 64, "budget": 30.0, "timing": TimingBudget(latency_runs=50, latency_seconds=0.3,
                                                                    throughput_seconds=0.3, throughput_max_passes=3)}

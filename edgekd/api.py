@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Uni
 from edgekd.arguments import (BOOL, CALLABLE, INT, MAPPING_OR_STRINGS, MODULE, NUMBER, PATH, STRINGS, TEXT, Kind,
                               checked)
 from edgekd.errors import EdgeKDError, ExportError, ModelError, RecipeError
-from edgekd.validate import gate
-from edgekd.validate.bundle import Bundle
-from edgekd.validate.report import Report
+from edgekd.validation import gate
+from edgekd.validation.bundle import Bundle
+from edgekd.validation.report import Report
 
 if TYPE_CHECKING:  # imported where used: torch is not on a device, pydantic (recipe) costs validate's start-up
     from torch import nn
@@ -155,8 +155,8 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
     if progress not in PROGRESS:
         raise EdgeKDError(f"progress={progress!r} is not one of {', '.join(PROGRESS)}")
     need_torch("distill")
-    from edgekd.distill import distributed
-    from edgekd.distill.setup import rank_device
+    from edgekd.training import distributed
+    from edgekd.training.setup import rank_device
 
     dist = distributed.from_env()
     # Under torchrun the group is needed from here on (the ranks agree on the run directory) and is
@@ -167,8 +167,8 @@ def distill(recipe: RecipeLike, *, overrides: Overrides | None = None, teacher: 
 
 def _distill_in_group(r, dist, out, resume, allow_recipe_change, progress, on_epoch, warn, modules) -> "Run":
     """distill's body, inside the process group (under torchrun)."""
-    from edgekd.distill import distributed
-    from edgekd.distill.run_dir import default_run_dir, find_resumable, train_run
+    from edgekd.training import distributed
+    from edgekd.training.run_dir import default_run_dir, find_resumable, train_run
     from edgekd.progress import EpochReporter
 
     if out is None:
@@ -301,7 +301,7 @@ def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, fo
                          calib_method=calib_method, max_batch=max_batch, overwrite=overwrite, log=log or _silent,
                          int8_search=int8_search, search_budget=search_budget, model=student,
                          temperature=temperature)
-    from edgekd.validate.bundle import load_bundle
+    from edgekd.validation.bundle import load_bundle
 
     return load_bundle(path, _silent)
 
@@ -351,7 +351,7 @@ def validate(bundle: Bundle | PathLike | None = None, *, data: str | None = None
     raises BundleError, DataError, MissingDependencyError (no ONNX Runtime/OpenVINO/TensorRT) or
     EdgeKDError (a bad argument).
     """
-    from edgekd.validate import run_validation
+    from edgekd.validation import run_validation
 
     thresholds = {"max_ece": max_ece, "max_acc_drop": max_acc_drop, "min_agreement": min_agreement,
                   "max_ece_drift": max_ece_drift, "max_class_acc_drop": max_class_acc_drop,

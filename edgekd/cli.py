@@ -93,8 +93,8 @@ def _launch(recipe: Path, overrides: tuple[str, ...], out: Path | None, resume: 
 
     r = load_recipe(recipe, overrides)
     api.need_torch("distill")
-    from edgekd.distill import distributed
-    from edgekd.distill.run_dir import default_run_dir, find_resumable
+    from edgekd.training import distributed
+    from edgekd.training.run_dir import default_run_dir, find_resumable
 
     if distributed.from_env().enabled:
         raise click.UsageError("--nproc-per-node launches processes; under torchrun leave it out")

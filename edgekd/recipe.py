@@ -4,7 +4,7 @@ Loading is `yaml.safe_load` only, so a recipe can never execute code. The schema
 is strict: an unknown key (a typo), a wrong type or an out-of-range value is a
 RecipeError naming the key path and what is allowed. `--set a.b=value`
 overrides are parsed as YAML scalars and validated by the same schema. The
-`distill:` section takes only its method's keys (edgekd/distill/method_settings.py).
+`distill:` section takes only its method's keys (edgekd/training/method_settings.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
-from edgekd.distill.method_settings import (METHOD_SETTINGS, BDKDSettings, DistillSettings, not_keys_of, own_keys_only,
+from edgekd.training.method_settings import (METHOD_SETTINGS, BDKDSettings, DistillSettings, not_keys_of, own_keys_only,
                                             unknown_method, with_method)
 from edgekd.errors import RecipeError
 from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
@@ -36,7 +36,7 @@ def _yaml_off(value: Any) -> Any:
     return "off" if value is False else value
 
 
-# A speed setting that `auto` resolves from the device and the run (edgekd.distill.setup,
+# A speed setting that `auto` resolves from the device and the run (edgekd.training.setup,
 # resolve_speed_settings); true / false force it.
 AutoBool = Annotated[Union[Literal["auto"], bool], BeforeValidator(_auto_or_bool)]
 
@@ -238,7 +238,7 @@ class ValidateConfig(_Strict):
 
     @model_validator(mode="after")
     def _agreement_needs_threshold(self) -> "ValidateConfig":
-        from edgekd.validate.gate import threshold_problem  # the rule validate's flags follow too
+        from edgekd.validation.gate import threshold_problem  # the rule validate's flags follow too
 
         problem = threshold_problem(self.model_dump())
         if problem:
@@ -267,7 +267,7 @@ class Recipe(_Strict):
     data: DataConfig
     teacher: NetConfig
     student: NetConfig
-    # The settings of the method `distill.method` names (edgekd/distill/method_settings.py).
+    # The settings of the method `distill.method` names (edgekd/training/method_settings.py).
     distill: Annotated[DistillSettings, BeforeValidator(with_method)] = Field(default_factory=BDKDSettings)
     optim: OptimConfig = OptimConfig()
     teacher_optim: Optional[OptimConfig] = Field(None, description="teacher's optimizer; defaults to optim")

@@ -23,7 +23,7 @@ from torch import nn
 import edgekd
 from edgekd import api
 from edgekd.cli import main
-from edgekd.distill.checkpoint import load_student
+from edgekd.training.checkpoint import load_student
 from edgekd.errors import (BundleError, CheckpointError, EdgeKDError, ExportError, GateError, ModelError,
                            RecipeError)
 
@@ -50,18 +50,24 @@ def cli_error(argv: list[str], capfd) -> str:
 # ------------------------------------------------------------------ the package and its names
 
 
-def test_api_names_stay_the_functions_after_their_subpackages_are_imported():
-    # edgekd.distill and edgekd.validate are also subpackages; importing one must not replace the function.
-    import edgekd.distill.checkpoint  # noqa: F401
-    import edgekd.validate.bundle  # noqa: F401
-    from edgekd.validate.bundle import Bundle
+def test_api_names_are_the_functions_and_subpackages_are_modules():
+    """No subpackage shares an API name: `import edgekd.<subpackage>` gives the module, edgekd.<name> the function."""
+    import importlib
+    import types
+
+    import edgekd.training.checkpoint  # noqa: F401
+    import edgekd.validation.bundle  # noqa: F401
+    from edgekd.validation.bundle import Bundle
 
     assert (edgekd.distill, edgekd.export, edgekd.validate) == (api.distill, api.export, api.validate)
     assert (edgekd.Run, edgekd.Bundle, edgekd.Report) == (api.Run, Bundle, api.Report)
     from edgekd import distill, validate
 
     assert (distill, validate) == (api.distill, api.validate)
-    assert sys.modules["edgekd.distill"].__name__ == "edgekd.distill"  # the subpackage is still there
+    for sub in ("training", "deploy", "validation", "compare", "data", "models", "runtime", "contracts"):
+        module = importlib.import_module(f"edgekd.{sub}")
+        assert isinstance(module, types.ModuleType) and module.__name__ == f"edgekd.{sub}"
+        assert getattr(edgekd, sub) is module
     assert set(api.__all__) <= set(dir(edgekd))
 
 

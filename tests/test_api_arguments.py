@@ -15,7 +15,7 @@ import pytest
 import edgekd
 from edgekd.arguments import checked, INT
 from edgekd.errors import ArgumentError, BundleError, EdgeKDError
-from edgekd.validate.bundle import Bundle
+from edgekd.validation.bundle import Bundle
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "recipes" / "quickstart.yaml"

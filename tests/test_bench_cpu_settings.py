@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgekd.distill import speed as setup
+from edgekd.training import speed as setup
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name -> what summary.json's speed_settings must say ran

@@ -22,8 +22,8 @@ from PIL import Image
 from torch import nn
 
 from edgekd.data.sources import SourceShape
-from edgekd.distill import checkpoint as ckpt
-from edgekd.distill.nets import build_nets
+from edgekd.training import checkpoint as ckpt
+from edgekd.training.nets import build_nets
 from edgekd.errors import CheckpointError, Problems, RecipeError
 from edgekd.models import build_model
 from edgekd.recipe import build_recipe

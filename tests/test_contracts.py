@@ -36,10 +36,10 @@ OTHER_OWNERS = {
     ("edgekd/data/sources.py", "class_names"): "the decoded-image cache's own .npz",
     ("edgekd/models/timm_models.py", "num_classes"): "timm.create_model's argument",
     ("edgekd/compare/predictions.py", "student_logits"): "a comparison's prediction file (its own FORMAT)",
-    ("edgekd/distill/checkpoint.py", "state_dict"): "where other tools' checkpoints keep weights (WEIGHT_KEYS)",
-    ("edgekd/distill/artifacts.py", "edgekd_version"): "summary.json, which has no contract yet",
+    ("edgekd/training/checkpoint.py", "state_dict"): "where other tools' checkpoints keep weights (WEIGHT_KEYS)",
+    ("edgekd/training/artifacts.py", "edgekd_version"): "summary.json, which has no contract yet",
     # validate's consistency checks of the manifest's sections, which stay JSON objects (export/README.md)
-    ("edgekd/validate/bundle.py", "num_classes"): "the check of the manifest's model section",
+    ("edgekd/validation/bundle.py", "num_classes"): "the check of the manifest's model section",
 }
 
 
@@ -177,7 +177,7 @@ def test_student_checkpoint_names_every_missing_key():
 
 def test_an_old_student_pt_reads_and_writes_back_unchanged(tmp_path):
     torch = pytest.importorskip("torch")
-    from edgekd.distill.checkpoint import load_student, save_student
+    from edgekd.training.checkpoint import load_student, save_student
 
     ck = load_student(OLD / "run" / RunLayout.STUDENT)
     assert ck.arch == "cnn_tiny" and ck.split.fingerprint == _old_split()["fingerprint"]

@@ -12,7 +12,7 @@ from edgekd.deploy import int8_search as search
 from edgekd.drift import decision_gap
 from edgekd.errors import RecipeError
 from edgekd.recipe import ValidateConfig, load_recipe
-from edgekd.validate import gate
+from edgekd.validation import gate
 
 from _cli import edgekd
 

@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from edgekd.distill.checkpoint import load_student
+from edgekd.training.checkpoint import load_student
 from edgekd.models import build_model, load_weights
 
 import _cli

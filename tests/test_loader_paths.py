@@ -219,7 +219,7 @@ def test_training_through_the_host_loader_equals_the_device_loader(tmp_path):
     """Two real quickstart runs, one per loader kind: identical batches give identical weights."""
     import torch
 
-    from edgekd.distill.run_dir import run_distill
+    from edgekd.training.run_dir import run_distill
     from edgekd.recipe import load_recipe
 
     recipe = Path(__file__).resolve().parents[1] / "recipes/quickstart.yaml"

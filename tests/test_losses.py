@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distill import losses as L
-from edgekd.distill.methods import available_methods, get_method
+from edgekd.training import losses as L
+from edgekd.training.methods import available_methods, get_method
 from edgekd.errors import RecipeError
-from edgekd.distill.method_settings import METHOD_SETTINGS, KDSettings, method_names
+from edgekd.training.method_settings import METHOD_SETTINGS, KDSettings, method_names
 
 LN3 = math.log(3.0)
 KL_TS_A = 0.130812  # KL(p_t || p_s) on A  (= KL(p_s || p_t) on B)
@@ -245,7 +245,7 @@ ASYM_Y = torch.tensor([0, 1, 1, 2, 3, 0])
 ASYM_CFG = dict(temperature=3.0, ce_weight=0.35, kl_weight=0.7, reverse_weight=1.9, teacher_kl_weight=0.45)
 
 
-# Independent reference, in numpy float64, written from docs/method.md (not from edgekd.distill.losses).
+# Independent reference, in numpy float64, written from docs/method.md (not from edgekd.training.losses).
 def _np_log_softmax(z, T):
     a = z.numpy().astype(np.float64) / T
     a = a - a.max(axis=1, keepdims=True)

@@ -13,7 +13,7 @@ import yaml
 
 from edgekd.compare import parse_variants
 from edgekd.compare.variants import plan
-from edgekd.distill.method_settings import METHOD_SETTINGS
+from edgekd.training.method_settings import METHOD_SETTINGS
 from edgekd.errors import RecipeError
 from edgekd.recipe import Recipe, load_recipe, read_yaml_mapping, saved_recipe, saved_recipe_diff, validate_recipe
 
@@ -126,7 +126,7 @@ def test_a_run_saved_with_the_flat_distill_section_loads(method):
 
 def test_resume_takes_a_last_pt_with_the_flat_section():
     pytest.importorskip("torch")
-    from edgekd.distill.run_dir import check_resume_recipe
+    from edgekd.training.run_dir import check_resume_recipe
 
     flat = read_yaml_mapping(FLAT / "dml.yaml")
     assert check_resume_recipe(flat, load_recipe(QUICK, ["distill.method=dml", "distill.temperature=2",
@@ -189,9 +189,9 @@ def test_the_recipe_and_compare_plan_without_torch_and_the_methods_without_the_r
     _python("import sys; sys.modules['torch'] = None  # any `import torch` now raises ImportError\n"
             "from edgekd.compare.variants import parse_variants, plan\n"
             f"plan({str(QUICK)!r}, parse_variants(['ce', 'dml:temperature=2', 'bdkd']), [0], [])\n"
-            "assert 'edgekd.distill.methods' not in sys.modules\n")
+            "assert 'edgekd.training.methods' not in sys.modules\n")
     pytest.importorskip("torch")
     _python("import sys\n"
-            "from edgekd.distill.methods import get_method\n"
+            "from edgekd.training.methods import get_method\n"
             "assert 'edgekd.recipe' not in sys.modules\n"
             "assert get_method('kd').trains_teacher is False\n")

@@ -20,7 +20,7 @@ from PIL import Image
 
 from edgekd.cli import main
 
-from edgekd.distill import checkpoint as ckpt
+from edgekd.training import checkpoint as ckpt
 from edgekd.errors import CheckpointError, ModelError
 from edgekd.models import build_model
 from edgekd.models.pretrained import MIN_BACKBONE_SHARE, find_classifier, init_weights

@@ -22,7 +22,7 @@ from _training import IMAGE_SIZE, training_fixture
 from edgekd.deploy import parity
 from edgekd.deploy.onnx_export import export_fp32
 from edgekd.deploy.source import load_run_student, split_images
-from edgekd.distill import quantize
+from edgekd.training import quantize
 from edgekd.errors import RecipeError
 from edgekd.models import build_model
 from edgekd.recipe import load_recipe

@@ -14,9 +14,9 @@ import torch
 from _runs import canonical
 from _training import training_fixture
 
-from edgekd.distill.run_dir import run_distill
-from edgekd.distill.setup import prepare
-from edgekd.distill.trainer import NonFiniteLoss, Trainer
+from edgekd.training.run_dir import run_distill
+from edgekd.training.setup import prepare
+from edgekd.training.trainer import NonFiniteLoss, Trainer
 from edgekd.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]

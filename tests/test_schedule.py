@@ -1,4 +1,4 @@
-"""Golden values of the learning-rate schedule (edgekd.distill.schedule.lr_factor).
+"""Golden values of the learning-rate schedule (edgekd.training.schedule.lr_factor).
 
 Every expected factor is worked out by hand from the closed form of the schedule
 (linear warmup over round(warmup_epochs * steps_per_epoch) steps, then cosine
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from edgekd.distill.schedule import lr_factor
+from edgekd.training.schedule import lr_factor
 from edgekd.recipe import OptimConfig
 
 SQRT2 = math.sqrt(2.0)

@@ -5,8 +5,8 @@ CUDA's flags can be set and read back without a GPU, so this runs on the CPU."""
 import pytest
 import torch
 
-from edgekd.distill.setup import apply_determinism
-from edgekd.distill.speed import bf16_kept_out, cpu_has_bf16, resolve_amp
+from edgekd.training.setup import apply_determinism
+from edgekd.training.speed import bf16_kept_out, cpu_has_bf16, resolve_amp
 from edgekd.errors import RecipeError
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
@@ -118,8 +118,8 @@ def test_bf16_on_the_cpu_follows_the_cpu_capability_probe(monkeypatch, has_bf16)
 
 # -- train.channels_last / train.compile / train.amp: auto (resolve_speed_settings) ----------------
 
-from edgekd.distill import speed as setup_mod  # noqa: E402
-from edgekd.distill.speed import (  # noqa: E402
+from edgekd.training import speed as setup_mod  # noqa: E402
+from edgekd.training.speed import (  # noqa: E402
     AUTO_COMPILE_MIN_STEPS, compile_break_even_steps, compile_unavailable, resolve_speed_settings)
 from edgekd.recipe import load_recipe  # noqa: E402
 

@@ -15,7 +15,7 @@ from _cli import cli
 from _training import IMAGE_SIZE
 from edgekd import calibration
 from edgekd.deploy.source import load_run_student, split_images
-from edgekd.distill.speed import bf16_kept_out, compile_unavailable, cpu_has_bf16
+from edgekd.training.speed import bf16_kept_out, compile_unavailable, cpu_has_bf16
 from edgekd.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_a_resume_keeps_the_precision_the_run_started_with(tmp_path, capsys, mon
     """last.pt records what auto resolved to. If auto now resolves otherwise (here: a newer edgekd
     whose CPU default is bf16), --resume is refused in one line naming the key and the pin to set;
     with that pin it continues as it started. (No step runs in bf16: the CPU probe is replaced.)"""
-    from edgekd.distill import speed as setup_mod
+    from edgekd.training import speed as setup_mod
 
     run = tmp_path / "run"
     monkeypatch.setattr(setup_mod, "AUTO_CPU_BF16", False)

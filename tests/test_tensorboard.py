@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from edgekd.distill import tensorboard_log
+from edgekd.training import tensorboard_log
 from edgekd.recipe import load_recipe
 
 from _cli import cli

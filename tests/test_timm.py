@@ -133,7 +133,7 @@ def test_a_timm_teacher_distils_a_timm_student_that_exports_and_validates(tmp_pa
 
 
 def test_normalisation_follows_the_net_that_was_trained_elsewhere():
-    from edgekd.distill.setup import net_normalization
+    from edgekd.training.setup import net_normalization
     from edgekd.errors import RecipeError
     from edgekd.recipe import load_recipe
 
@@ -154,7 +154,7 @@ def test_timm_weight_files_start_a_net(tmp_path):
     """timm's own files: model.safetensors and pytorch_model.bin (a torch.save'd state_dict)."""
     from safetensors.torch import save_file
 
-    from edgekd.distill.checkpoint import read_net_weights
+    from edgekd.training.checkpoint import read_net_weights
     from edgekd.errors import CheckpointError
     from edgekd.models import load_weights
 

@@ -20,10 +20,10 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
 from edgekd.contracts import BundleManifest
-from edgekd.validate import gate
+from edgekd.validation import gate
 from edgekd.errors import BundleError
-from edgekd.validate.bundle import Bundle, onnx_providers_for
-from edgekd.validate.data import load_eval_data
+from edgekd.validation.bundle import Bundle, onnx_providers_for
+from edgekd.validation.data import load_eval_data
 from edgekd.runtime import TRT_MISSING, engine_mismatch
 
 import _cli
@@ -204,7 +204,7 @@ def test_validates_without_torch(full_run, bundle):
 
 
 # What a device imports: the validate side, the Python API, the runtime layer both sides share, and the contract modules.
-DEVICE_MODULES = ["edgekd.validate", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base",
+DEVICE_MODULES = ["edgekd.validation", "edgekd.api", "edgekd.runtime", "edgekd.runtime.base",
                   "edgekd.runtime.onnxruntime_session", "edgekd.runtime.openvino_cpu", "edgekd.runtime.tensorrt_engine",
                   "edgekd.runtime.gpu_memory", "edgekd.contracts",
                   "edgekd.drift", "edgekd.calibration"]

@@ -3,7 +3,7 @@ the statistics to tell a difference from noise.
 
 - variants.py: parsing `--methods`, every run's recipe, split checks (torch-free)
 - run.py: checks, then training/evaluation of what is missing, then the report
-- evaluate.py: training and final-net evaluation (the one module importing edgekd.distill.trainer)
+- evaluate.py: training and final-net evaluation (the one module importing edgekd.training.trainer)
 - predictions.py: the per-run prediction files that outlive the run folders (torch-free)
 - stats.py: t intervals, the paired hierarchical bootstrap, the ECE noise floor (numpy only)
 - report.py: comparison.json, comparison.md, the reliability diagram (torch-free)

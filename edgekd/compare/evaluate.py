@@ -12,10 +12,10 @@ from typing import Any, Callable
 import numpy as np
 
 from edgekd.contracts import EvalLogits, RunLayout
-from edgekd.distill import checkpoint
-from edgekd.distill.run_dir import run_distill
-from edgekd.distill.setup import prepare
-from edgekd.distill.trainer import predict
+from edgekd.training import checkpoint
+from edgekd.training.run_dir import run_distill
+from edgekd.training.setup import prepare
+from edgekd.training.trainer import predict
 from edgekd.errors import CheckpointError, first_line
 from edgekd.recipe import Recipe
 

@@ -112,7 +112,7 @@ def _check_nets(runs: list[PlannedRun]) -> None:
     from edgekd.api import need_torch
 
     need_torch("compare")
-    from edgekd.distill.nets import check_trainable
+    from edgekd.training.nets import check_trainable
     from edgekd.errors import EdgeKDError, raise_all
 
     problems: list[EdgeKDError] = []

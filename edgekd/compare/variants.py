@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgekd.distill.method_settings import METHOD_SETTINGS, not_keys_of, unknown_method
+from edgekd.training.method_settings import METHOD_SETTINGS, not_keys_of, unknown_method
 from edgekd.errors import DataError, RecipeError
 from edgekd.recipe import Recipe, load_recipe
 

@@ -9,7 +9,7 @@ Only this package spells the files' names and their keys; a stage that needs a f
 contract for it. Each contract knows its format version and refuses a file of another one, or one
 lacking a key its version requires, with one ContractError line. Nothing here imports torch:
 `edgekd validate` runs on devices without it (student.pt's torch.save/torch.load stay in
-edgekd.distill.checkpoint, around StudentCheckpoint.to_dict/from_dict).
+edgekd.training.checkpoint, around StudentCheckpoint.to_dict/from_dict).
 """
 
 from edgekd.contracts.errors import ContractError, ManifestError, SplitInfoError, StudentCheckpointError

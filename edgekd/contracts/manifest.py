@@ -1,7 +1,7 @@
 """BundleManifest: manifest.json, what `edgekd export` writes and `edgekd validate` and
 `edgekd compare --deployed` read (export/README.md describes every key).
 
-The writer (edgekd.deploy, which needs torch) and the readers (edgekd.validate, which must run
+The writer (edgekd.deploy, which needs torch) and the readers (edgekd.validation, which must run
 without it) share this class, so they cannot disagree. A change here changes what is on disk: keys
 and values old bundles carry must keep validating, or SCHEMA_VERSION goes up (and validate refuses
 the other version in one line). Its sections (model, input, files, ...) stay the JSON objects the

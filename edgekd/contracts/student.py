@@ -1,7 +1,7 @@
 """StudentCheckpoint: student.pt, the finished student a run hands to export.
 
 A torch file: this contract holds plain data (the weights are an opaque name -> tensor mapping)
-and gives to_dict/from_dict; edgekd.distill.checkpoint does the torch.save / torch.load around them.
+and gives to_dict/from_dict; edgekd.training.checkpoint does the torch.save / torch.load around them.
 """
 
 from __future__ import annotations

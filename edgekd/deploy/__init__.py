@@ -9,7 +9,7 @@
     source       the run, its student and its data split
     bundle       export_bundle: all of the above into one atomic folder + manifest.json
 
-Imports torch and onnx: not for devices (they only need edgekd.validate).
+Imports torch and onnx: not for devices (they only need edgekd.validation).
 """
 
 from edgekd.deploy.bundle import export_bundle

@@ -289,7 +289,7 @@ class BundleWriter:
 
         import torch
 
-        from edgekd.distill import quantize
+        from edgekd.training import quantize
 
         name = ONNX_FILES[flavour]
         self.log(f"writing {name} (from the ranges learned in training: train.quantize {flavour}; no calibration)")

@@ -22,7 +22,7 @@ there, and a file chosen on val would overstate them; never test.
 
 Judged how: against the FP32 ONNX file's logits and metrics on the same images, with
 edgekd.drift's figures (top-1 agreement, accuracy drop, ECE drift) and the gate's own
-checks (edgekd.validate.gate): the same definitions `edgekd validate` applies, here on
+checks (edgekd.validation.gate): the same definitions `edgekd validate` applies, here on
 the search images instead of val. Speed: images/s in ONNX Runtime on the CPU, the median
 of timed batches of SPEED_BATCH (measured, not assumed from the number of float nodes), of
 the candidates that pass the gate only (speed only decides among those; a failing one
@@ -56,8 +56,8 @@ from edgekd.files import finite_or_none
 from edgekd.runtime import OnnxRuntimeSession
 from edgekd.search_budget import MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
-from edgekd.validate import gate
-from edgekd.validate.metrics import comparisons
+from edgekd.validation import gate
+from edgekd.validation.metrics import comparisons
 
 # Where candidates may be judged, in order of preference. Never "val" or "test".
 SEARCH_SPLITS = ("tune", "train")

@@ -17,8 +17,8 @@ from torch import nn
 from edgekd.contracts import RunLayout, SplitInfo, StudentCheckpoint
 from edgekd.data import ImageSet, load_split_images
 from edgekd.data.preprocess import normalize
-from edgekd.distill.checkpoint import load_student
-from edgekd.distill.run_dir import newest_complete_run
+from edgekd.training.checkpoint import load_student
+from edgekd.training.run_dir import newest_complete_run
 from edgekd.errors import CheckpointError, EdgeKDError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights

@@ -1,7 +1,7 @@
 """ce: teacher and student trained independently with cross-entropy. The baseline."""
 
-from edgekd.distill.method_settings import CESettings
-from edgekd.distill.methods.base import Distiller, StepOutput, register_method
+from edgekd.training.method_settings import CESettings
+from edgekd.training.methods.base import Distiller, StepOutput, register_method
 
 
 @register_method(CESettings)

@@ -24,7 +24,7 @@ from edgekd.data.sources import load_digits, load_imagefolder, resize_images
 from edgekd.data.files import scan_files
 from edgekd.data.split import load_split_images
 from edgekd.errors import DataError
-from edgekd.validate.bundle import Bundle
+from edgekd.validation.bundle import Bundle
 
 SPEC_HELP = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, or nothing for the run's val split"
 

@@ -17,8 +17,8 @@ from edgekd.calibration import METRIC_KEYS
 from edgekd.errors import EdgeKDError, GateError
 from edgekd.files import atomic_write_bytes, atomic_write_text
 from edgekd.text import pct
-from edgekd.validate.bundle import Bundle
-from edgekd.validate.gate import Check
+from edgekd.validation.bundle import Bundle
+from edgekd.validation.gate import Check
 
 # Per-format keys of --json, in order.
 FORMAT_KEYS = (*METRIC_KEYS, "agreement", "ece_drift", "acc_drop", "class_acc_drop", "class_acc_drop_class",

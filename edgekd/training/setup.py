@@ -16,13 +16,13 @@ from torch import nn
 
 from edgekd.data import DataModule, Normalization, build_data, resolve_storage
 from edgekd.data.loader import batches_per_epoch, check_workers
-from edgekd.distill import distributed
-from edgekd.distill.distributed import SINGLE, Dist
-from edgekd.distill import tensorboard_log
-from edgekd.distill.methods import Distiller, get_method
+from edgekd.training import distributed
+from edgekd.training.distributed import SINGLE, Dist
+from edgekd.training import tensorboard_log
+from edgekd.training.methods import Distiller, get_method
 from edgekd.data.sources import source_shape
-from edgekd.distill.nets import build_nets
-from edgekd.distill.speed import SpeedSettings, resolve_amp, resolve_speed_settings
+from edgekd.training.nets import build_nets
+from edgekd.training.speed import SpeedSettings, resolve_amp, resolve_speed_settings
 from edgekd.errors import DataError, MissingDependencyError, RecipeError
 from edgekd.models import user
 from edgekd.models.pretrained import InitReport
@@ -152,7 +152,7 @@ def prepare(recipe: Recipe, dist: Dist = SINGLE, modules: Mapping[str, nn.Module
         if dist.enabled:
             raise RecipeError("train.quantize runs in one process (INT8-aware training under torchrun was not "
                               "measured); run edgekd distill without torchrun")
-        from edgekd.distill import quantize
+        from edgekd.training import quantize
 
         student = quantize.prepare(student, recipe.train.quantize, shape.in_channels, shape.image_size,
                                    recipe.student.arch)

@@ -85,7 +85,7 @@ def require_joined(d: Dist) -> None:
     """Under torchrun, the nets are wrapped in DDP: the group must have been joined by process_group."""
     if d.enabled and not tdist.is_initialized():
         raise EdgeKDError(f"rank {d.rank} of {d.world_size} has not joined the process group; run the training "
-                          "inside edgekd.distill.distributed.process_group (edgekd.distill() does)")
+                          "inside edgekd.training.distributed.process_group (edgekd.distill() does)")
 
 
 def local_device(d: Dist, device: torch.device) -> torch.device:

@@ -5,9 +5,9 @@ L_s = ce_weight * CE(y, z_s) + kl_weight * T^2 * mean_i KL(p_t^T || p_s^T)
 
 import torch
 
-from edgekd.distill import losses as L
-from edgekd.distill.method_settings import KDSettings
-from edgekd.distill.methods.base import Distiller, StepOutput, register_method
+from edgekd.training import losses as L
+from edgekd.training.method_settings import KDSettings
+from edgekd.training.methods.base import Distiller, StepOutput, register_method
 
 
 @register_method(KDSettings)  # trains_teacher False: the teacher stays frozen, in eval mode

@@ -10,9 +10,9 @@ The teacher's prediction is detached in L_s, the student's in L_t; the weights
 w(i) are computed from detached entropies, so no gradient flows through the switch.
 """
 
-from edgekd.distill import losses as L
-from edgekd.distill.method_settings import BDKDSettings
-from edgekd.distill.methods.base import Distiller, StepOutput, register_method
+from edgekd.training import losses as L
+from edgekd.training.method_settings import BDKDSettings
+from edgekd.training.methods.base import Distiller, StepOutput, register_method
 
 
 @register_method(BDKDSettings)

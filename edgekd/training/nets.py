@@ -15,7 +15,7 @@ from typing import Mapping
 from torch import nn
 
 from edgekd.data.sources import SourceShape
-from edgekd.distill import checkpoint as ckpt
+from edgekd.training import checkpoint as ckpt
 from edgekd.errors import EdgeKDError, RecipeError, raise_all
 from edgekd.models import build_model, user
 from edgekd.models.pretrained import InitReport, init_weights
@@ -83,7 +83,7 @@ def check_trainable(recipe: Recipe) -> None:
     import torch
 
     from edgekd.data.sources import source_shape
-    from edgekd.distill.methods import get_method
+    from edgekd.training.methods import get_method
 
     d = recipe.data
     method_cls = get_method(recipe.distill.method)

@@ -7,7 +7,7 @@ net's optimizer. Because every term detaches the other net's output where the
 math says so, one backward pass through the sum gives each net exactly its own
 gradients. The trainer never branches on the method's name.
 
-Each method registers under its settings class (edgekd/distill/method_settings.py,
+Each method registers under its settings class (edgekd/training/method_settings.py,
 torch-free): its name, the `distill:` keys it takes (`self.cfg`) and what it needs
 of the run, such as whether the teacher trains.
 """
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.distill.method_settings import METHOD_SETTINGS, MethodSettings
+from edgekd.training.method_settings import METHOD_SETTINGS, MethodSettings
 
 
 @dataclass
@@ -66,7 +66,7 @@ def register_method(settings: type[MethodSettings]) -> Callable[[type[Distiller]
     """Register a Distiller as the training code of the method `settings` declares."""
     name = settings.method_name()
     if METHOD_SETTINGS.get(name) is not settings:
-        raise ValueError(f"method {name!r} has no settings in edgekd.distill.method_settings.METHOD_SETTINGS")
+        raise ValueError(f"method {name!r} has no settings in edgekd.training.method_settings.METHOD_SETTINGS")
 
     def deco(cls: type[Distiller]) -> type[Distiller]:
         if name in _METHODS:

@@ -25,14 +25,14 @@ from torch import nn
 from edgekd import calibration, faults, files
 from edgekd.contracts import NetEval, RunLayout
 from edgekd.data import choose_loader
-from edgekd.distill import checkpoint as ckpt
-from edgekd.distill import distributed, tensorboard_log
-from edgekd.distill.artifacts import Evals, write_artifacts
-from edgekd.distill.distributed import Dist
-from edgekd.distill.methods import StepOutput
-from edgekd.distill.schedule import lr_factor
-from edgekd.distill.setup import Setup, make_optimizer
-from edgekd.distill.speed import autocast
+from edgekd.training import checkpoint as ckpt
+from edgekd.training import distributed, tensorboard_log
+from edgekd.training.artifacts import Evals, write_artifacts
+from edgekd.training.distributed import Dist
+from edgekd.training.methods import StepOutput
+from edgekd.training.schedule import lr_factor
+from edgekd.training.setup import Setup, make_optimizer
+from edgekd.training.speed import autocast
 from edgekd.errors import CheckpointError, EdgeKDError, RecipeError, first_line
 
 

@@ -18,8 +18,8 @@ from edgekd.arguments import TEXT, check_argument
 from edgekd.contracts import CPU_ONLY_PRECISIONS, PRECISIONS, BundleManifest
 from edgekd.errors import BundleError
 from edgekd.files import sha256_file
-from edgekd.validate.gate import CHECKS as GATE_CHECKS
-from edgekd.validate.gate import THRESHOLD as GATE_THRESHOLD
+from edgekd.validation.gate import CHECKS as GATE_CHECKS
+from edgekd.validation.gate import THRESHOLD as GATE_THRESHOLD
 
 # Any precision but the CPU-only ones may be an engine (export builds fp16 and int8 only).
 ENGINE_PRECISIONS = tuple(p for p in PRECISIONS if p not in CPU_ONLY_PRECISIONS)
@@ -97,7 +97,8 @@ class Bundle:
     def entry(self, fmt: str) -> dict:
         """Format `fmt`'s manifest entry: sha256, bytes, and for an exported ONNX file its metrics,
         drift and parity against PyTorch on the val split."""
-        return self.manifest.files[self._file_name(fmt)]
+        name = self._file_name(fmt)  # a bad format name is refused before the manifest is read
+        return self.manifest.files[name]
 
     def float_nodes(self, fmt: str) -> list[str] | None:
         """The nodes an INT8 file (or the engine built from it) keeps in float: export's

@@ -19,11 +19,11 @@ from torch import nn
 
 from edgekd import files
 from edgekd.contracts import RunLayout
-from edgekd.distill import checkpoint as ckpt
-from edgekd.distill import distributed
-from edgekd.distill.distributed import SINGLE, Dist
-from edgekd.distill.setup import Setup, prepare
-from edgekd.distill.trainer import Trainer
+from edgekd.training import checkpoint as ckpt
+from edgekd.training import distributed
+from edgekd.training.distributed import SINGLE, Dist
+from edgekd.training.setup import Setup, prepare
+from edgekd.training.trainer import Trainer
 from edgekd.errors import CheckpointError, EdgeKDError
 from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mapping, saved_recipe_diff
 

@@ -34,12 +34,12 @@ from edgekd.files import write_json
 from edgekd.errors import EdgeKDError
 from edgekd.runtime import (OnnxRuntimeSession, OpenVinoCpu, Runner, TensorRTEngine, choose_providers,
                             onnxruntime_version, openvino_version)
-from edgekd.validate import gate, report
-from edgekd.validate.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
+from edgekd.validation import gate, report
+from edgekd.validation.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
                                     select_formats)
-from edgekd.validate.data import EvalData, load_eval_data
-from edgekd.validate.metrics import TimingBudget, comparisons, format_metrics, run_format
-from edgekd.validate.report import Report
+from edgekd.validation.data import EvalData, load_eval_data
+from edgekd.validation.metrics import TimingBudget, comparisons, format_metrics, run_format
+from edgekd.validation.report import Report
 
 __all__ = ["Report", "run_validation", "open_runtimes", "validate_formats"]
 

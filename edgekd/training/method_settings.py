@@ -3,7 +3,7 @@
 A recipe's `distill:` section is one of these classes, chosen by its `method` key
 (`DistillSettings`, a union keyed by `method`), so a key the chosen method never reads
 (`weighting` under `method: dml`) is refused instead of ignored. The training code of
-each method (edgekd/distill/methods/, torch) registers under its settings class; the
+each method (edgekd/training/methods/, torch) registers under its settings class; the
 recipe needs only this module. The equations behind every key: docs/method.md.
 """
 

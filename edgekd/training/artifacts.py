@@ -15,8 +15,8 @@ import torch
 import edgekd
 from edgekd import calibration, files
 from edgekd.contracts import EvalLogits, NetEval, RunLayout, StudentCheckpoint
-from edgekd.distill import checkpoint as ckpt
-from edgekd.distill.setup import Setup
+from edgekd.training import checkpoint as ckpt
+from edgekd.training.setup import Setup
 from edgekd.models import count_parameters
 
 Evals = dict[str, NetEval]  # by role: "teacher", "student"
@@ -66,7 +66,7 @@ def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, hist
         )
     layout = RunLayout(run_dir)
     EvalLogits.of(teacher=evals["teacher"], student=evals["student"]).write(layout.eval_logits)
-    from edgekd.distill.quantize import QuantizedStudent
+    from edgekd.training.quantize import QuantizedStudent
 
     student = setup.student
     quantized = isinstance(student, QuantizedStudent)

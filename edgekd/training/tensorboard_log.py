@@ -22,7 +22,7 @@ from edgekd.errors import MissingDependencyError, first_line
 from edgekd.recipe import Recipe
 
 if TYPE_CHECKING:  # artifacts imports setup, which imports this module for require()
-    from edgekd.distill.artifacts import Evals
+    from edgekd.training.artifacts import Evals
 
 LOG_DIR = RunLayout.TENSORBOARD
 

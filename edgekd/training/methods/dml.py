@@ -6,9 +6,9 @@ softened prediction:
   L_t = CE(y, z_t) + teacher_kl_weight * T^2 * mean_i KL(p_s^T || p_t^T)
 """
 
-from edgekd.distill import losses as L
-from edgekd.distill.method_settings import DMLSettings
-from edgekd.distill.methods.base import Distiller, StepOutput, register_method
+from edgekd.training import losses as L
+from edgekd.training.method_settings import DMLSettings
+from edgekd.training.methods.base import Distiller, StepOutput, register_method
 
 
 @register_method(DMLSettings)
