@@ -70,3 +70,18 @@ class RunLayout:
     def is_unfinished(self) -> bool:
         """Started and checkpointed, not finished: what --resume continues."""
         return self.last.is_file() and not self.student.is_file()
+
+
+def runs_by_age(root: str | Path) -> list[Path]:
+    """The run folders under `root` (hidden ones left out), oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                  key=lambda p: p.stat().st_mtime)
+
+
+def newest_complete_run(root: str | Path = "runs") -> Path | None:
+    """The most recently changed complete run under `root`, or None."""
+    done = [p for p in runs_by_age(root) if RunLayout(p).is_complete()]
+    return done[-1] if done else None

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from edgekd.contracts import RunLayout, SplitInfo, StudentCheckpoint
+from edgekd.contracts.run_layout import newest_complete_run
 from edgekd.data import ImageSet, load_split_images
 from edgekd.data.preprocess import normalize
 from edgekd.training.checkpoint import load_student
-from edgekd.training.run_dir import newest_complete_run
 from edgekd.errors import CheckpointError, EdgeKDError
 from edgekd.files import sha256_file
 from edgekd.models import build_model, load_weights
@@ -68,7 +68,9 @@ class Student:
 def resolve_run(run_dir: str | Path | None, log: Callable[[str], Any]) -> Path:
     """RUN_DIR, or the newest complete run under runs/ (announced, since the user did not name it)."""
     if run_dir is None:
-        run_dir = newest_complete_run()
+        run_dir = newest_complete_run("runs")
+        if run_dir is None:
+            raise EdgeKDError("no complete run under runs/ (one with student.pt); run edgekd distill first or name RUN_DIR")
         log(f"exporting run {run_dir}")
     run_dir = Path(run_dir)
     if not run_dir.exists():

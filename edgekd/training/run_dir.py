@@ -19,6 +19,7 @@ from torch import nn
 
 from edgekd import files
 from edgekd.contracts import RunLayout
+from edgekd.contracts.run_layout import runs_by_age
 from edgekd.training import checkpoint as ckpt
 from edgekd.training import distributed
 from edgekd.training.distributed import SINGLE, Dist
@@ -43,24 +44,9 @@ def default_run_dir(recipe: Recipe, root: str | os.PathLike = "runs") -> Path:
     return path
 
 
-def _runs(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                  key=lambda p: p.stat().st_mtime)
-
-
-def newest_complete_run(root: str | Path = "runs") -> Path:
-    root = Path(root)
-    done = [p for p in _runs(root) if RunLayout(p).is_complete()]
-    if not done:
-        raise EdgeKDError(f"no complete run under {root}/ (one with student.pt); run edgekd distill first or name RUN_DIR")
-    return done[-1]
-
-
 def find_resumable(recipe: Recipe, root: str | Path = "runs") -> Path:
     root = Path(root)
-    cands = [p for p in _runs(root)
+    cands = [p for p in runs_by_age(root)
              if p.name.startswith(f"{recipe.name}-") and RunLayout(p).is_unfinished()]
     if not cands:
         raise EdgeKDError(f"--resume: no unfinished run of recipe '{recipe.name}' under {root}/; name it with --out")
