@@ -13,7 +13,7 @@ edgekd.training.checkpoint, around StudentCheckpoint.to_dict/from_dict).
 """
 
 from edgekd.contracts.errors import ContractError, ManifestError, SplitInfoError, StudentCheckpointError
-from edgekd.contracts.eval_logits import EvalLogits, NetEval
+from edgekd.contracts.eval_logits import EvalLogits, Evals, NetEval
 from edgekd.contracts.manifest import (BUNDLE_KIND, CPU_ONLY_PRECISIONS, PRECISIONS, SCHEMA_VERSION,
                                        BundleManifest)
 from edgekd.contracts.run_layout import RunLayout
@@ -21,7 +21,7 @@ from edgekd.contracts.split_info import SplitInfo
 from edgekd.contracts.student import StudentCheckpoint
 
 __all__ = [
-    "BUNDLE_KIND", "BundleManifest", "CPU_ONLY_PRECISIONS", "ContractError", "EvalLogits", "ManifestError",
+    "BUNDLE_KIND", "BundleManifest", "CPU_ONLY_PRECISIONS", "ContractError", "EvalLogits", "Evals", "ManifestError",
     "NetEval", "PRECISIONS", "RunLayout", "SCHEMA_VERSION", "SplitInfo", "SplitInfoError", "StudentCheckpoint",
     "StudentCheckpointError",
 ]  # fmt: skip

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -63,3 +62,6 @@ class EvalLogits:
             require_keys(dict.fromkeys(z.files), (cls._LABELS, cls._STUDENT, cls._TEACHER), ContractError,
                          f"{path} lacks {{missing}}; it is not a run's eval_logits")
             return cls(labels=z[cls._LABELS], student=z[cls._STUDENT], teacher=z[cls._TEACHER])
+
+
+Evals = dict[str, NetEval]  # an evaluation of both nets, by role: "teacher", "student"

@@ -14,12 +14,11 @@ import torch
 
 import edgekd
 from edgekd import calibration, files
-from edgekd.contracts import EvalLogits, NetEval, RunLayout, StudentCheckpoint
+from edgekd.contracts import EvalLogits, Evals, RunLayout, StudentCheckpoint
 from edgekd.training import checkpoint as ckpt
 from edgekd.training.setup import Setup
 from edgekd.models import count_parameters
 
-Evals = dict[str, NetEval]  # by role: "teacher", "student"
 
 
 def write_artifacts(setup: Setup, run_dir: Path, evals: Evals, epochs: int, history: list[dict[str, Any]],

@@ -12,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from edgekd import calibration, optional, plots
-from edgekd.contracts import RunLayout
+from edgekd.contracts import Evals, RunLayout
 from edgekd.errors import MissingDependencyError, first_line
 from edgekd.recipe import Recipe
 
-if TYPE_CHECKING:  # artifacts imports setup, which imports this module for require()
-    from edgekd.training.artifacts import Evals
 
 LOG_DIR = RunLayout.TENSORBOARD
 

@@ -27,7 +27,8 @@ from edgekd.contracts import NetEval, RunLayout
 from edgekd.data import choose_loader
 from edgekd.training import checkpoint as ckpt
 from edgekd.training import distributed, tensorboard_log
-from edgekd.training.artifacts import Evals, write_artifacts
+from edgekd.contracts import Evals
+from edgekd.training.artifacts import write_artifacts
 from edgekd.training.distributed import Dist
 from edgekd.training.methods import StepOutput
 from edgekd.training.schedule import lr_factor
