@@ -17,7 +17,8 @@ import click
 
 from edgekd import __version__
 from edgekd.errors import EdgeKDError, ModelError, Problems, first_line, raise_all
-from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import (CALIB_METHOD, CALIB_METHODS, CALIB_SAMPLES, DEFAULT_SEARCH_BUDGET_S, MAX_BATCH,
+                                    MAX_SEARCH_BUDGET_S)
 from edgekd.text import pct
 
 
@@ -245,12 +246,12 @@ def _csv(value: str | None, split=lambda text, sep: text.split(sep)) -> list[str
                    "TensorRT). fp32 is always written.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines from the FP16 and INT8 ONNX files, never from "
                                           "int8_cpu (needs TensorRT and an NVIDIA GPU).")
-@click.option("--calib-samples", type=click.IntRange(min=1), default=512, show_default=True,
+@click.option("--calib-samples", type=click.IntRange(min=1), default=CALIB_SAMPLES, show_default=True,
               help="Training-split images used to calibrate int8 and int8_cpu (never val images).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=CALIB_METHOD,
               show_default=True, help="INT8 activation calibration method (int8 and int8_cpu share one calibration; "
                    "--int8-search tries every method, starting with this one).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+@click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
               help="Largest batch of the TensorRT optimization profile (min 1).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle at --out (atomically).")
 @click.option("--int8-search/--no-int8-search", default=None,

@@ -21,7 +21,7 @@ from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
 from edgekd.training.method_settings import (METHOD_SETTINGS, BDKDSettings, DistillSettings, not_keys_of, own_keys_only,
                                             unknown_method, with_method)
 from edgekd.errors import RecipeError
-from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 
 def _auto_or_bool(value: Any) -> Any:

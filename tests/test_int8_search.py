@@ -46,7 +46,7 @@ from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
 from edgekd.files import write_json
 from edgekd.recipe import ExportConfig, ValidateConfig
-from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 import _cli
 from _training import training_fixture

@@ -34,6 +34,7 @@ from edgekd.deploy.source import Student, load_run_student, resolve_run, split_i
 from edgekd.deploy.temperature import FIT, Temperature, append_division, parse_temperature, scaled
 from edgekd.deploy.temperature import resolve as resolve_temperature
 from edgekd.drift import top1_agreement
+from edgekd.export_defaults import CALIB_METHOD, CALIB_SAMPLES, MAX_BATCH
 from edgekd.errors import CheckpointError, ExportError, Int8SearchError, MissingDependencyError, ParityError
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
@@ -66,8 +67,8 @@ def parse_formats(formats: Sequence[str] | None) -> list[str]:
 
 
 def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None = None,
-                  formats: Sequence[str] | None = None, trt: bool = False, calib_samples: int = 512,
-                  calib_method: str = "minmax", max_batch: int = 64, overwrite: bool = False,
+                  formats: Sequence[str] | None = None, trt: bool = False, calib_samples: int = CALIB_SAMPLES,
+                  calib_method: str = CALIB_METHOD, max_batch: int = MAX_BATCH, overwrite: bool = False,
                   log: Callable[[str], Any] = print, keep_first_last_fp32: bool | None = None,
                   int8_search: bool | None = None, search_budget: float | None = None,
                   model: nn.Module | None = None, temperature: float | str | None = None) -> Path:

@@ -54,7 +54,7 @@ from edgekd.deploy.temperature import scaled
 from edgekd.errors import DataError, ExportError, first_line
 from edgekd.files import finite_or_none
 from edgekd.runtime import OnnxRuntimeSession
-from edgekd.search_budget import MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import CALIB_METHODS, MAX_SEARCH_BUDGET_S
 from edgekd.text import pct
 from edgekd.validation import gate
 from edgekd.validation.metrics import comparisons
@@ -65,7 +65,7 @@ SEARCH_SPLITS = ("tune", "train")
 TRAIN_SLICE = 2000
 # Fewer images cannot resolve a gate of a point or two (one image of 100 is a point).
 MIN_SEARCH_IMAGES = 100
-METHODS = ("minmax", "entropy", "percentile")
+METHODS = CALIB_METHODS  # every calibration method edgekd offers
 # Nodes whose sensitivity is measured and that may fall back to float: those with weights
 # first, then the element-wise and pooling ops ONNX Runtime quantizes (squeeze-excite's and
 # hard-swish's Mul, residual Add). Left out: data movement (Reshape, MaxPool, ...), which only
