@@ -39,7 +39,7 @@ from edgekd.errors import CheckpointError, ExportError, Int8SearchError, Missing
 from edgekd.files import atomic_dir, sha256_file, write_json
 from edgekd.models import count_parameters
 from edgekd.progress import SearchProgress
-from edgekd.recipe import saved_sections
+from edgekd.saved_recipe import saved_sections
 
 if TYPE_CHECKING:
     from torch import nn
