@@ -259,7 +259,7 @@ class ExportConfig(_Strict):
     """How `edgekd export` treats this recipe's runs; its flags override these."""
 
     # Search, per INT8 file, for the fastest one that passes the validate: gate (accuracy and
-    # calibration, judged on the tune split): edgekd/deploy/int8_search.py.
+    # calibration, judged on the tune split): edgekd/deploy/int8_search/.
     int8_search: bool = False
     search_budget: float = Field(DEFAULT_SEARCH_BUDGET_S, gt=0, le=MAX_SEARCH_BUDGET_S,
                                  description="seconds for the whole INT8 search")

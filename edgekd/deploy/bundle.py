@@ -27,8 +27,8 @@ from edgekd.deploy import parity
 from edgekd.deploy.fp16 import convert_fp16
 from edgekd.deploy.int8 import (CPU_INT8, TENSORRT_INT8, Int8Result, Int8Settings, calibration_file,
                                 check_settings, pick_calibration, quantization_entry, quantize_int8)
-from edgekd.deploy.int8_search import (SearchData, SearchOutcome, SearchPlan, check_budget, held_apart, run_search,
-                                       search_split, search_thresholds)
+from edgekd.deploy.int8_search import (SearchData, SearchOutcome, SearchPlan, check_budget, held_apart,
+                                       requested_settings, run_search, search_split)
 from edgekd.deploy.onnx_export import INPUT_NAME, OUTPUT_NAME, export_fp32, opset_of
 from edgekd.deploy.source import Student, load_run_student, resolve_run, split_images
 from edgekd.deploy.temperature import FIT, Temperature, append_division, parse_temperature, scaled
@@ -100,7 +100,8 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     student = load_run_student(run, model)
     # The run's saved validate: and export: sections, read once: the manifest's gate and the search's.
     sections = saved_sections(student.recipe, str(student.path))
-    search = _search_request(sections, chosen, int8_search, search_budget)
+    int8_files = [p for p in INT8_FLAVOURS if p in chosen]
+    search = requested_settings(sections, int8_files, int8_search, search_budget, int8)
     trained = student.quantized_flavour
     if search is not None and trained in chosen:
         raise ExportError(f"{run.name} trained its {trained} file's quantization (train.quantize {trained}); the INT8 "
@@ -124,7 +125,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     x_val = student.preprocess(val)
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels, t)
     calibration = calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
-    plan = None if search is None else SearchPlan(*search, search_data(student, calibration[0], int8.seed), t)
+    plan = None if search is None else SearchPlan(search, search_data(student, calibration[0], int8.seed), t)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t)
@@ -153,24 +154,6 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     if trt_missing is not None:
         raise MissingDependencyError(f"{trt_missing}; the ONNX files in {out} are complete")
     return out
-
-
-def _search_request(sections, chosen: list[str], flag: bool | None,
-                    budget: float | None) -> tuple[float, dict] | None:
-    """(budget, gate thresholds) when the INT8 search is on (the flag, else the run's recipe), else None."""
-    int8_files = [p for p in INT8_FLAVOURS if p in chosen]
-    if flag and not int8_files:
-        raise ExportError("--int8-search searches the int8 and int8_cpu files; add one of them to --formats")
-    if flag is False and budget is not None:
-        raise ExportError("--search-budget is the time of the INT8 search, which --no-int8-search turns off")
-    on = sections.export.int8_search if flag is None else flag
-    if budget is not None and not on:
-        raise ExportError("--search-budget is the time of the INT8 search, which is off: add --int8-search "
-                          "(or export.int8_search: true in the recipe)")
-    if not on or not int8_files:
-        return None
-    return (check_budget(sections.export.search_budget if budget is None else budget),
-            search_thresholds(sections.gate.thresholds()))
 
 
 def calibration_images(student: Student, s: Int8Settings) -> tuple[np.ndarray, np.ndarray]:
@@ -276,7 +259,7 @@ class BundleWriter:
                 files.update(self._write_trained_int8(trained))
                 chosen = [p for p in chosen if p != trained]
             if search is not None:
-                searched, outcome = self._search_int8(raw, int8, chosen, calibration, search)
+                searched, outcome = self._search_int8(raw, chosen, calibration, search)
                 return {**files, **searched}, outcome
             if calibration is not None and any(p in chosen for p in INT8_FLAVOURS):
                 files.update(self._write_int8(raw, int8, chosen, calibration))
@@ -337,16 +320,16 @@ class BundleWriter:
             files[RANGES_FILE] = self._entry(RANGES_FILE, "json", None)
         return files
 
-    def _search_int8(self, fp32: Path, base: Int8Settings, chosen: list[str],
-                     calibration: tuple[np.ndarray, np.ndarray], plan: SearchPlan) -> tuple[dict, SearchOutcome]:
+    def _search_int8(self, fp32: Path, chosen: list[str], calibration: tuple[np.ndarray, np.ndarray],
+                     plan: SearchPlan) -> tuple[dict, SearchOutcome]:
         """The INT8 search's chosen file per flavour (none where nothing passed), from the same
         calibration images as plain export."""
         picked, calib = calibration
         flavours = {ONNX_FILES[p]: INT8_FLAVOURS[p] for p in INT8_FLAVOURS if p in chosen}
         files: dict[str, dict] = {}
-        with tempfile.TemporaryDirectory(prefix="edgekd-int8-search-") as tmp, SearchProgress(plan.budget_s) as bar:
-            outcome = run_search(plan, fp32, calib, base, flavours, Path(tmp), log=self.log,
-                                 on_candidate=bar.candidate)
+        with (tempfile.TemporaryDirectory(prefix="edgekd-int8-search-") as tmp,
+              SearchProgress(plan.settings.budget_s) as bar):
+            outcome = run_search(plan, fp32, calib, flavours, Path(tmp), log=self.log, on_candidate=bar.candidate)
             for name, found in outcome.flavours.items():
                 pick = found.chosen
                 if pick is None:

@@ -2,7 +2,7 @@
 
 Two flavours (Int8Flavour), both written by `quantize_int8`; a plain export calibrates them
 identically (same training images, method and measured ranges), the INT8 search
-(int8_search.py) picks each file's settings on its own:
+(deploy/int8_search/) picks each file's settings on its own:
 
 - TENSORRT_INT8 (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
   each quantized op) with symmetric INT8 activations (zero point 0) and per-channel
