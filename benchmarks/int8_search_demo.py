@@ -55,7 +55,7 @@ from edgekd.deploy.int8 import CPU_INT8, WEIGHTED_OPS, Int8Settings, quantize_in
 from edgekd.deploy.int8_search import search_thresholds
 from edgekd.deploy.source import load_run_student, split_images
 from edgekd.errors import Int8SearchError
-from edgekd.recipe import saved_sections
+from edgekd.saved_recipe import saved_sections
 from edgekd.runtime import OnnxRuntimeSession
 from edgekd.text import pct
 from edgekd.validation import gate

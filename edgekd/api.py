@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Uni
 from edgekd.arguments import (BOOL, CALLABLE, INT, MAPPING_OR_STRINGS, MODULE, NUMBER, PATH, STRINGS, TEXT, Kind,
                               checked)
 from edgekd.errors import EdgeKDError, ExportError, ModelError, RecipeError
+from edgekd.export_defaults import CALIB_METHOD, CALIB_SAMPLES, MAX_BATCH
 from edgekd.validation import gate
 from edgekd.validation.bundle import Bundle
 from edgekd.validation.report import Report
@@ -248,18 +249,19 @@ _TEMPERATURE = Kind("'fit' or a number", lambda v: isinstance(v, str) or NUMBER.
          search_budget=NUMBER.or_none(), student=MODULE.raising(ModelError).or_none(),
          temperature=_TEMPERATURE, log=CALLABLE.or_none())
 def export(run: Run | PathLike | None = None, *, out: PathLike | None = None, formats: Sequence[str] | None = None,
-           trt: bool = False, calib_samples: int = 512, calib_method: str = "minmax", max_batch: int = 64,
-           overwrite: bool = False, int8_search: bool | None = None, search_budget: float | None = None,
-           student: nn.Module | None = None, temperature: float | Literal["fit"] | None = None,
-           log: Log | None = None) -> Bundle:
+           trt: bool = False, calib_samples: int = CALIB_SAMPLES, calib_method: str = CALIB_METHOD,
+           max_batch: int = MAX_BATCH, overwrite: bool = False, int8_search: bool | None = None,
+           search_budget: float | None = None, student: nn.Module | None = None,
+           temperature: float | Literal["fit"] | None = None, log: Log | None = None) -> Bundle:
     """Export a run's student to a deployment bundle, as `edgekd export` does.
 
     run: a Run, a run directory, or None for the newest complete run under runs/.
     out: the bundle folder; default export/<run-name>/. overwrite: replace one (atomically).
     formats: ONNX precisions among "fp32", "fp16", "int8", "int8_cpu"; default all four;
       fp32 is always written. trt: also build TensorRT engines from fp16/int8 (needs
-      TensorRT and an NVIDIA GPU). calib_samples, calib_method ("minmax", "entropy",
-      "percentile"): INT8 calibration on training images. max_batch: the TensorRT profile's.
+      TensorRT and an NVIDIA GPU). calib_samples, calib_method (one of
+      edgekd.export_defaults.CALIB_METHODS): INT8 calibration on training images.
+      max_batch: the TensorRT profile's.
     int8_search: per INT8 file, search calibration settings (and nodes kept in float) for
       the fastest file that passes the recipe's gate, judged on the tune split (else held-
       apart training images, never val); search_budget: its time in seconds. None: the

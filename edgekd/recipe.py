@@ -1,10 +1,13 @@
 """The recipe: one YAML file that says what to distill, how, and for how long.
 
-Loading is `yaml.safe_load` only, so a recipe can never execute code. The schema
-is strict: an unknown key (a typo), a wrong type or an out-of-range value is a
-RecipeError naming the key path and what is allowed. `--set a.b=value`
-overrides are parsed as YAML scalars and validated by the same schema. The
+This module is the schema (pydantic models) and the entry points that build one:
+`load_recipe` (a file), `build_recipe` (a mapping), both with `--set` overrides. The
+schema is strict: an unknown key (a typo), a wrong type or an out-of-range value is a
+RecipeError naming the key path and what is allowed (edgekd/recipe_errors.py). The
 `distill:` section takes only its method's keys (edgekd/training/method_settings.py).
+
+Elsewhere: reading the YAML and applying overrides (edgekd/recipe_io.py, re-exported
+here), and reading back the recipe a run saved and diffing it (edgekd/saved_recipe.py).
 """
 
 from __future__ import annotations
@@ -12,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE, crop_range_problem
-from edgekd.training.method_settings import (METHOD_SETTINGS, BDKDSettings, DistillSettings, not_keys_of, own_keys_only,
-                                            unknown_method, with_method)
 from edgekd.errors import RecipeError
-from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.recipe_errors import format_error
+# Re-exported: `from edgekd.recipe import apply_overrides` and the rest keep working.
+from edgekd.recipe_io import Overrides, apply_overrides, parse_override, read_yaml_mapping  # noqa: F401
+from edgekd.training.method_settings import BDKDSettings, DistillSettings, with_method
 
 
 def _auto_or_bool(value: Any) -> Any:
@@ -255,7 +259,7 @@ class ExportConfig(_Strict):
     """How `edgekd export` treats this recipe's runs; its flags override these."""
 
     # Search, per INT8 file, for the fastest one that passes the validate: gate (accuracy and
-    # calibration, judged on the tune split): edgekd/deploy/int8_search.py.
+    # calibration, judged on the tune split): edgekd/deploy/int8_search/.
     int8_search: bool = False
     search_budget: float = Field(DEFAULT_SEARCH_BUDGET_S, gt=0, le=MAX_SEARCH_BUDGET_S,
                                  description="seconds for the whole INT8 search")
@@ -294,181 +298,11 @@ class Recipe(_Strict):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _format_error(err: ValidationError) -> str:
-    """One line for the first problem, naming the key path and what is allowed. An unknown
-    key comes first: a typo ('epocs') also makes the real key look missing."""
-    errors = err.errors()
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
-    if e["loc"][:1] == ("distill",) and (problem := _distill_problem(e, errors)):
-        return problem
-    loc = ".".join(str(p) for p in _without_method_tag(e["loc"]) if not str(p).startswith("function-after"))
-    kind = e["type"]
-    msg = e["msg"]
-    if kind == "extra_forbidden":
-        return f"unknown key '{loc}' (a typo?); allowed here: {_allowed_keys(e['loc'])}"
-    if kind == "missing":
-        return f"missing required key '{loc}'"
-    if kind == "literal_error":
-        return f"{loc}: {e.get('input')!r} is not allowed; {msg.lower()}"
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-        return msg if not loc else f"{loc}: {msg}"
-    got = e.get("input")
-    got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{loc}: {msg.lower()}{got_s}"
-
-
-def _distill_problem(e: dict[str, Any], errors: list[dict[str, Any]]) -> str | None:
-    """The `distill:` section's own problems: no such method, or keys its method does not take (all
-    of them at once: a recipe switched to another method by hand may hold several)."""
-    loc = e["loc"]
-    if e["type"] == "union_tag_invalid":
-        return f"distill.method: {unknown_method(e['input'].get('method'))}"
-    if e["type"] in ("union_tag_not_found", "model_attributes_type"):
-        return f"distill: must be a section (method and its keys), got {e['input']!r}"
-    if e["type"] == "extra_forbidden" and len(loc) == 3 and loc[1] in METHOD_SETTINGS:
-        keys = [x["loc"][2] for x in errors if x["type"] == "extra_forbidden" and x["loc"][:2] == loc[:2]]
-        return not_keys_of(loc[1], keys)
-    return None
-
-
-def _without_method_tag(loc: tuple) -> tuple:
-    # pydantic names the method in the path (distill.dml.temperature); the recipe's key is distill.temperature.
-    if len(loc) > 1 and loc[0] == "distill" and loc[1] in METHOD_SETTINGS:
-        return (loc[0], *loc[2:])
-    return loc
-
-
-def _allowed_keys(loc: tuple) -> str:
-    model: type[BaseModel] = Recipe
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part)) or next(
-            (f for f in model.model_fields.values() if f.alias == str(part)), None)  # validate: is `gate`
-        if field is None:
-            break
-        ann = field.annotation
-        for cand in (ann, *getattr(ann, "__args__", ())):
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
-                break
-    return ", ".join(model.model_fields)
-
-
-# What `--set` takes on the command line (KEY=VALUE strings, values parsed as YAML)
-# and what edgekd.distill takes from Python (those strings, or {dotted key: value}).
-Overrides = Union[Sequence[str], Mapping[str, Any]]
-
-
-def _key_path(key: Any, label: str) -> list[str]:
-    if not isinstance(key, str) or not key.strip() or any(not p for p in key.strip().split(".")):
-        raise RecipeError(f"{label}: KEY must be a dotted path like optim.lr")
-    return key.strip().split(".")
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    if not isinstance(item, str):
-        raise RecipeError(f"override {item!r} is not a KEY=VALUE string; pass ['train.epochs=5'] or {{'train.epochs': 5}}")
-    if "=" not in item:
-        raise RecipeError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=5")
-    key, raw = item.split("=", 1)
-    path = _key_path(key, f"--set {item!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def _override_items(overrides: Overrides) -> list[tuple[str, list[str], Any]]:
-    """(how an error names it, key path, value) per override, in order."""
-    if isinstance(overrides, Mapping):
-        return [(f"override {k!r}", _key_path(k, f"override {k!r}"), v) for k, v in overrides.items()]
-    if isinstance(overrides, str):  # iterating it would give one override per character
-        raise RecipeError(f"overrides {overrides!r} is one string; pass a list ['{overrides}'] or a dict")
-    return [(f"--set {item!r}", *parse_override(item)) for item in overrides]
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
-    """Set each dotted key in `raw` (sections are created as needed); values from
-    KEY=VALUE strings are parsed as YAML scalars, values of a mapping are used as they are.
-    An override of distill.method switches methods (see _switch_method)."""
-    items = _override_items(overrides)
-    method_before = _distill_method(raw)
-    for label, path, value in items:
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise RecipeError(f"{label}: '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
-    _switch_method(raw, method_before, {tuple(path) for _, path, _ in items})
-    return raw
-
-
-def _distill_method(raw: dict[str, Any]) -> Any:
-    section = raw.get("distill")
-    return with_method(section).get("method") if isinstance(section, dict) else None
-
-
-def _switch_method(raw: dict[str, Any], method_before: Any, overridden: set[tuple[str, ...]]) -> None:
-    """Overriding distill.method trains another method with the same recipe (`--set distill.method=dml`,
-    compare's variants): the recipe's distill keys were written for its own method, so those the new
-    method does not take are left out. Keys the overrides set stay, to be refused if it does not take them."""
-    method = _distill_method(raw)
-    if method == method_before or method not in METHOD_SETTINGS or ("distill",) in overridden:
-        return
-    takes = METHOD_SETTINGS[method].model_fields
-    raw["distill"] = {k: v for k, v in raw["distill"].items() if k in takes or ("distill", k) in overridden}
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError(f"recipe {path} cannot be read as UTF-8 text: {e}") from e
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or "invalid YAML"
-        raise RecipeError(f"recipe {path} is not valid YAML{where}: {problem}") from e
-    if raw is None:
-        raise RecipeError(f"recipe {path} is empty; it needs data, teacher, student and train sections")
-    if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path} must be a mapping of sections (data, teacher, ...), not a {type(raw).__name__}")
-    return raw
-
-
 def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
-        raise RecipeError(f"{source}: {_format_error(e)}") from e
-
-
-# The sections `edgekd export` reads back from the recipe a run saved in its student.pt: Recipe's
-# own field definitions (names, the `validate` alias, defaults, schema), so errors name the same keys.
-_SavedSections = create_model(
-    "_SavedSections", __config__=ConfigDict(extra="forbid", populate_by_name=True),
-    **{name: (Recipe.model_fields[name].annotation, Recipe.model_fields[name]) for name in ("gate", "export")})
-
-
-def saved_sections(recipe: dict[str, Any], source: str) -> Any:
-    """A run's saved validate: and export: sections, checked as at training time (a student.pt
-    from an older edgekd lacks newer sections: their defaults apply): `.gate` (a ValidateConfig)
-    and `.export` (an ExportConfig). The one reading of them: export's manifest and search use it."""
-    raw = {k: recipe[k] for k in ("validate", "export") if recipe.get(k) is not None}
-    try:
-        return _SavedSections.model_validate(raw)
-    except ValidationError as e:
-        raise RecipeError(f"{source}: {_format_error(e)}") from None
+        raise RecipeError(f"{source}: {format_error(e, Recipe)}") from e
 
 
 def build_recipe(raw: dict[str, Any], overrides: Overrides = (), *, source: str = "recipe",
@@ -483,61 +317,3 @@ def build_recipe(raw: dict[str, Any], overrides: Overrides = (), *, source: str 
 
 def load_recipe(path: str | Path, overrides: Overrides = ()) -> Recipe:
     return build_recipe(read_yaml_mapping(path), overrides, source=str(path), default_name=Path(path).stem)
-
-
-def saved_recipe(saved: dict[str, Any], source: str = "saved recipe") -> Recipe:
-    """The Recipe a run saved (recipe.yaml, last.pt, student.pt, a comparison's files), also one
-    saved by an older edgekd: keys added since take their defaults, and a distill section written
-    flat, with every method's keys, keeps only its method's (method_settings.own_keys_only)."""
-    distill = saved.get("distill")
-    if isinstance(distill, dict):
-        saved = {**saved, "distill": own_keys_only(distill)}
-    return validate_recipe(saved, source)
-
-
-def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-    """A recipe dict saved by an older edgekd as this edgekd writes it (saved_recipe), so that a
-    key added since, at its default, or another method's key it recorded, is not a difference."""
-    try:
-        return saved_recipe(saved).to_dict()
-    except RecipeError:
-        return saved
-
-
-# train keys whose `auto` a run resolves and records (summary.json's and last.pt's speed_settings)
-RESOLVED_AUTO = ("channels_last", "compile", "amp")
-
-
-def with_resolved_auto(saved: dict[str, Any], current: dict[str, Any], speed: dict[str, Any] | None) -> dict[str, Any]:
-    """`saved` (a run's recipe dict) with each train key it left at `auto` replaced by what the run
-    resolved it to (`speed`, the run's recorded speed settings) where `current` pins that key, so
-    that pinning a setting to what a run trained with is not a difference from that run."""
-    if not speed:
-        return saved
-    train, now = dict(saved.get("train") or {}), current.get("train") or {}
-    for key in RESOLVED_AUTO:
-        if train.get(key) == "auto" and now.get(key) != "auto" and key in speed:
-            train[key] = speed[key]
-    return {**saved, "train": train}
-
-
-def saved_recipe_diff(saved: dict[str, Any], current: "Recipe", speed: dict[str, Any] | None = None) -> list[str]:
-    """Dotted keys where a saved run's recipe differs from `current`: the one comparison that both
-    `--resume` and `edgekd compare`'s reuse make. Keys added since the run was saved count at their
-    default; a saved `auto` matches a pin to what that run resolved it to (`speed`)."""
-    now = current.to_dict()
-    return recipe_diff(with_resolved_auto(with_defaults(saved), now, speed), now)
-
-
-def recipe_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two recipe dicts, sorted."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in set(a) | set(b):
-            out += recipe_diff(a.get(k), b.get(k), f"{prefix}{k}.")
-        return sorted(out)
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def describe_keys(keys: list[str], limit: int = 5) -> str:
-    return ", ".join(keys[:limit]) + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")

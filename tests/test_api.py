@@ -87,13 +87,13 @@ def _is_main_guard(node: ast.AST) -> bool:
 
 
 def test_library_code_never_exits_or_uses_click():
-    """Only cli.py (and a module's own `if __name__ == "__main__":` block, when it is run as a
+    """Only the edgekd/cli/ package (and a module's own `if __name__ == "__main__":` block, when it is run as a
     program) turns errors into exit codes; everything else raises EdgeKDError. Catching a
     SystemExit (a plugin or optional package that exits while it loads) is turning one into an
     EdgeKDError, so `except SystemExit` is allowed."""
     offenders = []
     for path in sorted((REPO / "edgekd").rglob("*.py")):
-        if path.name == "cli.py":
+        if path.relative_to(REPO).parts[:2] == ("edgekd", "cli"):  # the command line: where click belongs
             continue
         tree = ast.parse(path.read_text())
         program = {id(n) for guard in ast.walk(tree) if _is_main_guard(guard) for n in ast.walk(guard)}

@@ -539,7 +539,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert res.returncode == 1, (res.returncode, err)  # Python's code for an uncaught exception
     assert err.startswith("Traceback (most recent call last):\n"), err
     # The frames go down into edgekd's own code, and the last line is the error itself.
-    assert re.search(r'File ".*[/\\]edgekd[/\\]recipe\.py", line \d+, in ', err), err
+    assert re.search(r'File ".*[/\\]edgekd[/\\]recipe_io\.py", line \d+, in ', err), err
     assert err.rstrip().splitlines()[-1] == "edgekd.errors.RecipeError: recipe nope.yaml does not exist"
     assert "edgekd: error:" not in err and res.stdout == ""
     assert list(tmp_path.iterdir()) == []

@@ -144,7 +144,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path):
 def test_launched_processes_get_this_command_line_minus_nproc_per_node():
     """What `edgekd --debug distill ... --nproc-per-node 2` hands each training process
     (the launcher itself runs in the slow tests above)."""
-    from edgekd.cli import rank_argv
+    from edgekd.cli.training import rank_argv
 
     argv = ["--debug", "distill", QUICKSTART, "--set", "train.epochs=3", "--nproc-per-node", "2", "--quiet",
             "--resume"]

@@ -46,7 +46,7 @@ from edgekd.drift import reference_gap
 from edgekd.errors import DataError, ExportError
 from edgekd.files import write_json
 from edgekd.recipe import ExportConfig, ValidateConfig
-from edgekd.search_budget import DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
+from edgekd.export_defaults import CALIB_METHODS, DEFAULT_SEARCH_BUDGET_S, MAX_SEARCH_BUDGET_S
 
 import _cli
 from _training import training_fixture
@@ -222,8 +222,8 @@ def budget_search(tmp_path: Path, budget: float, thresholds: dict, clock: TestCl
     data = search.SearchData("tune", images, labels, "the tune split")
     workdir = tmp_path / "work"
     workdir.mkdir()
-    plan = search.SearchPlan(budget, thresholds, data)
-    return search.run_search(plan, fp32, images[:64], Int8Settings(samples=64), {"model_int8_cpu.onnx": CPU_INT8},
+    plan = search.SearchPlan(search.SearchSettings(budget, thresholds, Int8Settings(samples=64)), data)
+    return search.run_search(plan, fp32, images[:64], {"model_int8_cpu.onnx": CPU_INT8},
                              workdir, log=log, on_candidate=clock.candidate_done, timer=clock)
 
 
@@ -340,7 +340,7 @@ def gate_met_with_the_conv_in_float(run: Path, workdir: Path) -> dict:
     ref = search.Reference.of(onnxruntime_logits(fp32, data.images), data.labels)
     worst = {"acc_drop": 0.0, "agreement": 1.0, "ece_drift": 0.0}
     for flavour in (TENSORRT_INT8, CPU_INT8):
-        for method in search.METHODS:
+        for method in CALIB_METHODS:
             for per_channel in (True, False):
                 s = Int8Settings(method=method, per_channel=per_channel)
                 cache, path = workdir / f"ranges-{method}.json", workdir / "candidate.onnx"

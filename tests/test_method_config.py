@@ -15,7 +15,8 @@ from edgekd.compare import parse_variants
 from edgekd.compare.variants import plan
 from edgekd.training.method_settings import METHOD_SETTINGS
 from edgekd.errors import RecipeError
-from edgekd.recipe import Recipe, load_recipe, read_yaml_mapping, saved_recipe, saved_recipe_diff, validate_recipe
+from edgekd.recipe import Recipe, load_recipe, read_yaml_mapping, validate_recipe
+from edgekd.saved_recipe import saved_recipe, saved_recipe_diff
 
 import _cli
 

@@ -185,7 +185,7 @@ def test_missing_recipe_and_unknown_flag_cli(tmp_path):
 
 def test_saved_sections_are_read_with_the_recipes_own_schema():
     """export reads a run's saved validate: and export: once, with Recipe's field definitions."""
-    from edgekd.recipe import saved_sections
+    from edgekd.saved_recipe import saved_sections
     from edgekd.validation.gate import CHECKS, THRESHOLD
 
     full = Recipe.model_validate(quickstart())

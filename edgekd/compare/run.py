@@ -20,7 +20,8 @@ from edgekd.compare import predictions
 from edgekd.compare.variants import Variant, check_eval_split, check_splits_fit, plan
 from edgekd.contracts import EvalLogits, RunLayout, SplitInfo
 from edgekd.errors import RecipeError
-from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, load_recipe, read_yaml_mapping, saved_recipe_diff
+from edgekd.recipe import Recipe, load_recipe, read_yaml_mapping
+from edgekd.saved_recipe import RESOLVED_AUTO, describe_keys, saved_recipe_diff
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Two flavours (Int8Flavour), both written by `quantize_int8`; a plain export calibrates them
 identically (same training images, method and measured ranges), the INT8 search
-(int8_search.py) picks each file's settings on its own:
+(deploy/int8_search/) picks each file's settings on its own:
 
 - TENSORRT_INT8 (model_int8.onnx): QDQ (QuantizeLinear/DequantizeLinear around
   each quantized op) with symmetric INT8 activations (zero point 0) and per-channel
@@ -41,15 +41,16 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import create_calibrator, load_tensors_data, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from edgekd import export_defaults
 from edgekd.deploy.onnx_export import INPUT_NAME
 from edgekd.errors import ExportError, first_line
 from edgekd.files import finite_or_none
 
-CALIB_METHODS = {
-    "minmax": CalibrationMethod.MinMax,
-    "entropy": CalibrationMethod.Entropy,
-    "percentile": CalibrationMethod.Percentile,
-}
+# ONNX Runtime's calibrator for each method edgekd offers (export_defaults.CALIB_METHODS, the one list
+# of them): a name added there without a calibrator here fails at import, not in an export.
+_ORT_CALIBRATORS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile}
+CALIB_METHODS = {name: _ORT_CALIBRATORS[name] for name in export_defaults.CALIB_METHODS}
 CALIB_BATCH = 64
 # Entropy (KL) calibration's histograms. ONNX Runtime's EntropyCalibrater defaults to 128
 # histogram bins and 128 quantized bins, and with the two equal its KL search has one candidate,
@@ -128,8 +129,8 @@ CPU_INT8 = Int8Flavour(precision="int8_cpu", what="INT8 (CPU)", activation_type=
 class Int8Settings:
     """What both INT8 files share: one calibration (images, method) and the same kind of weights."""
 
-    method: str = "minmax"
-    samples: int = 512
+    method: str = export_defaults.CALIB_METHOD
+    samples: int = export_defaults.CALIB_SAMPLES
     # Stem conv and classifier left in FP32 (nodes_to_exclude). Off: on MobileNetV2/CIFAR-10
     # quantizing every layer already stays within 0.5 point of FP32 (docs/performance.md).
     keep_first_last_fp32: bool = False

@@ -26,7 +26,8 @@ from edgekd.training.distributed import SINGLE, Dist
 from edgekd.training.setup import Setup, prepare
 from edgekd.training.trainer import Trainer
 from edgekd.errors import CheckpointError, EdgeKDError
-from edgekd.recipe import RESOLVED_AUTO, Recipe, describe_keys, read_yaml_mapping, saved_recipe_diff
+from edgekd.recipe import Recipe, read_yaml_mapping
+from edgekd.saved_recipe import RESOLVED_AUTO, describe_keys, saved_recipe_diff
 
 # What a run directory may hold before its first checkpoint (removed when such a run
 # is started again with --resume).

@@ -37,7 +37,7 @@ from edgekd.compare.run import resolved_speed
 from edgekd.compare.stats import NO_DIFFERENCE
 from edgekd.compare.variants import parse_variants
 from edgekd.errors import EdgeKDError
-from edgekd.recipe import with_resolved_auto
+from edgekd.saved_recipe import with_resolved_auto
 from studies import regime as regime_md
 
 PLAN = "results/cifar10-distill-plan.md"
