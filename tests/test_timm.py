@@ -133,7 +133,7 @@ def test_a_timm_teacher_distils_a_timm_student_that_exports_and_validates(tmp_pa
 
 
 def test_normalisation_follows_the_net_that_was_trained_elsewhere():
-    from edgekd.training.setup import net_normalization
+    from edgekd.training.build import net_normalization
     from edgekd.errors import RecipeError
     from edgekd.recipe import load_recipe
 
