@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from edgekd.contracts import SplitInfo
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
-from edgekd.data.files import FileSet, available_memory, sample_stats, scan_files, storage_for
+from edgekd.data.files import MEMORY_PATH_COPIES, FileSet, available_memory, sample_stats, scan_files, storage_for
 from edgekd.data.preprocess import EVAL_CROP_PCT, preprocessing_spec
 from edgekd.data.images import ImageSet
 from edgekd.data.sources import DATASET_STATS, SOURCE_NAMES, channel_stats, first_image_side, load_source
@@ -242,8 +242,8 @@ def build_data(
 
 
 def resolve_storage(storage: str, name: str, root: str | None, image_size: int, channels: int) -> tuple[str, str]:
-    """data.storage -> ("memory" | "stream", why). `auto` streams an image folder whose decoded images
-    would take more than files.MEMORY_DATA_SHARE of the memory available now; other sources are in memory."""
+    """data.storage -> ("memory" | "stream", why). `auto` streams an image folder whose in-memory path
+    would peak above files.MEMORY_DATA_SHARE of the memory available now; other sources are in memory."""
     if storage in STORAGES:
         return storage, "set in the recipe"
     if storage != "auto":
@@ -255,4 +255,5 @@ def resolve_storage(storage: str, name: str, root: str | None, image_size: int, 
     choice = storage_for(need, free)
     if free is None:
         return choice, "the available memory is unknown here"
-    return choice, f"{num_images:,} images at {image_size} px decode to {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB available"
+    return choice, (f"{num_images:,} images at {image_size} px decode to {need / 2**30:.1f} GiB, held about "
+                    f"{MEMORY_PATH_COPIES} times in memory; {free / 2**30:.1f} GiB available")
