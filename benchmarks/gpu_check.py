@@ -190,8 +190,8 @@ def train_briefly(data_args: list[str], epochs: int, run_dir: Path) -> dict:
     evals = t.evaluate()
     return {"epochs": epochs, "steps": epochs * t.steps_per_epoch, "seconds": time.perf_counter() - start,
             "train_images": len(t.setup.data.train.labels), "val_images": len(t.setup.data.val.labels),
-            "chance": 1 / t.setup.data.num_classes, "student_accuracy": evals["student"][2]["accuracy"],
-            "teacher_accuracy": evals["teacher"][2]["accuracy"], "last_train_loss": t.history[-1]["loss"]}
+            "chance": 1 / t.setup.data.num_classes, "student_accuracy": evals["student"].metrics["accuracy"],
+            "teacher_accuracy": evals["teacher"].metrics["accuracy"], "last_train_loss": t.history[-1]["loss"]}
 
 
 def guarded(report: dict, name: str, fn, out: Path) -> None:
