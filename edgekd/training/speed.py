@@ -52,11 +52,27 @@ def bf16_kept_out() -> str | None:
     return None
 
 
+def auto_amp(device: torch.device) -> tuple[torch.dtype | None, str]:
+    """What train.amp: auto picks on `device`, and why: one rule, so the choice and the reason the run
+    prints cannot disagree."""
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: bf16 on cuda"
+    if device.type != "cpu":
+        return None, f"auto: fp32 on {device.type}"
+    if not cpu_has_bf16():
+        return None, "auto: this CPU has no bf16 instructions"
+    kept = bf16_kept_out()
+    if kept:
+        return None, f"auto: {kept} keeps the CPU's bf16 instructions out of use"
+    if not AUTO_CPU_BF16:
+        return None, "auto: bf16 not faster on CPUs"
+    return torch.bfloat16, "auto: the CPU has bf16 instructions"
+
+
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if mode == "auto":
+        return auto_amp(device)[0]
     if device.type != "cuda":
-        if mode == "auto":
-            usable = cpu_has_bf16() and bf16_kept_out() is None
-            return torch.bfloat16 if AUTO_CPU_BF16 and device.type == "cpu" and usable else None
         if mode == "fp16":
             raise RecipeError("train.amp: fp16 needs a CUDA device; use off, auto or (on a CPU with bf16) bf16")
         if mode == "bf16":
@@ -66,7 +82,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
                                   f"(AVX512-BF16, AMX or Arm BF16), but {where}; use off or auto")
             return torch.bfloat16
         return None
-    return {"off": None, "auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -213,14 +229,5 @@ def resolve_speed_settings(recipe: Recipe, device: torch.device, total_steps: in
             reasons["compile"] = (f"auto: run of {total_steps:,} steps >= {min_steps:,} break-even"
                                   if compile_on else f"auto: {why_not}")
 
-    if t.amp != "auto":
-        reasons["amp"] = "set in the recipe"
-    elif kind == "cuda":
-        reasons["amp"] = "auto: bf16 on cuda"
-    elif not cpu_has_bf16():
-        reasons["amp"] = "auto: this CPU has no bf16 instructions"
-    elif bf16_kept_out():
-        reasons["amp"] = f"auto: {bf16_kept_out()} keeps the CPU's bf16 instructions out of use"
-    else:
-        reasons["amp"] = "auto: the CPU has bf16 instructions" if amp_dtype else "auto: bf16 not faster on CPUs"
+    reasons["amp"] = auto_amp(device)[1] if t.amp == "auto" else "set in the recipe"
     return SpeedSettings(channels_last, compile_on, amp_dtype, reasons)
