@@ -324,3 +324,19 @@ def test_compare_on_a_test_split_end_to_end(tmp_path):
     assert res.returncode == 0 and res.stdout.count("reused from") == 4
     again = json.loads((out / "comparison.json").read_text())
     assert again["summary"] == report["summary"] and again["vs_reference"] == report["vs_reference"]
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_started_again(tmp_path):
+    """A run folder holding only what training writes before its first checkpoint (recipe, split)
+    is trained again in place, not refused as a non-empty folder."""
+    out = tmp_path / "cmp"
+    args = ["--methods", "ce", "--seeds", "0", "--eval-split", "val", "--out", str(out), "--set", "train.epochs=1"]
+    assert _cli(*args).returncode == 0
+    run_dir = next((out / "runs").iterdir())
+    for f in run_dir.iterdir():
+        if f.name not in ("recipe.yaml", "split.json"):
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    shutil.rmtree(out / predictions.FOLDER)
+    res = _cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert f"training in {run_dir}" in res.stdout and (run_dir / "summary.json").is_file()

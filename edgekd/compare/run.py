@@ -244,9 +244,13 @@ def _train_and_evaluate(cmp: Comparison, run: PlannedRun, head: str, log, on_epo
     if RunLayout(run_dir).summary.is_file():
         log(f"{head}: finished earlier, reused")
     else:
-        resume = RunLayout(run_dir).last.is_file()
-        log(f"{head}: {'resuming' if resume else 'training'} in {run_dir}")
-        evaluate.train(r, run_dir, resume=resume, on_epoch=on_epoch)
+        layout = RunLayout(run_dir)
+        started = layout.last.is_file()
+        log(f"{head}: {'resuming' if started else 'training'} in {run_dir}")
+        # A run killed before its first checkpoint left only its recipe: training's resume path
+        # starts it again in place (after checking the recipe), where a fresh start would refuse
+        # the non-empty folder.
+        evaluate.train(r, run_dir, resume=started or layout.recipe.is_file(), on_epoch=on_epoch)
     summary = json.loads(RunLayout(run_dir).summary.read_text())
     split_info = SplitInfo.from_dict(summary["split"], f"{RunLayout(run_dir).summary}: split")
     has_tune = split_info.size("tune") > 0
