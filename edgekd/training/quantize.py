@@ -77,7 +77,44 @@ def quantizer(flavour: str):
     weight = spec(config.weight, torch.int8, -128, 127, torch.per_channel_symmetric, per_channel=True)
     config = replace(config, input_activation=act, output_activation=None if config.output_activation is None
                      else act, weight=weight)
-    return x86.X86InductorQuantizer().set_global(config)
+    return _runtime_quantizer(x86)().set_global(config)
+
+
+def _runtime_quantizer(x86):
+    """torchao's x86 quantizer with the one change the bundle's runtimes need: every convolution
+    and linear layer quantizes its own output (after its BatchNorm, before any activation).
+
+    The x86 recipe fuses an activation or a residual add into the convolution (Conv -> HardSwish
+    -> QuantizeLinear), the pattern Inductor compiles. ONNX Runtime and TensorRT fuse only
+    DequantizeLinear -> Conv -> QuantizeLinear into an integer convolution: behind the x86
+    pattern every Conv ran in float, with its weights dequantized at each call (MobileNetV3-small
+    at 0.18x its FP32 file; docs/performance.md). Quantizing each output keeps every convolution
+    integer, as the post-training files are, and the activations and adds between them run on
+    the dequantized values, as there."""
+
+    class RuntimeQuantizer(x86.X86InductorQuantizer):
+        def _annotate_qat_conv2d_fusion_pattern(self, model, quantization_config, filter_fn=None):
+            self._annotate_qat_conv2d_bn(model, quantization_config, filter_fn)  # output after the BN
+
+        def _annotate_conv2d_binary_unary(self, *args, **kwargs):
+            pass  # conv (+ add) + activation fused: not a runtime pattern
+
+        _annotate_conv2d_binary = _annotate_conv2d_unary = _annotate_conv2d_binary_unary
+        _annotate_linear_binary_unary = _annotate_linear_unary = _annotate_conv2d_binary_unary
+
+        def _annotate_conv2d(self, model, quantization_config, filter_fn=None):
+            # x86 leaves a lone convolution's output to be quantized by its consumer (if that is a
+            # quantized op); ONNX Runtime's integer convolution needs its own QuantizeLinear.
+            super()._annotate_conv2d(model, quantization_config, filter_fn)
+            if quantization_config is None:
+                return
+            for node in model.graph.nodes:
+                note = node.meta.get(x86.QUANT_ANNOTATION_KEY)
+                if (node.target is torch.ops.aten.conv2d.default and note is not None
+                        and note._is_output_of_quantized_pattern and note.output_qspec is None):
+                    note.output_qspec = quantization_config.input_activation
+
+    return RuntimeQuantizer
 
 
 def _capture(model: nn.Module, in_channels: int, image_size: int) -> nn.Module:
