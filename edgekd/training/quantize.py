@@ -49,7 +49,8 @@ def _torchao():
 def quantizer(flavour: str):
     """The PT2E quantizer whose annotation matches the flavour's INT8 file.
 
-    torchao's x86 quantizer annotates (which ops, with which shared ranges); its specs are replaced
+    torchao's x86 quantizer annotates (which ops, with which shared ranges), with each convolution's
+    output quantized as the runtimes need it (_runtime_quantizer); its specs are replaced
     by the flavour's, each with the plain FakeQuantize and a moving-average min/max observer. Not
     the fused fake quantizer of its default QAT config: that kernel derives scales and zero points
     its own way (for a non-negative int8 tensor it picks zero point -128, which TensorRT cannot
