@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,23 @@ def test_settings_it_cannot_train_with_are_refused(override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(QUICKSTART, ["train.quantize=int8_cpu", override])
 
+
+
+@pytest.mark.parametrize("layer, op", [(torch.nn.ConvTranspose2d(4, 4, 2, stride=2), "conv_transpose2d (up)")])
+def test_a_layer_it_cannot_quantize_is_named(layer, op):
+    """A weighted layer the quantizer leaves in float (here a transposed convolution) would train in
+    float while the INT8 file quantizes it: refused, naming the op and where it is."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.up, self.fc = torch.nn.Conv2d(1, 4, 3, padding=1), layer, torch.nn.Linear(4 * 32 * 32, 10)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.up(torch.relu(self.conv(x))), 1))
+
+    with pytest.raises(RecipeError, match=re.escape(f"cannot quantize: {op} (it quantizes 2-D convolutions")):
+        quantize.prepare(Net(), "int8_cpu", 1, 16, "net")
 
 def test_a_bad_flavour_is_one_line(tmp_path):
     res = edgekd(*_args(tmp_path / "r", "--set", "train.quantize=int4"))

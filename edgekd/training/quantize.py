@@ -198,8 +198,35 @@ def prepare(model: nn.Module, flavour: str, in_channels: int, image_size: int, a
         raise RecipeError(f"train.quantize {flavour}: the student {arch} cannot be captured for INT8-aware "
                           f"training ({first_line(e)[:200]}); train it in float and use edgekd export's "
                           f"post-training INT8") from e
+    unquantized = _float_weight_ops(prepared)
+    if unquantized:
+        raise RecipeError(f"train.quantize {flavour}: the student {arch} has layers whose weights INT8-aware training "
+                          f"cannot quantize: {', '.join(unquantized[:3])}{' ...' if len(unquantized) > 3 else ''} "
+                          f"(it quantizes 2-D convolutions and linear layers, as the flavour's INT8 file needs "
+                          f"them); train it in float and use edgekd export's post-training INT8")
     student = QuantizedStudent(prepared, flavour, arch)
     return student.train(was_training)
+
+
+# Ops that multiply by a weight tensor; their weights must reach them through a fake quantizer.
+_WEIGHTED_OPS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+                 "convolution", "linear", "addmm", "mm", "bmm", "matmul"}
+
+
+def _float_weight_ops(prepared: nn.Module) -> list[str]:
+    """'op (module path)' for each weighted op of the prepared graph that takes a parameter as it is,
+    not through a fake quantizer: a layer the quantizer does not annotate (a transposed or 1-D
+    convolution), which would train in float while the INT8 file's flavour quantizes it."""
+    found = []
+    for node in prepared.graph.nodes:
+        name = getattr(node.target, "_opname", None) if node.op == "call_function" else None
+        if name not in _WEIGHTED_OPS:
+            continue
+        if any(a.op == "get_attr" and getattr(a.meta.get("val"), "ndim", 2) >= 2 for a in node.all_input_nodes):
+            stack = node.meta.get("nn_module_stack") or {}
+            where = next(reversed(stack.values()))[0] if stack else node.name
+            found.append(f"{name} ({where})")
+    return found
 
 
 def restore(model: nn.Module, ckpt_quant: dict[str, Any], in_channels: int, image_size: int,
