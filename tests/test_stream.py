@@ -178,10 +178,26 @@ def test_auto_streams_what_would_not_fit(folder):
     # The in-memory path's peak holds 3 copies of the decoded images; auto gives it half the memory.
     assert storage_for(167, 1000) == "stream" and storage_for(166, 1000) == "memory"
     assert resolve_storage("auto", "cifar10", None, 32, 3)[0] == "memory"
-    assert resolve_storage("stream", "imagefolder", str(folder), 32, 3) == ("stream", "set in the recipe")
-    choice, why = resolve_storage("auto", "imagefolder", str(folder), 32, 3)
+    assert resolve_storage("stream", "imagefolder", str(folder), 32, 3) == ("stream", "set in the recipe", None)
+    choice, why, scanned = resolve_storage("auto", "imagefolder", str(folder), 32, 3)
     assert choice == "memory" and "96 images at 32 px" in why
-    assert len(scan_files(folder)) == 96
+    assert len(scan_files(folder)) == len(scanned) == 96
+
+
+def test_the_folder_auto_scanned_is_not_scanned_again(folder, monkeypatch):
+    """build_data(storage="stream", files=resolve_storage's scan) streams the same files without a
+    second walk of the folder (minutes on millions of files)."""
+    import edgekd.data as data
+
+    _, _, scanned = resolve_storage("auto", "imagefolder", str(folder), 32, 3)
+    walks = []
+    monkeypatch.setattr(data, "scan_files", lambda root: walks.append(root) or scan_files(root))
+    reused = data.build_data("imagefolder", str(folder), image_size=16, val_fraction=0.25, val_size=None,
+                             storage="stream", files=scanned)
+    assert walks == []
+    again = data.build_data("imagefolder", str(folder), image_size=16, val_fraction=0.25, val_size=None, storage="stream")
+    assert len(walks) == 1
+    assert list(reused.train.paths) == list(again.train.paths) and reused.split_info == again.split_info
 
 
 def run(*args, env=None, timeout=600):

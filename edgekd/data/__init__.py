@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from edgekd.contracts import SplitInfo
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
@@ -181,12 +181,14 @@ def build_data(
     cache_dir: str | None = None,
     storage: str = "memory",
     normalization: Normalization | None = None,
+    files: FileSet | None = None,
 ) -> DataModule:
     """Load a source's training images, split them (val/tune from the TRAIN set, never test), pick mean/std.
 
     storage: "memory" decodes every image now; "stream" (image folders only) keeps the file names and
-    decodes per batch; resolve "auto" with resolve_storage first. normalization: a net's own mean, std
-    and evaluation crop (a timm model's pretrained_cfg) instead of the data's statistics."""
+    decodes per batch; resolve "auto" with resolve_storage first (its scan of the folder, passed as
+    `files`, is not repeated). normalization: a net's own mean, std and evaluation crop (a timm
+    model's pretrained_cfg) instead of the data's statistics."""
     if name not in SOURCE_NAMES:
         raise DataError(f"unknown data.name {name!r}; allowed: {', '.join(SOURCE_NAMES)}")
     if storage not in STORAGES:
@@ -195,7 +197,7 @@ def build_data(
         raise DataError(f"data.storage stream reads image files (data.name: imagefolder); {name} is read into memory")
     abs_root = None if name == "digits" or root is None else str(Path(root).absolute())
     if storage == "stream":
-        full = scan_files(abs_root)
+        full = files if files is not None and files.root == abs_root else scan_files(abs_root)
         side = int(image_size) if image_size is not None else first_image_side(Path(abs_root), full.class_names)
     else:
         full = load_source(name, abs_root, image_size, download, cache_dir)
@@ -241,19 +243,25 @@ def build_data(
     )  # fmt: skip
 
 
-def resolve_storage(storage: str, name: str, root: str | None, image_size: int, channels: int) -> tuple[str, str]:
-    """data.storage -> ("memory" | "stream", why). `auto` streams an image folder whose in-memory path
+class StorageChoice(NamedTuple):
+    storage: str  # "memory" | "stream"
+    why: str
+    files: FileSet | None  # the folder's files when `auto` scanned them: build_data(files=...) reuses the scan
+
+
+def resolve_storage(storage: str, name: str, root: str | None, image_size: int, channels: int) -> StorageChoice:
+    """data.storage -> ("memory" | "stream", why, files). `auto` streams an image folder whose in-memory path
     would peak above files.MEMORY_DATA_SHARE of the memory available now; other sources are in memory."""
     if storage in STORAGES:
-        return storage, "set in the recipe"
+        return StorageChoice(storage, "set in the recipe", None)
     if storage != "auto":
         raise DataError(f"unknown data.storage {storage!r}; allowed: auto, {', '.join(STORAGES)}")
     if name != "imagefolder":
-        return "memory", f"{name} is read into memory"
-    num_images = len(scan_files(root))  # names only: nothing is decoded
-    need, free = num_images * image_size * image_size * channels, available_memory()
+        return StorageChoice("memory", f"{name} is read into memory", None)
+    files = scan_files(root)  # names only: nothing is decoded
+    need, free = len(files) * image_size * image_size * channels, available_memory()
     choice = storage_for(need, free)
     if free is None:
-        return choice, "the available memory is unknown here"
-    return choice, (f"{num_images:,} images at {image_size} px decode to {need / 2**30:.1f} GiB, held about "
-                    f"{MEMORY_PATH_COPIES} times in memory; {free / 2**30:.1f} GiB available")
+        return StorageChoice(choice, "the available memory is unknown here", files)
+    return StorageChoice(choice, (f"{len(files):,} images at {image_size} px decode to {need / 2**30:.1f} GiB, held "
+                                  f"about {MEMORY_PATH_COPIES} times in memory; {free / 2**30:.1f} GiB available"), files)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -268,6 +268,21 @@ class DeviceLoader(_PlannedLoader):
             yield self._normalize(x), y
 
 
+class LastEpochDraws:
+    """An epoch's draws, computed once for the last epoch asked: a worker's dataset copy serves
+    every batch of an epoch from it (the epoch travels inside each batch index)."""
+
+    def __init__(self, draw: Callable[[int], Any]):
+        self.draw = draw
+        self.epoch: int | None = None
+        self.draws: Any = None
+
+    def __call__(self, epoch: int) -> Any:
+        if self.epoch != epoch:
+            self.draws, self.epoch = self.draw(epoch), epoch
+        return self.draws
+
+
 class _EpochBatches(Dataset):
     """Map-style dataset whose item (epoch, i) is batch i of that epoch, as CPU uint8 + labels.
 
@@ -278,13 +293,7 @@ class _EpochBatches(Dataset):
 
     def __init__(self, plan: BatchPlan, images: torch.Tensor, labels: torch.Tensor):
         self.plan, self.images, self.labels = plan, images, labels
-        self._epoch: int | None = None
-        self._draws: Draws | None = None
-
-    def _draws_for(self, epoch: int) -> Draws:
-        if self._epoch != epoch:
-            self._draws, self._epoch = self.plan.draws(epoch), epoch
-        return self._draws
+        self._draws_for = LastEpochDraws(plan.draws)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, i = key

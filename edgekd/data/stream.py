@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from edgekd.data.crop import CROP_RATIO, CROP_SCALE
 from edgekd.data.files import FileSet
 from edgekd.data.augment import boxes_from_variates, crop_flip
-from edgekd.data.loader import BatchPlan, EpochIndices, StreamDraws, check_workers, make_plan, normalization, normalize_batch
+from edgekd.data.loader import BatchPlan, EpochIndices, LastEpochDraws, check_workers, make_plan, normalization, normalize_batch
 from edgekd.data.preprocess import prepare_image
 from edgekd.errors import DataError
 
@@ -44,13 +44,7 @@ class _FileBatches(Dataset):
         self.plan, self.files, self.spec = plan, files, spec
         self.mode, self.size = spec["channel_order"], int(spec["resize"][0])
         self.index_log = index_log
-        self._epoch: int | None = None
-        self._draws: StreamDraws | None = None
-
-    def _draws_for(self, epoch: int) -> StreamDraws:
-        if self._epoch != epoch:
-            self._draws, self._epoch = self.plan.stream_draws(epoch), epoch
-        return self._draws
+        self._draws_for = LastEpochDraws(plan.stream_draws)
 
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key

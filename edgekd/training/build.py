@@ -50,12 +50,12 @@ def build_inputs(recipe: Recipe, modules: Mapping[str, nn.Module] | None, trains
 
         student = quantize.prepare(student, recipe.train.quantize, shape.in_channels, shape.image_size,
                                    recipe.student.arch)
-    storage, why = resolve_storage(d.storage, d.name, d.root, shape.image_size, shape.in_channels)
+    storage, why, scanned = resolve_storage(d.storage, d.name, d.root, shape.image_size, shape.in_channels)
     if storage == "stream" or d.loader == "host":
         check_workers(d.workers)
     data = build_data(
         d.name, d.root, image_size=image_size, **d.split_args(), subset=d.subset, split_seed=d.split_seed,
-        download=d.download, cache_dir=d.cache_dir, storage=storage, normalization=normalization,
+        download=d.download, cache_dir=d.cache_dir, storage=storage, normalization=normalization, files=scanned,
     )
     if (data.num_classes, data.in_channels, data.image_size) != (shape.num_classes, shape.in_channels, shape.image_size):
         raise DataError(f"data.root {d.root} gave {data.num_classes} classes of {data.in_channels}-channel "
