@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from typing import Any
 
@@ -38,7 +39,15 @@ def _torchao():
     """torchao's PT2E modules, or one line naming the extra."""
     from edgekd import optional
 
-    optional.load("torchao", "train.quantize (INT8-aware training) needs")
+    # torchao 0.18 registers an Enum with torch's pytree at import, which torch 2.14 answers with a
+    # deprecation line on every run (a library matter, nothing a user can act on): quieted here only.
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        optional.load("torchao", "train.quantize (INT8-aware training) needs")
+    finally:
+        pytree_log.setLevel(level)
     import torchao.quantization.pt2e as pt2e
     import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
     from torchao.quantization.pt2e import fake_quantize, quantize_pt2e
