@@ -279,6 +279,9 @@ def test_an_old_run_still_exports_and_its_bundle_validates(tmp_path):
     exported = edgekd("export", run, "--out", tmp_path / "bundle", "--formats", "fp32")
     assert exported.returncode == 0, exported.stderr
     new, old = BundleManifest.read(tmp_path / "bundle"), BundleManifest.read(OLD / "bundle")
+    # The reference now also names the network and its file; an old bundle's lacks them (read as fp32).
+    named = {k: new.reference.pop(k) for k in ("model", "format")}
+    assert named == {"model": "the float student", "format": "fp32"} and old.reference_format == "fp32"
     assert (new.model, new.input, new.preprocessing, new.data, new.reference) == \
         (old.model, old.input, old.preprocessing, old.data, old.reference)
     # The one-epoch student's ECE is above the recipe's gate: the thresholds say what is checked here.

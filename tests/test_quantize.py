@@ -128,13 +128,28 @@ def test_every_convolution_runs_as_an_integer_convolution_in_onnx_runtime(qat_bu
     fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert fused.count("QLinearConv") == len(convs) and "Conv" not in fused, sorted(set(fused))
 
-def test_validate_runs_the_bundle(qat_bundle, tmp_path):
-    res = edgekd("validate", qat_bundle, "--json", tmp_path / "v.json")
-    assert res.returncode in (0, 1), res.stderr
-    doc = json.loads((tmp_path / "v.json").read_text())
+def test_validate_runs_the_bundle(qat_run, qat_bundle, tmp_path):
+    """The trained network is the fake-quantized one: the bundle's reference is its figures (the run's
+    own), its INT8 file is what the others are compared with, and the FP32 file (the float weights
+    alone, another network) is left out of a plain validate, measured when named."""
     manifest = json.loads((qat_bundle / "manifest.json").read_text())
+    summary = json.loads((qat_run / "summary.json").read_text())["student"]
+    assert manifest["reference"]["format"] == "int8_cpu" and "fake-quantized" in manifest["reference"]["model"]
+    assert manifest["reference"]["accuracy"] == pytest.approx(summary["accuracy"])
+    assert manifest["files"]["model_int8_cpu.onnx"]["drift"]["ece_drift"] == pytest.approx(0, abs=0.01)
+    res = edgekd("validate", qat_bundle, "--json", tmp_path / "v.json", "--max-ece", "1")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "fp32: the float weights of an INT8-aware run" in res.stdout
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert list(doc["formats"]) == ["int8_cpu"]
     assert doc["formats"]["int8_cpu"]["accuracy"] == pytest.approx(
         manifest["files"]["model_int8_cpu.onnx"]["metrics"]["accuracy"])
+    assert doc["formats"]["int8_cpu"]["agreement"] == 1.0
+    # On other images (no stored reference), drift and agreement are measured from the INT8 file.
+    res = edgekd("validate", qat_bundle, "--formats", "fp32,int8_cpu", "--data", "digits", "--json", tmp_path / "w.json")
+    doc = json.loads((tmp_path / "w.json").read_text())
+    assert doc["formats"]["int8_cpu"]["agreement"] == 1.0 and doc["formats"]["int8_cpu"]["ece_drift"] == 0
+    assert doc["formats"]["fp32"]["agreement"] < 1.0
 
 
 @pytest.mark.slow

@@ -41,7 +41,9 @@ class BundleManifest:
     preprocessing: dict[str, Any]  # resize, interpolation, mean, std, channel_order, layout, scale, dtype
     class_names: list[str]
     data: SplitInfo  # the run's split: validate rebuilds its val split by default
-    reference: dict[str, Any]  # PyTorch's figures on the val split: runtime, split, n, accuracy, ece, ...
+    reference: dict[str, Any]  # PyTorch's figures on the val split: runtime, split, n, accuracy, ece, ...;
+    # `format`: the bundle file that is the trained network (fp32; a train.quantize run's INT8 flavour),
+    # absent in bundles written before it (then fp32)
     gate: dict[str, Any]  # the recipe's validate: thresholds
     files: dict[str, dict[str, Any]]  # file name -> sha256, bytes, format, precision, figures, ...
     created: str | None = None  # UTC, ISO 8601
@@ -79,7 +81,8 @@ class BundleManifest:
                  input_name: str, output_name: str, preprocessing: dict, class_names: list[str], run: str,
                  recipe_name: str | None, recipe_hash: str | None, student_sha256: str, data: SplitInfo,
                  reference_n: int, reference_metrics: dict[str, float], gate: dict, files: dict, tools: dict,
-                 created: str) -> "BundleManifest":
+                 created: str, reference_file: str = "fp32", reference_model: str = "the float student"
+                 ) -> "BundleManifest":
         """A new bundle's manifest from what export knows, its sections in the layout of export/README.md."""
         return cls(
             created=created,
@@ -90,9 +93,15 @@ class BundleManifest:
             preprocessing=preprocessing, class_names=list(class_names),
             source={"run": run, "recipe": recipe_name, "recipe_hash": recipe_hash, "student_sha256": student_sha256},
             data=data,
-            reference={"runtime": "pytorch", "split": "val", "n": reference_n, **reference_metrics},
+            reference={"runtime": "pytorch", "split": "val", "n": reference_n, "model": reference_model,
+                       "format": reference_file, **reference_metrics},
             gate=gate, files=files, tools=tools,
         )  # fmt: skip
+
+    @property
+    def reference_format(self) -> str:
+        """The format whose file is the trained network: what the others are compared with."""
+        return self.reference.get("format", "fp32")
 
     @classmethod
     def path_in(cls, folder: str | Path) -> Path:

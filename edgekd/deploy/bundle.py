@@ -111,11 +111,14 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     val = split_images(student, "val")
     x_val = student.preprocess(val)
     reference, ref_metrics = _pytorch_reference(student, x_val, val.labels, t)
+    # A train.quantize run's float weights alone are not the network it trained: the FP32 file must
+    # reproduce them, but every file's drift is measured from the fake-quantized network.
+    float_reference = reference if student.quantized_flavour is None else scaled(student.logits(x_val), t)
     calibration = calibration_images(student, int8) if any(p in chosen for p in INT8_FLAVOURS) else None
     plan = None if search is None else SearchPlan(search, search_data(student, calibration[0], int8.seed), t)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t)
+        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t, float_reference)
         files, searched = writer.write_onnx(chosen, int8, calibration, plan)
         if trt_target is not None:  # from the INT8 file only if the search kept one
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
@@ -174,16 +177,16 @@ def _temperature(student: Student, spec: float | str, log: Callable[[str], Any])
         shipped = resolve_temperature(spec, None, None)
     else:
         tune = split_images(student, "tune")
-        shipped = resolve_temperature(spec, student.logits(student.preprocess(tune)), tune.labels)
+        shipped = resolve_temperature(spec, student.trained_logits(student.preprocess(tune)), tune.labels)
     log(shipped.line())
     return shipped
 
 
 def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray,
                        temperature: float | None = None) -> tuple[np.ndarray, dict]:
-    """PyTorch's logits and metrics on the val split, divided by the bundle's temperature (if any) as
-    every file's are: what every exported file is compared with."""
-    logits = student.logits(x_val)
+    """The trained network's logits and metrics on the val split (PyTorch), divided by the bundle's
+    temperature (if any) as every file's are: what every exported file is compared with."""
+    logits = student.trained_logits(x_val)
     if not np.all(np.isfinite(logits)):
         raise CheckpointError(f"{student.path} gives NaN or infinite logits on the val split "
                               "(a diverged run?)")
@@ -211,6 +214,9 @@ def _manifest(student: Student, run: Path, labels: np.ndarray, ref_metrics: dict
         preprocessing=ck.preprocessing, class_names=ck.class_names, run=str(run), recipe_name=ck.recipe_name,
         recipe_hash=ck.recipe_hash, student_sha256=student.sha256, data=student.split_info,
         reference_n=int(len(labels)), reference_metrics={m: ref_metrics[m] for m in REFERENCE_METRICS},
+        reference_file=student.quantized_flavour or "fp32",
+        reference_model=("the float student" if student.quantized_flavour is None
+                         else f"the fake-quantized student (train.quantize {student.quantized_flavour})"),
         gate=gate,  # the recipe's validate: section as the schema read it (saved_sections)
         files=files, tools=_tool_versions(trt_target), created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )  # fmt: skip

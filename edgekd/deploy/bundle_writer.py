@@ -47,9 +47,13 @@ class BundleWriter:
     against PyTorch's logits, and returns their manifest entries."""
 
     def __init__(self, folder: Path, student: Student, x_val: np.ndarray, labels: np.ndarray,
-                 reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any], temperature: float | None = None):
+                 reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any], temperature: float | None = None,
+                 float_reference: np.ndarray | None = None):
         self.folder, self.student, self.x_val, self.labels = folder, student, x_val, labels
+        # reference: the trained network (drift, parity); float_reference: the float weights, which the
+        # FP32 file must reproduce (the same array unless the run trained quantized)
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
+        self.float_reference = reference if float_reference is None else float_reference
         self.temperature = temperature
         self.channels, self.size = student.checkpoint.in_channels, student.checkpoint.image_size
 
@@ -84,7 +88,7 @@ class BundleWriter:
             shutil.copyfile(raw, fp32)
             self._ship(fp32)
             logits, figures = self._measure(fp32.name)
-            parity.require_fp32_parity(fp32.name, self.reference, logits)
+            parity.require_fp32_parity(fp32.name, self.float_reference, logits)
             files[fp32.name] = self._entry(fp32.name, "onnx", "fp32", **figures)
             if "fp16" in chosen:
                 name = ONNX_FILES["fp16"]
@@ -96,6 +100,10 @@ class BundleWriter:
             if trained in chosen:  # a train.quantize run: that file from its learned ranges, no calibration
                 files.update(self._write_trained_int8(trained))
                 chosen = [p for p in chosen if p != trained]
+            if trained is not None and any(p in chosen for p in INT8_FLAVOURS):
+                self.log(f"note: the other INT8 files quantize this train.quantize {trained} run's float weights after "
+                         f"training, which without its learned ranges are another network; their drift below is "
+                         f"from the trained one")
             if search is not None:
                 searched, outcome = self._search_int8(raw, chosen, calibration, search)
                 return {**files, **searched}, outcome
@@ -107,16 +115,11 @@ class BundleWriter:
         """The INT8 file of a train.quantize run: its fake-quantized network converted (PT2E) and
         exported as it is, QDQ with the scales and zero points learned in training. It must make the
         fake-quant PyTorch model's predictions on the val split (QAT_MIN_AGREEMENT), else no bundle."""
-        import copy
-
         import torch
-
-        from edgekd.training import quantize
 
         name = ONNX_FILES[flavour]
         self.log(f"writing {name} (from the ranges learned in training: train.quantize {flavour}; no calibration)")
-        ck = self.student.checkpoint
-        trained = quantize.restore(copy.deepcopy(self.student.model), ck.quantize, self.channels, self.size, ck.arch)
+        trained = self.student.trained_network
         converted = trained.converted()
         with torch.no_grad():
             fake = parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)

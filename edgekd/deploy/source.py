@@ -6,6 +6,7 @@ Every problem with the run is found here, before anything is written.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -59,10 +60,30 @@ class Student:
 
     @torch.no_grad()
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """PyTorch's own logits (eval mode, FP32, CPU): the reference every file is compared with."""
-        self.model.eval()
-        out = [self.model(torch.from_numpy(x[i : i + TORCH_BATCH])) for i in range(0, len(x), TORCH_BATCH)]
-        return torch.cat(out).numpy().astype(np.float32)
+        """The float weights' logits (eval mode, FP32, CPU): what the FP32 file must reproduce."""
+        return _batched_logits(self.model.eval(), x)
+
+    @functools.cached_property
+    def trained_network(self) -> nn.Module:
+        """The network the run trained: the float model, or for a train.quantize run the
+        fake-quantized one (its learned ranges applied), whose float weights alone are another net."""
+        if self.quantized_flavour is None:
+            return self.model
+        from edgekd.training import quantize
+
+        ck = self.checkpoint
+        return quantize.restore(copy.deepcopy(self.model), ck.quantize, ck.in_channels, ck.image_size, ck.arch)
+
+    @torch.no_grad()
+    def trained_logits(self, x: np.ndarray) -> np.ndarray:
+        """The trained network's logits: the reference every file's drift is measured from, and what
+        a shipped temperature is fitted to."""
+        return _batched_logits(self.trained_network.eval(), x)
+
+
+def _batched_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    out = [model(torch.from_numpy(x[i : i + TORCH_BATCH])) for i in range(0, len(x), TORCH_BATCH)]
+    return torch.cat(out).numpy().astype(np.float32)
 
 
 def resolve_run(run_dir: str | Path | None, log: Callable[[str], Any]) -> Path:

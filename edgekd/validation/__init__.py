@@ -35,8 +35,8 @@ from edgekd.errors import EdgeKDError
 from edgekd.runtime import (OnnxRuntimeSession, OpenVinoCpu, Runner, TensorRTEngine, choose_providers,
                             onnxruntime_version, openvino_version)
 from edgekd.validation import gate, report
-from edgekd.validation.bundle import (Bundle, check_model_io, is_engine, load_bundle, onnx_providers_for,
-                                    select_formats)
+from edgekd.validation.bundle import (Bundle, check_model_io, float_weights_of_quantized_run, is_engine, load_bundle,
+                                    onnx_providers_for, select_formats)
 from edgekd.validation.data import EvalData, load_eval_data
 from edgekd.validation.metrics import TimingBudget, comparisons, format_metrics, run_format
 from edgekd.validation.report import Report
@@ -87,10 +87,12 @@ def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dic
         results[fmt] = {**format_metrics(run.logits, data.labels), "latency_ms": run.latency_ms,
                         "throughput": run.throughput}
         logits[fmt] = run.logits
-    # FP32 ONNX is the agreement reference, and the drift reference on data other than the val split.
-    drift_reference = reference if data.is_reference else results.get("fp32")
+    # The file that is the trained network (FP32 ONNX; a train.quantize run's INT8 file) is the agreement
+    # reference, and the drift reference on data other than the val split.
+    ref_fmt = reference.get("format", "fp32")
+    drift_reference = reference if data.is_reference else results.get(ref_fmt)
     for fmt in results:
-        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get("fp32"), data.labels,
+        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get(ref_fmt), data.labels,
                                         threshold))
         cls = results[fmt].get("class_acc_drop_class")
         results[fmt]["class_acc_drop_name"] = None if cls is None else class_names[cls]
@@ -111,6 +113,10 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
     if problem:  # before any file runs
         raise EdgeKDError(problem)
     selected = select_formats(b, formats, runtime, onnxruntime_version() is not None)
+    left_out = [f for f in float_weights_of_quantized_run(b) if f not in selected]
+    if left_out:
+        log(f"{', '.join(left_out)}: the float weights of an INT8-aware run, not the network it trained "
+            f"({b.reference.get('format')}): left out; name them with --formats to measure them")
     with open_runtimes(b, selected, providers, runtime) as runtimes:
         data = load_eval_data(data_spec, b)
         log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")

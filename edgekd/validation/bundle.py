@@ -291,10 +291,20 @@ def check_model_io(bundle: Bundle, fmt: str, input_name: str, input_shape: list,
 # ---------------------------------------------------------------- which formats to run
 
 
+def float_weights_of_quantized_run(bundle: Bundle) -> list[str]:
+    """The float files (fp32, fp16) of a bundle whose trained network is an INT8 file (train.quantize):
+    its float weights without the learned quantization, another network than the one trained, so
+    validate leaves them out unless named."""
+    if bundle.manifest.reference_format == "fp32":
+        return []
+    return [f for f in ("fp32", "fp16") if f in bundle.formats]
+
+
 def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, onnxruntime_available: bool) -> list[str]:
     """Format names to validate, in FORMAT_ORDER.
 
-    Default: every ONNX file for --runtime onnxruntime or openvino; every engine for --runtime
+    Default: every ONNX file for --runtime onnxruntime or openvino (for a train.quantize run's bundle,
+    not the float weights' files: float_weights_of_quantized_run); every engine for --runtime
     tensorrt, plus the FP32 ONNX file (run in ONNX Runtime, when installed) so the
     engines' agreement with it can be measured. --runtime tensorrt refuses the
     CPU-only formats (int8_cpu) by name: it is not a TensorRT file.
@@ -309,7 +319,7 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
                                   "run edgekd export --trt on this device, or use --runtime onnxruntime")
             chosen = engines + (["fp32"] if "fp32" in have and onnxruntime_available else [])
         else:
-            chosen = [f for f in have if not is_engine(f)]
+            chosen = [f for f in have if not is_engine(f) and f not in float_weights_of_quantized_run(bundle)]
             if not chosen:
                 raise BundleError(f"{bundle.path} has no ONNX files ({listing}); use --runtime tensorrt")
     else:
