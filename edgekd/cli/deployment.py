@@ -69,7 +69,8 @@ def export(run_dir, out, formats, trt, calib_samples, calib_method, max_batch, o
 @click.option("--formats", default=None,
               help="Comma-separated: fp32, fp16, int8, int8_cpu, engine (engine_fp16, engine_int8). Default: every "
                    "file in the bundle the runtime can run (--runtime tensorrt: the engines + fp32; int8_cpu is "
-                   "for CPUs: onnxruntime or openvino).")
+                   "for CPUs: onnxruntime or openvino), except, for an INT8-aware (train.quantize) run, the fp32 "
+                   "and fp16 files, whose float weights are not the network it trained.")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino", "tensorrt"]), default="onnxruntime",
               show_default=True,
               help="onnxruntime: the ONNX files in ONNX Runtime. openvino: the ONNX files (both INT8 flavours "
