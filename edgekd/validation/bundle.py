@@ -76,7 +76,8 @@ class Bundle:
 
     @property
     def reference(self) -> dict:
-        """PyTorch's metrics on the run's val split (runtime, split, n, accuracy, ece, ...)."""
+        """PyTorch's metrics on the run's val split for the network it trained (runtime, split, n, model,
+        format: the file that is that network, accuracy, ece, ...)."""
         return self.manifest.reference
 
     @property
