@@ -77,10 +77,12 @@ def open_runtimes(bundle: Bundle, formats: list[str], providers: list[str] | Non
 
 def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dict, batch: int,
                      budget: TimingBudget, class_names: list[str],
-                     threshold: float | None = None) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+                     threshold: float | None = None,
+                     reference_format: str = "fp32") -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """Per-format results (the --json keys) and logits; `reference` is the manifest's PyTorch figures,
     `class_names` the bundle's (labels index them, whichever classes the data holds), `threshold` the
-    confidence a device acts at (the decision figures need it)."""
+    confidence a device acts at (the decision figures need it), `reference_format` the file that is the
+    trained network (BundleManifest.reference_format)."""
     results, logits = {}, {}
     for fmt, rt in runtimes.items():
         run = run_format(rt, data.inputs, batch, budget)
@@ -89,10 +91,9 @@ def validate_formats(runtimes: dict[str, Runner], data: EvalData, reference: dic
         logits[fmt] = run.logits
     # The file that is the trained network (FP32 ONNX; a train.quantize run's INT8 file) is the agreement
     # reference, and the drift reference on data other than the val split.
-    ref_fmt = reference.get("format", "fp32")
-    drift_reference = reference if data.is_reference else results.get(ref_fmt)
+    drift_reference = reference if data.is_reference else results.get(reference_format)
     for fmt in results:
-        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get(ref_fmt), data.labels,
+        results[fmt].update(comparisons(results[fmt], logits[fmt], drift_reference, logits.get(reference_format), data.labels,
                                         threshold))
         cls = results[fmt].get("class_acc_drop_class")
         results[fmt]["class_acc_drop_name"] = None if cls is None else class_names[cls]
@@ -116,7 +117,7 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
     left_out = [f for f in float_weights_of_quantized_run(b) if f not in selected]
     if left_out:
         log(f"{', '.join(left_out)}: the float weights of an INT8-aware run, not the network it trained "
-            f"({b.reference.get('format')}): left out; name them with --formats to measure them")
+            f"({b.manifest.reference_format}): left out; name them with --formats to measure them")
     with open_runtimes(b, selected, providers, runtime) as runtimes:
         data = load_eval_data(data_spec, b)
         log(f"data: {data.spec}, {data.n} images, {len(data.classes)} classes")
@@ -129,7 +130,7 @@ def run_validation(*, bundle: Path | None, data_spec: str | None, formats: list[
                 log(f"{fmt}: {len(nodes)} node{'' if len(nodes) == 1 else 's'} in float"
                     + (f": {', '.join(nodes)}" if nodes else ", every quantizable node in INT8"))
         results, logits = validate_formats(runtimes, data, b.reference, batch, budget or TimingBudget(),
-                                           b.class_names, limits.get(gate.THRESHOLD))
+                                           b.class_names, limits.get(gate.THRESHOLD), b.manifest.reference_format)
         used = list(dict.fromkeys(p for rt in runtimes.values() for p in rt.providers))
     checks = gate.evaluate(results, limits)
     gate_lines = gate.report_lines(checks)

@@ -320,7 +320,8 @@ def select_formats(bundle: Bundle, requested: list[str] | None, runtime: str, on
                                   "run edgekd export --trt on this device, or use --runtime onnxruntime")
             chosen = engines + (["fp32"] if "fp32" in have and onnxruntime_available else [])
         else:
-            chosen = [f for f in have if not is_engine(f) and f not in float_weights_of_quantized_run(bundle)]
+            float_weights = float_weights_of_quantized_run(bundle)
+            chosen = [f for f in have if not is_engine(f) and f not in float_weights]
             if not chosen:
                 raise BundleError(f"{bundle.path} has no ONNX files ({listing}); use --runtime tensorrt")
     else:
