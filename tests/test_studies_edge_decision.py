@@ -376,3 +376,44 @@ def test_the_decision_needs_no_torch(folders):
         """)
     proc = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0 and "torch-free holds" in proc.stdout, proc.stderr
+
+
+def test_the_users_table_and_the_figure(folders, tmp_path):
+    """Every recipe's three deployed files in one table, each figure compare's own summary; the searched file's
+    speed as the search recorded it; H4's two files with their drift; the figure holds a column per recipe."""
+    out, h4 = _copy(folders, tmp_path)
+    png, md = tmp_path / "rel.png", tmp_path / "d.md"
+    assert decision.main([str(out), *_h4_args(h4), "--json", str(tmp_path / "d.json"), "--markdown", str(md),
+                          "--figure", str(png)]) == 0
+    d = json.loads((tmp_path / "d.json").read_text())["decision"]
+    doc = json.loads((out / "comparison.json").read_text())
+    t = d["table"]
+    assert list(t) == ["CE", "CE+TS", "KD*", "KD*+TS", "BDKD*", "QAT-BDKD*", "control"]
+    for name in ("CE", "KD*+TS", "BDKD*"):
+        for f in FLAVOURS:
+            assert t[name][f]["ece"] == doc["summary"][LAB.label(f"{name}@{f}")]["student"]["ece"]
+        assert t[name]["search_speed_vs_fp32"]["median"] == pytest.approx(1.1)
+    # CE's plain INT8 file is the sharper 2.16x logits: it drifts, per seed, by the planted amount (the files keep
+    # float16 log-softmax, hence the tolerance).
+    for s, drift in zip(SEEDS, t["CE"]["drift_int8_cpu"]["per_seed"]):
+        rows, y, _ = _planted(s)
+        assert drift == pytest.approx(calibration.ece(rows["CE@int8_cpu"], y) - calibration.ece(rows["CE@fp32"], y),
+                                      abs=1e-3)
+        assert drift > 0.01
+    qat = [calibration.ece(_planted(s)[0]["QAT@int8_cpu"], _planted(s)[1]) for s in SEEDS]
+    assert t["QAT-BDKD*"]["int8_cpu"]["ece"]["mean"] == pytest.approx(np.mean(qat), abs=1e-3)
+    assert t["QAT-BDKD*"]["drift_from_bdkd_fp32"] == d["h4"]["abs_drift"]["QAT"]
+    text = md.read_text()
+    assert "| CE: the student alone, cross-entropy |" in text and "| QAT-BDKD*:" in text
+    from PIL import Image
+    with Image.open(png) as im:
+        w, h = im.size
+    assert w > 5 * h / 2  # six columns side by side
+
+
+def test_the_figure_leaves_nothing_when_the_decision_fails(folders, tmp_path):
+    out, _ = _copy(folders, tmp_path)
+    png = tmp_path / "rel.png"
+    assert decision.main([str(out), "--figure", str(tmp_path / "no" / "rel.png")]) == 2
+    assert decision.main([str(out), "--kd", "kd:temperature=9", "--figure", str(png)]) == 2
+    assert not png.exists()

@@ -3,6 +3,7 @@ its report comparison: which recipe gives the best-calibrated student shipped as
 what accuracy, and how sure are we.
 
     python -m studies.cifar10_edge.decision results/cifar10-edge [--h4 DIR ...] [--json FILE] [--markdown FILE]
+        [--figure PNG]
 
 OUT is the folder the plan's report command wrote (`edgekd compare ... --out results/cifar10-edge
 --deployed fp32,int8_cpu,int8_search --methods CE,CE+ts,KD*,KD*+ts,BDKD*`). Its paired tables are
@@ -41,7 +42,7 @@ from edgekd.compare.stats import NO_DIFFERENCE
 from edgekd.compare.variants import split_top_level
 from edgekd.errors import EdgeKDError
 from studies import regime as regime_md
-from studies.cifar10_edge import render
+from studies.cifar10_edge import render, table
 from studies.cifar10_edge import rows as rows_io
 from studies.cifar10_edge.rows import BDKD, CE, KD, SPLIT, Labels, Rows
 
@@ -212,6 +213,11 @@ def h4(folders: list[Path], rows: Rows, lab: Labels) -> dict | None:
     c["control_minus_ptq"] = rows.drift(ctl, ptq, seeds)  # beside, not a hypothesis
     c["qat_minus_control"] = rows.drift(qat, ctl, seeds)
     c["folders"] = [{"seed": s, **{k: files_of[s][k] for k in ("folder", "qat", "control")}} for s in seeds]
+    for key, what, sets in (("qat_file", "BDKD* fine-tuned INT8-aware, its INT8 file from the learned ranges", qat),
+                            ("control_file", "BDKD* fine-tuned in float, plain int8_cpu", ctl)):
+        c[key] = {"what": what, "label": f"{files_of[seeds[0]][key.split('_')[0]]}@int8_cpu",
+                  "metrics": {k: stats.summarize([getattr(calibration, k)(z, y) for _, z, y in sets])
+                              for k in ("ece", "accuracy", "nll")}}
     return c
 
 
@@ -274,6 +280,7 @@ def decide(folder: Path, lab: Labels | None = None, h4_folders: list[Path] | tup
         "regime": regime(doc, lab, seeds), "h1": h1(rows, lab), "h2": h2_, "h3": h3(rows, lab),
         "h4": h4(list(h4_folders), rows, lab), "recommendation": recommendation(h2_["KD*+TS"]),
     }
+    decision["table"] = table.build(doc, folder, lab, seeds, decision["h4"])
     return doc, decision
 
 
@@ -288,13 +295,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="write {command, decision} here instead of into OUT/comparison.json")
     ap.add_argument("--markdown", type=Path, default=None, metavar="FILE",
                     help="write the decision's markdown here instead of into OUT/comparison.md")
+    ap.add_argument("--figure", type=Path, default=None, metavar="PNG",
+                    help="also draw the reliability diagrams of every recipe's searched INT8 file (and the INT8-aware "
+                         "fine-tune's file with --h4), pooled over seeds, into this PNG")
     ap.add_argument("--ce", default=CE, help=f"CE's label (default {CE})")
     ap.add_argument("--kd", default=KD, help=f"KD*'s label (default {KD}, the tuning's selection)")
     ap.add_argument("--bdkd", default=BDKD, help=f"BDKD*'s label (default {BDKD}, the tuning's selection)")
     args = ap.parse_args(argv)
     command = "python -m studies.cifar10_edge.decision " + shlex.join(argv if argv is not None else sys.argv[1:])
     try:
-        for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        for flag, path in (("--json", args.json), ("--markdown", args.markdown), ("--figure", args.figure)):
             if path is not None and not path.parent.is_dir():
                 raise EdgeKDError(f"{flag} {path}: the folder {path.parent} does not exist")
         try:
@@ -318,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for path, text in outputs.items():
         files.atomic_write_text(path, text)
+    if args.figure is not None:
+        table.figure(args.out, Labels(args.ce, args.kd, args.bdkd), decision["seeds"], args.figure, decision["h4"])
+        outputs[args.figure] = ""
     print(render.summary(decision))
     print(f"wrote {', '.join(map(str, outputs))}")
     return 0

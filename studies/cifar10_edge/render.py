@@ -7,6 +7,7 @@ import json
 
 from edgekd.compare import report as report_md
 from edgekd.compare.stats import NO_DIFFERENCE
+from studies.cifar10_edge import table
 
 
 def points(x: float | None) -> str:
@@ -84,6 +85,8 @@ def markdown(d: dict, level: int = 2) -> str:
                            d["h4"]))
     else:
         lines.append("- H4: not evaluated here (no --h4 folders).")
+    if d.get("table"):
+        lines += ["", *table.markdown(d["table"], hh)]
     lines += ["", f"{hh} Regime conditions ({g['split']} split, mean over seeds with 95% t interval)", "",
               "| condition | required | measured | holds |", "|---|---|---|---|"]
     lines += [f"| {c['condition']} | {c['required']} | {_measured(c)} | {'holds' if c['holds'] else 'fails'} |"

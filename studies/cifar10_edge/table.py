@@ -1,0 +1,103 @@
+"""What a user acts on: every row's deployed files in one table (the README's "Which recipe for my
+deployment?") and the reliability diagrams of the searched INT8 files, from the report comparison
+and H4's folders. Figures come from compare's summary (mean and 95% t interval over seeds) and from
+the prediction files; nothing is re-measured. Torch-free."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgekd import calibration, plots
+from edgekd.compare import predictions, stats
+from edgekd.compare import report as report_md
+from studies.cifar10_edge import rows as rows_io
+from studies.cifar10_edge.rows import SPLIT, Labels
+
+ROWS = ("CE", "CE+TS", "KD*", "KD*+TS", "BDKD*")
+FLAVOURS = ("fp32", "int8_cpu", "int8_search")
+WHAT = {"CE": "the student alone, cross-entropy", "CE+TS": "CE, temperature fitted on tune and folded into the files",
+        "KD*": "Hinton KD from the frozen pretrained teacher", "KD*+TS": "KD*, temperature folded into the files",
+        "BDKD*": "online BD-KD, the pretrained teacher trained on beside the student"}
+
+
+def _speed(folder: Path, label: str, seeds: list[int]) -> dict:
+    """The searched file's speed vs its FP32 file as the INT8 search measured it (ONNX Runtime, batch of the
+    search, same process), per seed."""
+    name = rows_io.slug(label)
+    ratios = [((predictions.load(folder, name, s).meta.get("deployed") or {}).get("search") or {}).get("speed_vs_fp32")
+              for s in seeds]
+    return {"seeds": seeds, "per_seed": ratios, "median": float(np.median([r for r in ratios if r is not None]))
+            if any(r is not None for r in ratios) else None}
+
+
+def build(doc: dict, folder: Path, lab: Labels, seeds: list[int], h4: dict | None) -> dict:
+    """{row name: {what, fp32|int8_cpu|int8_search: {ece, accuracy, nll}, drift, speed}} plus H4's two files."""
+    out: dict[str, dict] = {}
+    for name in ROWS:
+        entry: dict = {"label": lab.rows()[name], "what": WHAT[name]}
+        for f in FLAVOURS:
+            st = doc["summary"][lab.label(f"{name}@{f}")]["student"]
+            entry[f] = {k: st[k] for k in ("ece", "accuracy", "nll")}
+        ece = {f: rows_io.runs_of(doc, lab.label(f"{name}@{f}")) for f in ("fp32", "int8_cpu")}
+        signed = [ece["int8_cpu"][s]["student"]["ece"] - ece["fp32"][s]["student"]["ece"] for s in seeds]
+        entry["drift_int8_cpu"] = {"signed": stats.summarize(signed), "absolute": stats.summarize(np.abs(signed)),
+                                   "per_seed": signed, "seeds": seeds}
+        entry["search_speed_vs_fp32"] = _speed(folder, lab.label(f"{name}@int8_search"), seeds)
+        out[name] = entry
+    if h4:
+        for name, key in (("QAT-BDKD*", "qat_file"), ("control", "control_file")):
+            out[name] = {"what": h4[key]["what"], "label": h4[key]["label"], "int8_cpu": h4[key]["metrics"],
+                         "drift_from_bdkd_fp32": h4["abs_drift"]["QAT" if name == "QAT-BDKD*" else "control"]}
+    return out
+
+
+def _cell(k: str, entry: dict, flavour: str) -> str:
+    st = (entry.get(flavour) or {}).get(k)
+    return "—" if st is None else report_md.format_stat(k, st)
+
+
+def _points(st: dict) -> str:
+    return report_md.format_stat("ece", st)
+
+
+def markdown(table: dict, hh: str = "###") -> list[str]:
+    """The user's table: one line per recipe, the searched INT8 file first (the primary metric)."""
+    lines = [f"{hh} Every recipe as deployed ({SPLIT} split, mean over seeds with 95% t interval)", "",
+             "| recipe | searched INT8: ECE % | searched INT8: top-1 % | plain INT8: ECE % | plain INT8: top-1 % "
+             "| FP32: ECE % | FP32: top-1 % | plain INT8 ECE drift, points | searched INT8 speed vs FP32 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in ROWS:
+        e = table[name]
+        sp = e["search_speed_vs_fp32"]["median"]
+        lines.append(f"| {name}: {e['what']} | {_cell('ece', e, 'int8_search')} | {_cell('accuracy', e, 'int8_search')} | "
+                     f"{_cell('ece', e, 'int8_cpu')} | {_cell('accuracy', e, 'int8_cpu')} | {_cell('ece', e, 'fp32')} | "
+                     f"{_cell('accuracy', e, 'fp32')} | {_points(e['drift_int8_cpu']['signed'])} | "
+                     f"{'—' if sp is None else f'{sp:.2f}x'} |")
+    for name in ("QAT-BDKD*", "control"):
+        if name in table:
+            e = table[name]
+            lines.append(f"| {name}: {e['what']} | — | — | {_cell('ece', e, 'int8_cpu')} | {_cell('accuracy', e, 'int8_cpu')} "
+                         f"| — | — | {_points(e['drift_from_bdkd_fp32'])} (absolute, from BDKD*'s FP32 file) | — |")
+    lines += ["", "Plain INT8 is ONNX Runtime's QDQ file (min-max ranges from 512 training images); searched INT8 is "
+              "the file `--int8-search` picked on the tune split against its FP32 file; ECE drift is the INT8 file's "
+              "ECE minus its FP32 file's, per seed, then averaged. The speed is the median over seeds of the ratio the "
+              "search measured (ONNX Runtime, both files in one process)."]
+    return lines
+
+
+def figure(folder: Path, lab: Labels, seeds: list[int], path: Path, h4: dict | None = None) -> None:
+    """One column per recipe: the searched INT8 file's reliability and confidence histogram on the test split,
+    pooled over seeds; with H4, the INT8-aware fine-tune's INT8 file (from its learned ranges) last."""
+
+    def pooled(got: list) -> dict:
+        return calibration.reliability_bins(np.concatenate([p.logits for p in got]), np.concatenate([p.labels for p in got]))
+
+    panels = {f"{name} searched INT8": pooled([predictions.load(folder, rows_io.slug(lab.label(f"{name}@int8_search")), s)
+                                                for s in seeds]) for name in ROWS}
+    if h4:
+        panels["QAT-BDKD* INT8 (learned ranges)"] = pooled(
+            [predictions.load(Path(f["folder"]), rows_io.slug(f"{f['qat']}@int8_cpu"), f["seed"]) for f in h4["folders"]])
+    plots.reliability_grid(panels, path, title=f"deployed INT8 files, {SPLIT} split, seeds "
+                                               f"{', '.join(map(str, seeds))} pooled")
