@@ -393,6 +393,7 @@ def test_the_users_table_and_the_figure(folders, tmp_path):
         for f in FLAVOURS:
             assert t[name][f]["ece"] == doc["summary"][LAB.label(f"{name}@{f}")]["student"]["ece"]
         assert t[name]["search_speed_vs_fp32"]["median"] == pytest.approx(1.1)
+        assert t[name]["ece_noise_floor_int8_search"] == doc["summary"][LAB.label(f"{name}@int8_search")]["ece_noise_floor"]
     # CE's plain INT8 file is the sharper 2.16x logits: it drifts, per seed, by the planted amount (the files keep
     # float16 log-softmax, hence the tolerance).
     for s, drift in zip(SEEDS, t["CE"]["drift_int8_cpu"]["per_seed"]):

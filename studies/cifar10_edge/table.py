@@ -45,6 +45,7 @@ def build(doc: dict, folder: Path, lab: Labels, seeds: list[int], h4: dict | Non
         entry["drift_int8_cpu"] = {"signed": stats.summarize(signed), "absolute": stats.summarize(np.abs(signed)),
                                    "per_seed": signed, "seeds": seeds}
         entry["search_speed_vs_fp32"] = _speed(folder, lab.label(f"{name}@int8_search"), seeds)
+        entry["ece_noise_floor_int8_search"] = doc["summary"][lab.label(f"{name}@int8_search")].get("ece_noise_floor")
         out[name] = entry
     if h4:
         for name, key in (("QAT-BDKD*", "qat_file"), ("control", "control_file")):
@@ -84,6 +85,11 @@ def markdown(table: dict, hh: str = "###") -> list[str]:
               "the file `--int8-search` picked on the tune split against its FP32 file; ECE drift is the INT8 file's "
               "ECE minus its FP32 file's, per seed, then averaged. The speed is the median over seeds of the ratio the "
               "search measured (ONNX Runtime, both files in one process)."]
+    floors = [table[n]["ece_noise_floor_int8_search"] for n in ROWS if table[n].get("ece_noise_floor_int8_search") is not None]
+    if floors:
+        lines[-1] += (f" The ECE a perfectly calibrated file with the same confidences would show on this many test images "
+                      f"(compare's noise floor of the searched files, mean over seeds): {100 * min(floors):.2f}% to "
+                      f"{100 * max(floors):.2f}% across the recipes.")
     return lines
 
 
