@@ -404,6 +404,10 @@ def test_the_users_table_and_the_figure(folders, tmp_path):
     qat = [calibration.ece(_planted(s)[0]["QAT@int8_cpu"], _planted(s)[1]) for s in SEEDS]
     assert t["QAT-BDKD*"]["int8_cpu"]["ece"]["mean"] == pytest.approx(np.mean(qat), abs=1e-3)
     assert t["QAT-BDKD*"]["drift_from_bdkd_fp32"] == d["h4"]["abs_drift"]["QAT"]
+    # KD*'s student is the planted 2x logits of a calibrated z0: over-confident; BDKD*'s (zA) near calibrated.
+    c = d["confidence"]
+    assert c["KD*"]["over_confidence"]["mean"] > c["BDKD*"]["over_confidence"]["mean"] + 0.05
+    assert "teacher" not in c["CE"] and c["KD*"]["teacher"]["ece"]["n"] == 3
     text = md.read_text()
     assert "| CE: the student alone, cross-entropy |" in text and "| QAT-BDKD*:" in text
     from PIL import Image

@@ -281,6 +281,7 @@ def decide(folder: Path, lab: Labels | None = None, h4_folders: list[Path] | tup
         "h4": h4(list(h4_folders), rows, lab), "recommendation": recommendation(h2_["KD*+TS"]),
     }
     decision["table"] = table.build(doc, folder, lab, seeds, decision["h4"])
+    decision["confidence"] = table.confidence(doc, folder, lab, seeds)
     return doc, decision
 
 

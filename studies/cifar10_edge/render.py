@@ -87,6 +87,8 @@ def markdown(d: dict, level: int = 2) -> str:
         lines.append("- H4: not evaluated here (no --h4 folders).")
     if d.get("table"):
         lines += ["", *table.markdown(d["table"], hh)]
+    if d.get("confidence"):
+        lines += ["", *table.confidence_markdown(d["confidence"], hh)]
     lines += ["", f"{hh} Regime conditions ({g['split']} split, mean over seeds with 95% t interval)", "",
               "| condition | required | measured | holds |", "|---|---|---|---|"]
     lines += [f"| {c['condition']} | {c['required']} | {_measured(c)} | {'holds' if c['holds'] else 'fails'} |"

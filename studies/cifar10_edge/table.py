@@ -54,13 +54,52 @@ def build(doc: dict, folder: Path, lab: Labels, seeds: list[int], h4: dict | Non
     return out
 
 
+def confidence(doc: dict, folder: Path, lab: Labels, seeds: list[int]) -> dict:
+    """What each teacher term does to the student's confidence: per row, the FP32 file's mean top-1 confidence,
+    accuracy and their gap (over-confidence), and the teacher as it ends the run (KD*'s frozen one, BDKD*'s
+    trained on), on the test split, mean over seeds with 95% t interval."""
+    out = {}
+    for name in ("CE", "KD*", "BDKD*"):
+        label = lab.label(f"{name}@fp32")
+        conf, acc = [], []
+        for s in seeds:
+            p = predictions.load(folder, rows_io.slug(label), s)
+            conf.append(float(calibration.softmax(p.logits).max(axis=1).mean()))
+            acc.append(calibration.accuracy(p.logits, p.labels))
+        entry = {"confidence": stats.summarize(conf), "accuracy": stats.summarize(acc),
+                 "over_confidence": stats.summarize([c - a for c, a in zip(conf, acc)])}
+        if name != "CE":  # CE's run has no teacher of its own (a cnn_tiny trained apart and unused)
+            runs = rows_io.runs_of(doc, lab.rows()[name])
+            entry["teacher"] = {k: stats.summarize([runs[s]["teacher"][k] for s in seeds]) for k in ("accuracy", "ece")}
+        out[name] = entry
+    return out
+
+
+def confidence_markdown(c: dict, hh: str = "###") -> list[str]:
+    lines = [f"{hh} What the teacher term does to the student's confidence (FP32 files, test split)", "",
+             "| row | teacher at the end of the run: top-1 % | its ECE % | student mean confidence % | student top-1 % | "
+             "confidence minus top-1, points |", "|---|---|---|---|---|---|"]
+    for name, e in c.items():
+        t = e.get("teacher")
+        lines.append(f"| {name} | {'—' if t is None else report_md.format_stat('accuracy', t['accuracy'])} | "
+                     f"{'—' if t is None else report_md.format_stat('ece', t['ece'])} | "
+                     f"{report_md.format_stat('accuracy', e['confidence'])} | {report_md.format_stat('accuracy', e['accuracy'])} | "
+                     f"{report_md.format_stat('ece', e['over_confidence'])} |")
+    return lines + ["", "KD*'s teacher is the pretrained one, frozen; BDKD*'s starts from it and is trained on toward the "
+                        "student by the online method's teacher term."]
+
+
 def _cell(k: str, entry: dict, flavour: str) -> str:
     st = (entry.get(flavour) or {}).get(k)
     return "—" if st is None else report_md.format_stat(k, st)
 
 
-def _points(st: dict) -> str:
-    return report_md.format_stat("ece", st)
+def _points(st: dict, signed: bool = True) -> str:
+    """A summarize() result in percentage points, signed: +0.41 [+0.12, +0.70]."""
+    if st["mean"] is None:
+        return "—"
+    f = (lambda x: f"{100 * x:+.2f}") if signed else (lambda x: f"{100 * x:.2f}")
+    return f(st["mean"]) + ("" if st["ci"] is None else f" [{f(st['ci'][0])}, {f(st['ci'][1])}]")
 
 
 def markdown(table: dict, hh: str = "###") -> list[str]:
@@ -80,7 +119,7 @@ def markdown(table: dict, hh: str = "###") -> list[str]:
         if name in table:
             e = table[name]
             lines.append(f"| {name}: {e['what']} | — | — | {_cell('ece', e, 'int8_cpu')} | {_cell('accuracy', e, 'int8_cpu')} "
-                         f"| — | — | {_points(e['drift_from_bdkd_fp32'])} (absolute, from BDKD*'s FP32 file) | — |")
+                         f"| — | — | {_points(e['drift_from_bdkd_fp32'], signed=False)} (absolute, from BDKD*'s FP32 file) | — |")
     lines += ["", "Plain INT8 is ONNX Runtime's QDQ file (min-max ranges from 512 training images); searched INT8 is "
               "the file `--int8-search` picked on the tune split against its FP32 file; ECE drift is the INT8 file's "
               "ECE minus its FP32 file's, per seed, then averaged. The speed is the median over seeds of the ratio the "
