@@ -110,7 +110,9 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     t = None if shipped is None else shipped.value
     val = split_images(student, "val")
     x_val = student.preprocess(val)
-    reference, ref_metrics = _pytorch_reference(student, x_val, val.labels, t)
+    trained_logits = _trained_logits(student, x_val)
+    reference = scaled(trained_logits, t)
+    ref_metrics = calibration_metrics(reference, val.labels)
     # A train.quantize run's float weights alone are not the network it trained: the FP32 file must
     # reproduce them, but every file's drift is measured from the fake-quantized network.
     float_reference = reference if student.quantized_flavour is None else scaled(student.logits(x_val), t)
@@ -118,7 +120,8 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
     plan = None if search is None else SearchPlan(search, search_data(student, calibration[0], int8.seed), t)
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t, float_reference)
+        writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t, float_reference,
+                              trained_logits if student.quantized_flavour is not None else None)
         files, searched = writer.write_onnx(chosen, int8, calibration, plan)
         if trt_target is not None:  # from the INT8 file only if the search kept one
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))
@@ -182,16 +185,14 @@ def _temperature(student: Student, spec: float | str, log: Callable[[str], Any])
     return shipped
 
 
-def _pytorch_reference(student: Student, x_val: np.ndarray, labels: np.ndarray,
-                       temperature: float | None = None) -> tuple[np.ndarray, dict]:
-    """The trained network's logits and metrics on the val split (PyTorch), divided by the bundle's
-    temperature (if any) as every file's are: what every exported file is compared with."""
+def _trained_logits(student: Student, x_val: np.ndarray) -> np.ndarray:
+    """The trained network's logits on the val split (PyTorch), before any temperature: what every
+    exported file is compared with once divided by the bundle's temperature, as every file's are."""
     logits = student.trained_logits(x_val)
     if not np.all(np.isfinite(logits)):
         raise CheckpointError(f"{student.path} gives NaN or infinite logits on the val split "
                               "(a diverged run?)")
-    logits = scaled(logits, temperature)
-    return logits, calibration_metrics(logits, labels)
+    return logits
 
 
 def _tool_versions(trt_target) -> dict[str, str | None]:

@@ -48,12 +48,15 @@ class BundleWriter:
 
     def __init__(self, folder: Path, student: Student, x_val: np.ndarray, labels: np.ndarray,
                  reference: np.ndarray, ref_metrics: dict, log: Callable[[str], Any], temperature: float | None = None,
-                 float_reference: np.ndarray | None = None):
+                 float_reference: np.ndarray | None = None, trained_logits: np.ndarray | None = None):
         self.folder, self.student, self.x_val, self.labels = folder, student, x_val, labels
         # reference: the trained network (drift, parity); float_reference: the float weights, which the
         # FP32 file must reproduce (the same array unless the run trained quantized)
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
         self.float_reference = reference if float_reference is None else float_reference
+        # a train.quantize run's fake-quantized logits on x_val before the temperature, when the caller has them
+        # (export_bundle does: they are its reference), so the fidelity check does not run that network again
+        self.trained_logits = trained_logits
         self.temperature = temperature
         self.channels, self.size = student.checkpoint.in_channels, student.checkpoint.image_size
 
@@ -122,7 +125,8 @@ class BundleWriter:
         trained = self.student.trained_network
         converted = trained.converted()
         with torch.no_grad():
-            fake = parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)
+            fake = self.trained_logits if self.trained_logits is not None else \
+                parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)
             exact = parity.batched(lambda batch: converted(torch.from_numpy(batch)).numpy(), self.x_val)
         export_fp32(converted, self.folder / name, self.channels, self.size)
         onnx_logits = parity.onnxruntime_logits(self.folder / name, self.x_val)
