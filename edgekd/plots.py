@@ -135,8 +135,13 @@ def reliability_overlay(curves: dict[str, dict], path: str | Path, title: str) -
 
 
 def reliability_grid(panels: dict[str, dict], path: str | Path, title: str) -> None:
+    """reliability_grid_png as one PNG file at `path`."""
+    atomic_write_bytes(path, reliability_grid_png(panels, title))
+
+
+def reliability_grid_png(panels: dict[str, dict], title: str) -> bytes:
     """Side-by-side columns, one per name (e.g. fp32/fp16/int8): reliability bars on
-    top, confidence histogram below."""
+    top, confidence histogram below; PNG bytes."""
     panels = _check_many(panels, "reliability_grid")
     n = len(panels)
     fig = Figure(figsize=(4.5 * n, 6.5))
@@ -147,4 +152,4 @@ def reliability_grid(panels: dict[str, dict], path: str | Path, title: str) -> N
         _draw_histogram(axes[1][j], bins)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    return _png(fig)

@@ -54,8 +54,8 @@ class BundleWriter:
         # FP32 file must reproduce (the same array unless the run trained quantized)
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
         self.float_reference = reference if float_reference is None else float_reference
-        # a train.quantize run's fake-quantized logits on x_val before the temperature, when the caller has them
-        # (export_bundle does: they are its reference), so the fidelity check does not run that network again
+        # a train.quantize run's fake-quantized logits on x_val before the temperature (export_bundle's
+        # reference, unscaled): the fidelity check compares the converted network and its file with them
         self.trained_logits = trained_logits
         self.temperature = temperature
         self.channels, self.size = student.checkpoint.in_channels, student.checkpoint.image_size
@@ -122,11 +122,12 @@ class BundleWriter:
 
         name = ONNX_FILES[flavour]
         self.log(f"writing {name} (from the ranges learned in training: train.quantize {flavour}; no calibration)")
-        trained = self.student.trained_network
-        converted = trained.converted()
+        if self.trained_logits is None:
+            raise ValueError("BundleWriter needs the trained network's unscaled val logits (trained_logits) to "
+                             f"write the {flavour} file of a train.quantize run")
+        fake = self.trained_logits
+        converted = self.student.trained_network.converted()
         with torch.no_grad():
-            fake = self.trained_logits if self.trained_logits is not None else \
-                parity.batched(lambda batch: trained(torch.from_numpy(batch)).numpy(), self.x_val)
             exact = parity.batched(lambda batch: converted(torch.from_numpy(batch)).numpy(), self.x_val)
         export_fp32(converted, self.folder / name, self.channels, self.size)
         onnx_logits = parity.onnxruntime_logits(self.folder / name, self.x_val)

@@ -21,7 +21,8 @@ DIR is refused. They pair with OUT's BDKD* runs by seed and by test-image digest
 
 Writes the `decision` object into OUT/comparison.json and its section into OUT/comparison.md (both
 rewritten from comparison.json, as studies.regime does), or, with --json / --markdown, only to the
-files given. Everything is computed before anything is written; bad input is one line on stderr,
+files given; --figure also draws the reliability diagrams of every recipe's searched INT8 file (and
+the INT8-aware fine-tune's file) pooled over seeds, whose bins the decision keeps. Everything is computed before anything is written; bad input is one line on stderr,
 exit 2. Torch-free.
 """
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from edgekd import calibration, files
+from edgekd import calibration, files, plots
 from edgekd.compare import report as report_md
 from edgekd.compare import stats
 from edgekd.compare.stats import NO_DIFFERENCE
@@ -170,11 +171,12 @@ def _h4_labels(doc: dict, folder: Path, lab: Labels) -> tuple[str, str]:
     return qat[0], control[0]
 
 
-def h4(folders: list[Path], rows: Rows, lab: Labels) -> dict | None:
+def h4(folders: list[Path], rows: Rows, lab: Labels) -> tuple[dict | None, list]:
     """|ECE(QAT@int8_cpu) - ECE(BDKD*@fp32)| minus |ECE(BDKD*@int8_cpu) - ECE(BDKD*@fp32)|, paired by seed
-    and image; holds if the CI lies below 0. The control's drift from BDKD*@fp32 beside it."""
+    and image; holds if the CI lies below 0. The control's drift from BDKD*@fp32 beside it. Also returns the
+    INT8-aware file's (logits, labels) per seed, for the reliability diagram."""
     if not folders:
-        return None
+        return None, []
     files_of: dict[int, dict] = {}
     for folder in folders:
         doc = rows_io.read(folder, "--h4")
@@ -218,7 +220,7 @@ def h4(folders: list[Path], rows: Rows, lab: Labels) -> dict | None:
         c[key] = {"what": what, "label": f"{files_of[seeds[0]][key.split('_')[0]]}@int8_cpu",
                   "metrics": {k: stats.summarize([getattr(calibration, k)(z, y) for _, z, y in sets])
                               for k in ("ece", "accuracy", "nll")}}
-    return c
+    return c, [(z, y) for _, z, y in qat]
 
 
 def recommendation(kd_ts: dict) -> str:
@@ -266,6 +268,7 @@ def decide(folder: Path, lab: Labels | None = None, h4_folders: list[Path] | tup
     rows = Rows(rows_io.load(folder, [lab.label(n) for n in lab.deployed()], seeds),
                 seeds, int(m.get("bootstrap_replicates", 1000)), int(m.get("bootstrap_rng_seed", report_md.BOOTSTRAP_SEED)))
     h2_ = h2(rows, lab)
+    h4_, qat_int8 = h4(list(h4_folders), rows, lab)
     decision: dict[str, Any] = {
         "plan": PLAN, "command": command, "rule": RULE, "labels": lab.rows(), "seeds": seeds, "split": SPLIT,
         "eval_images": doc.get("eval_images"),
@@ -278,10 +281,10 @@ def decide(folder: Path, lab: Labels | None = None, h4_folders: list[Path] | tup
             "rows": "mean over seeds with a 95% t interval (comparison.json's summary)"},
         "rows": {n: {k: doc["summary"][lab.label(n)]["student"][k] for k in ("ece", "accuracy")} for n in lab.deployed()},
         "regime": regime(doc, lab, seeds), "h1": h1(rows, lab), "h2": h2_, "h3": h3(rows, lab),
-        "h4": h4(list(h4_folders), rows, lab), "recommendation": recommendation(h2_["KD*+TS"]),
+        "h4": h4_, "recommendation": recommendation(h2_["KD*+TS"]),
+        "table": table.build(doc, lab, h4_), "confidence": table.confidence(doc, rows, lab),
+        "reliability": table.reliability(rows, lab, qat_int8),
     }
-    decision["table"] = table.build(doc, folder, lab, seeds, decision["h4"])
-    decision["confidence"] = table.confidence(doc, folder, lab, seeds)
     return doc, decision
 
 
@@ -313,7 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
             raise EdgeKDError(f"{args.out} or an --h4 folder holds a comparison.json of an unexpected shape "
                               f"({type(e).__name__}: {e})") from None
-        outputs: dict[Path, str] = {}
+        outputs: dict[Path, str | bytes] = {}
+        if args.figure is not None:
+            if args.figure.is_dir():
+                raise EdgeKDError(f"--figure {args.figure} is a folder; give the PNG file to write")
+            outputs[args.figure] = plots.reliability_grid_png(
+                decision["reliability"], title=f"deployed INT8 files, {SPLIT} split, seeds "
+                                               f"{', '.join(map(str, decision['seeds']))} pooled")
         if args.json or args.markdown:
             if args.json:
                 outputs[args.json] = render.json_text({"command": command, "decision": decision})
@@ -327,11 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeKDError as e:
         print(f"edgekd: error: {e}", file=sys.stderr)
         return 2
-    for path, text in outputs.items():
-        files.atomic_write_text(path, text)
-    if args.figure is not None:
-        table.figure(args.out, Labels(args.ce, args.kd, args.bdkd), decision["seeds"], args.figure, decision["h4"])
-        outputs[args.figure] = ""
+    for path, content in outputs.items():
+        (files.atomic_write_bytes if isinstance(content, bytes) else files.atomic_write_text)(path, content)
     print(render.summary(decision))
     print(f"wrote {', '.join(map(str, outputs))}")
     return 0

@@ -16,6 +16,7 @@ from edgekd.errors import EdgeKDError
 
 CE, KD, BDKD = "ce:teacher.arch=cnn_tiny:teacher.checkpoint=null", "kd:temperature=2", "bdkd"
 SPLIT = "test"
+FLAVOURS = ("fp32", "int8_cpu", "int8_search")
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,8 @@ class Labels:
         return {"CE": self.ce, "CE+TS": f"{self.ce}+ts", "KD*": self.kd, "KD*+TS": f"{self.kd}+ts", "BDKD*": self.bdkd}
 
     def deployed(self) -> list[str]:
-        """The deployed rows the decision reads, as `<name>@<flavour>`."""
-        return ["CE@fp32", "CE@int8_cpu", "CE+TS@fp32", "CE+TS@int8_cpu", "CE+TS@int8_search", "KD*@int8_search",
-                "KD*+TS@int8_search", "BDKD*@fp32", "BDKD*@int8_cpu", "BDKD*@int8_search"]
+        """The deployed rows the decision reads (every row's three files), as `<name>@<flavour>`."""
+        return [f"{name}@{flavour}" for name in self.rows() for flavour in FLAVOURS]
 
     def label(self, name: str) -> str:
         """`KD*+TS@int8_search` -> `kd:temperature=2+ts@int8_search`."""
