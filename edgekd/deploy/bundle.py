@@ -121,7 +121,7 @@ def export_bundle(*, run_dir: str | Path | None = None, out: str | Path | None =
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         writer = BundleWriter(tmp, student, x_val, val.labels, reference, ref_metrics, log, t, float_reference,
-                              trained_logits if student.quantized_flavour is not None else None)
+                              trained_logits)
         files, searched = writer.write_onnx(chosen, int8, calibration, plan)
         if trt_target is not None:  # from the INT8 file only if the search kept one
             files.update(writer.write_engines(trt_target, [p for p in engines if ONNX_FILES[p] in files], max_batch))

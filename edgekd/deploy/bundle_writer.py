@@ -54,8 +54,8 @@ class BundleWriter:
         # FP32 file must reproduce (the same array unless the run trained quantized)
         self.reference, self.ref_metrics, self.log = reference, ref_metrics, log
         self.float_reference = reference if float_reference is None else float_reference
-        # a train.quantize run's fake-quantized logits on x_val before the temperature (export_bundle's
-        # reference, unscaled): the fidelity check compares the converted network and its file with them
+        # the trained network's logits on x_val before the temperature (export_bundle's reference, unscaled;
+        # a train.quantize run's fake-quantized ones): its INT8 file's fidelity check compares with them
         self.trained_logits = trained_logits
         self.temperature = temperature
         self.channels, self.size = student.checkpoint.in_channels, student.checkpoint.image_size

@@ -22,8 +22,8 @@ DIR is refused. They pair with OUT's BDKD* runs by seed and by test-image digest
 Writes the `decision` object into OUT/comparison.json and its section into OUT/comparison.md (both
 rewritten from comparison.json, as studies.regime does), or, with --json / --markdown, only to the
 files given; --figure also draws the reliability diagrams of every recipe's searched INT8 file (and
-the INT8-aware fine-tune's file) pooled over seeds, whose bins the decision keeps. Everything is computed before anything is written; bad input is one line on stderr,
-exit 2. Torch-free.
+the INT8-aware fine-tune's file) pooled over seeds, whose bins the decision keeps. Everything is
+computed before anything is written; bad input is one line on stderr, exit 2. Torch-free.
 """
 
 from __future__ import annotations
@@ -215,9 +215,10 @@ def h4(folders: list[Path], rows: Rows, lab: Labels) -> tuple[dict | None, list]
     c["control_minus_ptq"] = rows.drift(ctl, ptq, seeds)  # beside, not a hypothesis
     c["qat_minus_control"] = rows.drift(qat, ctl, seeds)
     c["folders"] = [{"seed": s, **{k: files_of[s][k] for k in ("folder", "qat", "control")}} for s in seeds]
-    for key, what, sets in (("qat_file", "BDKD* fine-tuned INT8-aware, its INT8 file from the learned ranges", qat),
-                            ("control_file", "BDKD* fine-tuned in float, plain int8_cpu", ctl)):
-        c[key] = {"what": what, "label": f"{files_of[seeds[0]][key.split('_')[0]]}@int8_cpu",
+    for key, row, what, sets in (
+            ("qat_file", "qat", "BDKD* fine-tuned INT8-aware, its INT8 file from the learned ranges", qat),
+            ("control_file", "control", "BDKD* fine-tuned in float, plain int8_cpu", ctl)):
+        c[key] = {"what": what, "label": f"{files_of[seeds[0]][row]}@int8_cpu",
                   "metrics": {k: stats.summarize([getattr(calibration, k)(z, y) for _, z, y in sets])
                               for k in ("ece", "accuracy", "nll")}}
     return c, [(z, y) for _, z, y in qat]

@@ -100,9 +100,6 @@ def markdown(d: dict, level: int = 2) -> str:
               f"(the PyTorch net: {_stat('ece', ece['pytorch'])}%). Training per row: "
               + "; ".join(f"{name} median {_minutes(r['median'])}, longest {_minutes(r['max'])}"
                           for name, r in secs["per_row"].items()) + "."]
-    lines += ["", f"{hh} Deployed rows (mean over seeds, 95% t interval)", "", "| row | ECE % | accuracy % |",
-              "|---|---|---|"]
-    lines += [f"| {name} | {_stat('ece', r['ece'])} | {_stat('accuracy', r['accuracy'])} |" for name, r in d["rows"].items()]
     lines += ["", f"{hh} Paired contrasts of the searched INT8 files (H1, H2)", "",
               "| contrast | seeds | metric | difference | 95% CI | verdict |", "|---|---|---|---|---|---|"]
     lines += _contrast_rows("BDKD* − KD* (H1)", d["h1"])

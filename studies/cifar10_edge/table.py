@@ -12,6 +12,7 @@ import numpy as np
 from edgekd import calibration
 from edgekd.compare import stats
 from edgekd.compare import report as report_md
+from studies.cifar10_edge import rows as rows_io
 from studies.cifar10_edge.rows import FLAVOURS, SPLIT, Labels, Rows
 
 ROWS = ("CE", "CE+TS", "KD*", "KD*+TS", "BDKD*")
@@ -56,7 +57,7 @@ def confidence(doc: dict, rows: Rows, lab: Labels) -> dict:
         entry = {"seeds": rows.seeds, "confidence": stats.summarize(conf), "accuracy": stats.summarize(acc),
                  "confidence_minus_accuracy": stats.summarize([c - a for c, a in zip(conf, acc)])}
         if name != "CE":  # CE's run has no teacher of its own (a cnn_tiny trained apart and unused)
-            runs = {r["seed"]: r for r in doc["runs"] if r["method"] == lab.rows()[name]}
+            runs = rows_io.runs_of(doc, lab.rows()[name])
             entry["teacher"] = {k: stats.summarize([runs[s]["teacher"][k] for s in rows.seeds]) for k in ("accuracy", "ece")}
         out[name] = entry
     return out
